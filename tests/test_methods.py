@@ -1,0 +1,429 @@
+"""The three methods' training steps (SPEC 4.1–4.3): the KL term, losses recomputed by hand,
+gradient routing, BN statistics, and that a few steps learn a separable toy problem."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from autolora import attacks
+from autolora.errors import ConfigError
+from autolora.methods import METHODS, MethodSettings, StepResult, build_method, kl_term
+from autolora.models import (
+    DualBatchNorm2d,
+    build_model,
+    classifier_parameters,
+    fe_parameters,
+    lora_parameters,
+)
+from autolora.schedules import lambda_weights
+
+NUM_CLASSES = 3
+IMAGE_SIZE = 16
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def settings(**overrides) -> MethodSettings:
+    values = {"eps": 8 / 255, "step": 2 / 255, "attack_steps": 2, "kl_divisor": None}
+    values.update(overrides)
+    return MethodSettings(**values)
+
+
+def make_model(method, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("tiny", NUM_CLASSES, **method.model_options())
+
+
+def make_batch(batch: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        torch.rand(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator),
+        torch.randint(0, NUM_CLASSES, (batch,), generator=generator),
+    )
+
+
+def separable_batch(batch: int, seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class c images are bright in colour channel c, dim elsewhere, plus a little noise."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.arange(batch) % NUM_CLASSES
+    x = 0.2 + 0.05 * torch.rand(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    x[torch.arange(batch), y] += 0.6
+    return x.clamp(0, 1), y
+
+
+def seeded(seed: int = 7) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def hand_kl(adv_logits: torch.Tensor, target_logits: torch.Tensor, divisor: int) -> float:
+    """Σ_i Σ_c p_ic (log p_ic − log q_ic) / divisor with p = softmax(target), q = softmax(adv)."""
+    total = 0.0
+    for adv_row, target_row in zip(adv_logits.tolist(), target_logits.tolist(), strict=True):
+        log_z_adv = math.log(sum(math.exp(v) for v in adv_row))
+        log_z_target = math.log(sum(math.exp(v) for v in target_row))
+        for adv_value, target_value in zip(adv_row, target_row, strict=True):
+            log_p = target_value - log_z_target
+            log_q = adv_value - log_z_adv
+            total += math.exp(log_p) * (log_p - log_q)
+    return total / divisor
+
+
+def hand_ce(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over rows of log Σ_c exp(z_c) − z_y."""
+    losses = [
+        math.log(sum(math.exp(v) for v in row)) - row[label]
+        for row, label in zip(logits.tolist(), labels.tolist(), strict=True)
+    ]
+    return sum(losses) / len(losses)
+
+
+def attack_like_training(model, x, y, s: MethodSettings, generator, **forward_kwargs):
+    extra = {"forward_kwargs": forward_kwargs} if forward_kwargs else {}
+    return attacks.pgd(
+        model,
+        x,
+        y,
+        eps=s.eps,
+        step=s.step,
+        steps=s.attack_steps,
+        random_start=True,
+        generator=generator,
+        **extra,
+    )
+
+
+def bn_buffers(model) -> dict[str, torch.Tensor]:
+    return {
+        name: buffer.clone()
+        for name, buffer in model.named_buffers()
+        if "running" in name or "num_batches" in name
+    }
+
+
+def is_zero(parameter: torch.nn.Parameter) -> bool:
+    return parameter.grad is None or bool(torch.all(parameter.grad == 0))
+
+
+# KL term
+
+
+def test_kl_term_equals_hand_computation():
+    generator = torch.Generator().manual_seed(0)
+    adv = torch.randn(4, 5, generator=generator, dtype=torch.float64)
+    target = torch.randn(4, 5, generator=generator, dtype=torch.float64)
+    assert kl_term(adv, target, 4).item() == pytest.approx(hand_kl(adv, target, 4), rel=1e-12)
+    assert kl_term(adv, adv, 4).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kl_term_divisor_on_a_short_batch():
+    generator = torch.Generator().manual_seed(1)
+    adv = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    target = torch.randn(3, 4, generator=generator, dtype=torch.float64)
+    total = hand_kl(adv, target, 1)
+    configured, actual = settings(kl_divisor=128), settings(kl_divisor=None)
+    assert configured.divisor_for(3) == 128
+    assert actual.divisor_for(3) == 3
+    assert kl_term(adv, target, configured.divisor_for(3)).item() == pytest.approx(total / 128)
+    assert kl_term(adv, target, actual.divisor_for(3)).item() == pytest.approx(total / 3)
+
+
+def test_kl_term_target_is_not_detached():
+    generator = torch.Generator().manual_seed(2)
+    adv = torch.randn(2, 3, generator=generator, requires_grad=True)
+    target = torch.randn(2, 3, generator=generator, requires_grad=True)
+    kl_term(adv, target, 2).backward()
+    assert adv.grad.abs().sum() > 0
+    assert target.grad.abs().sum() > 0
+
+
+def test_kl_term_rejects_zero_divisor():
+    with pytest.raises(ValueError):
+        kl_term(torch.zeros(1, 2), torch.zeros(1, 2), 0)
+
+
+# Construction
+
+
+def test_build_method_names_and_model_options():
+    assert set(METHODS) == {"vanilla", "twins", "autolora"}
+    assert build_method("vanilla", settings()).model_options() == {}
+    assert build_method("twins", settings()).model_options() == {"dual_bn": True}
+    assert build_method("autolora", settings(lora_rank=4)).model_options() == {"lora_rank": 4}
+    assert build_method("autolora", settings()).uses_lambda_pass
+    assert not build_method("twins", settings()).uses_lambda_pass
+    with pytest.raises(ConfigError, match="method"):
+        build_method("trades", settings())
+
+
+@pytest.mark.parametrize("bad", [{"kl_divisor": 0}, {"attack_steps": -1}, {"lora_rank": 0}])
+def test_method_settings_reject_bad_values(bad):
+    with pytest.raises(ConfigError):
+        settings(**bad)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "twins", "autolora"])
+def test_trainable_parameters_cover_the_model_once(name):
+    method = build_method(name, settings())
+    model = make_model(method)
+    trainable = method.trainable_parameters(model)
+    assert len({id(p) for p in trainable}) == len(trainable)
+    assert {id(p) for p in trainable} == {id(p) for p in model.parameters()}
+
+
+def test_set_lambdas_only_for_autolora():
+    with pytest.raises(TypeError):
+        build_method("vanilla", settings()).set_lambdas(0.5, 3.0)
+
+
+def test_autolora_refuses_a_step_before_set_lambdas():
+    method = build_method("autolora", settings())
+    model = make_model(method).train()
+    x, y = make_batch(4)
+    with pytest.raises(RuntimeError, match="set_lambdas"):
+        method.training_step(model, x, y, generator=seeded())
+
+
+# Vanilla
+
+
+@pytest.mark.parametrize("kl_divisor", [None, 128])
+def test_vanilla_loss_equals_hand_recomputation(kl_divisor):
+    s = settings(kl_divisor=kl_divisor)
+    method = build_method("vanilla", s)
+    model = make_model(method).train()
+    reference = copy.deepcopy(model)
+    x, y = make_batch(6)
+    result = method.training_step(model, x, y, generator=seeded())
+    assert isinstance(result, StepResult)
+
+    x_adv = attack_like_training(reference, x, y, s, seeded())
+    assert reference.training
+    with torch.no_grad():
+        logits_nat, logits_adv = reference(x), reference(x_adv)
+    divisor = kl_divisor or 6
+    expected = hand_ce(logits_nat, y) + 6.0 * hand_kl(logits_adv, logits_nat, divisor)
+    assert result.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert result.metrics["loss"] == pytest.approx(expected, rel=1e-5)
+    assert result.metrics["ce_nat"] == pytest.approx(hand_ce(logits_nat, y), rel=1e-5)
+    assert result.metrics["ce_adv"] == pytest.approx(hand_ce(logits_adv, y), rel=1e-5)
+    clean_acc = 100.0 * (logits_nat.argmax(1) == y).float().mean().item()
+    assert result.metrics["clean_acc"] == pytest.approx(clean_acc)
+    assert all(isinstance(v, float) for v in result.metrics.values())
+    assert result.loss.requires_grad
+    # the loss is returned un-backpropagated
+    assert all(p.grad is None for p in model.parameters())
+
+
+# TWINS
+
+
+@pytest.mark.parametrize(("batch", "kl_divisor"), [(6, None), (5, None), (5, 128)])
+def test_twins_loss_equals_hand_recomputation_from_separate_forwards(batch, kl_divisor):
+    gamma = 3.0
+    s = settings(twins_gamma=gamma, kl_divisor=kl_divisor)
+    method = build_method("twins", s)
+    model = make_model(method).train()
+    # make the two BN copies differ, as they do after training
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, DualBatchNorm2d):
+                module.fixed.weight.mul_(1.5)
+                module.fixed.running_mean.add_(0.1)
+    reference = copy.deepcopy(model)
+    x, y = make_batch(batch)
+    result = method.training_step(model, x, y, generator=seeded())
+
+    x_adv = attack_like_training(reference, x, y, s, seeded(), bn="adaptive")
+    half = batch // 2
+    fixed_rows, adaptive_rows = slice(0, half), slice(half, batch)
+    with torch.no_grad():
+        nat_fixed = reference(x[fixed_rows], bn="fixed")
+        nat_adaptive = reference(x[adaptive_rows])
+        adv_fixed = reference(x_adv[fixed_rows], bn="fixed")
+        adv_adaptive = reference(x_adv[adaptive_rows])
+    divisor = kl_divisor or batch
+    expected = (
+        gamma * hand_ce(nat_fixed, y[fixed_rows])
+        + hand_ce(nat_adaptive, y[adaptive_rows])
+        + 6.0
+        * (
+            gamma * hand_kl(adv_fixed, nat_fixed, divisor)
+            + hand_kl(adv_adaptive, nat_adaptive, divisor)
+        )
+    )
+    assert result.loss.item() == pytest.approx(expected, rel=1e-4)
+    assert result.metrics["kl_fixed"] == pytest.approx(
+        hand_kl(adv_fixed, nat_fixed, divisor), rel=1e-4, abs=1e-7
+    )
+
+
+def test_twins_steps_keep_fixed_bn_statistics_and_move_adaptive_ones():
+    method = build_method("twins", settings())
+    model = make_model(method).train()
+    before = bn_buffers(model)
+    fixed_weights = {name: p.clone() for name, p in model.named_parameters() if ".fixed." in name}
+    optimizer = torch.optim.SGD(method.trainable_parameters(model), lr=0.05, momentum=0.9)
+    generator = seeded()
+    for step in range(3):
+        x, y = make_batch(6, seed=10 + step)
+        optimizer.zero_grad()
+        method.training_step(model, x, y, generator=generator).loss.backward()
+        optimizer.step()
+    after = bn_buffers(model)
+    fixed = [n for n in before if ".fixed." in n]
+    adaptive = [n for n in before if ".adaptive." in n and "running" in n]
+    assert fixed and adaptive
+    for name in fixed:
+        assert torch.equal(before[name], after[name]), name
+    for name in adaptive:
+        assert not torch.equal(before[name], after[name]), name
+    # the fixed copies' affine parameters are trained
+    assert any(
+        not torch.equal(p, fixed_weights[n])
+        for n, p in model.named_parameters()
+        if n in fixed_weights
+    )
+
+
+# AutoLoRa
+
+
+def autolora_backward(lambda1: float, lambda2: float):
+    method = build_method("autolora", settings())
+    model = make_model(method).train()
+    method.set_lambdas(lambda1, lambda2)
+    x, y = make_batch(6)
+    result = method.training_step(model, x, y, generator=seeded())
+    result.loss.backward()
+    return model, result
+
+
+def test_autolora_natural_term_reaches_lora_and_classifier_only():
+    model, _ = autolora_backward(1.0, 0.0)
+    assert all(is_zero(p) for p in fe_parameters(model))
+    bn_affine = [p for n, p in model.named_parameters() if "bn" in n or "downsample.1" in n]
+    assert bn_affine and all(is_zero(p) for p in bn_affine)
+    lora_b = [p for n, p in model.named_parameters() if n.endswith("lora_B")]
+    assert any(not is_zero(p) for p in lora_b)
+    assert all(not is_zero(p) for p in classifier_parameters(model))
+
+
+def test_autolora_adversarial_term_reaches_fe_and_classifier_only():
+    model, _ = autolora_backward(0.0, 0.0)
+    assert all(is_zero(p) for p in lora_parameters(model))
+    assert sum(float(p.grad.abs().sum()) for p in fe_parameters(model)) > 0
+    assert all(not is_zero(p) for p in classifier_parameters(model))
+
+
+def test_autolora_kl_term_reaches_lora_through_the_undetached_soft_label():
+    # λ1 = 1 removes CE_adv; λ2 > 0 adds the KL. Compare LoRa gradients with the λ2 = 0 run.
+    model_kl, _ = autolora_backward(1.0, 6.0)
+    model_ce, _ = autolora_backward(1.0, 0.0)
+    kl_grads = torch.cat([p.grad.flatten() for p in lora_parameters(model_kl)])
+    ce_grads = torch.cat([p.grad.flatten() for p in lora_parameters(model_ce)])
+    assert not torch.allclose(kl_grads, ce_grads)
+    # and the KL puts gradient on theta1 through the adversarial forward
+    assert sum(float(p.grad.abs().sum()) for p in fe_parameters(model_kl)) > 0
+
+
+def test_autolora_loss_equals_hand_recomputation():
+    lambda1, lambda2 = lambda_weights(0.4)
+    s = settings(kl_divisor=128)
+    method = build_method("autolora", s)
+    model = make_model(method).train()
+    with torch.no_grad():  # a non-zero LoRa update, so the two branches differ
+        for p in lora_parameters(model):
+            p.normal_(0, 0.05)
+    reference = copy.deepcopy(model)
+    method.set_lambdas(lambda1, lambda2)
+    x, y = make_batch(5)
+    result = method.training_step(model, x, y, generator=seeded())
+
+    x_adv = attack_like_training(reference, x, y, s, seeded())
+    with torch.no_grad():
+        logits_lora = reference(x, branch="lora")
+        logits_adv = reference(x_adv)
+    expected = (
+        lambda1 * hand_ce(logits_lora, y)
+        + (1 - lambda1) * hand_ce(logits_adv, y)
+        + lambda2 * hand_kl(logits_adv, logits_lora, 128)
+    )
+    assert result.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert result.metrics["lambda1"] == pytest.approx(0.6)
+    assert result.metrics["lambda2"] == pytest.approx(2.4)
+
+
+def test_autolora_updates_bn_running_stats_twice_clean_then_adversarial():
+    method = build_method("autolora", settings())
+    model = make_model(method).train()
+    method.set_lambdas(0.5, 3.0)
+    stem_bn = model.backbone.bn1
+    mean_before = stem_bn.running_mean.clone()
+    var_before = stem_bn.running_var.clone()
+    count_before = int(stem_bn.num_batches_tracked)
+    backbone_inputs, stem_bn_inputs = [], []
+    hooks = [
+        model.backbone.register_forward_pre_hook(
+            lambda m, args: backbone_inputs.append(args[0].detach().clone()) if m.training else None
+        ),
+        stem_bn.register_forward_pre_hook(
+            lambda m, args: stem_bn_inputs.append(args[0].detach().clone()) if m.training else None
+        ),
+    ]
+    x, y = make_batch(6)
+    method.training_step(model, x, y, generator=seeded())
+    for hook in hooks:
+        hook.remove()
+
+    assert len(stem_bn_inputs) == 2
+    assert int(stem_bn.num_batches_tracked) == count_before + 2
+    # first train-mode forward is the clean batch, the second the adversarial one
+    assert torch.allclose(backbone_inputs[0], (x - IMAGENET_MEAN) / IMAGENET_STD, atol=1e-6)
+    x_adv_normalised = backbone_inputs[1]
+    assert not torch.allclose(x_adv_normalised, backbone_inputs[0])
+    # running statistics = two momentum updates, by hand
+    momentum = stem_bn.momentum
+    mean, var = mean_before, var_before
+    for features in stem_bn_inputs:
+        batch_mean = features.mean(dim=(0, 2, 3))
+        batch_var = features.var(dim=(0, 2, 3), unbiased=True)
+        mean = (1 - momentum) * mean + momentum * batch_mean
+        var = (1 - momentum) * var + momentum * batch_var
+    assert torch.allclose(stem_bn.running_mean, mean, atol=1e-6)
+    assert torch.allclose(stem_bn.running_var, var, rtol=1e-5, atol=1e-6)
+
+
+# Learning
+
+
+@pytest.mark.parametrize("name", ["vanilla", "twins", "autolora"])
+def test_a_few_steps_reduce_the_loss_on_a_separable_problem(name):
+    method = build_method(name, settings(eps=2 / 255, step=1 / 255, attack_steps=1))
+    model = make_model(method).train()
+    if method.uses_lambda_pass:
+        method.set_lambdas(*lambda_weights(0.5))
+    # small LR: the toy's fixed BN (TWINS) holds untrained statistics, a large LR diverges
+    optimizer = torch.optim.SGD(method.trainable_parameters(model), lr=0.005, momentum=0.9)
+    x, y = separable_batch(12)
+    generator = seeded()
+    losses = []
+    for _ in range(12):
+        optimizer.zero_grad()
+        result = method.training_step(model, x, y, generator=generator)
+        result.loss.backward()
+        optimizer.step()
+        losses.append(result.loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses

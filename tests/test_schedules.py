@@ -1,0 +1,203 @@
+"""Schedules: λ1/λ2 (Eq. 6–7), MultiStepLR per iteration, the automated LR scheduler (SPEC 4.4)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autolora.errors import ConfigError
+from autolora.schedules import AutoLR, lambda_weights, multistep_lr
+
+
+def run_autolr(accuracies, scheduler=None):
+    scheduler = scheduler or AutoLR()
+    return scheduler, [scheduler.update(a) for a in accuracies]
+
+
+def epochs_where(decisions, attribute):
+    """1-based epoch numbers whose decision has ``attribute`` set."""
+    return [i + 1 for i, d in enumerate(decisions) if getattr(d, attribute)]
+
+
+# λ1 / λ2
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "alpha", "expected"),
+    [
+        (0.0, 1.0, (1.0, 0.0)),
+        (1.0, 1.0, (0.0, 6.0)),
+        (0.5, 1.0, (0.5, 3.0)),
+        (0.25, 0.5, (0.5, 3.0)),  # sqrt(0.25) = 0.5
+        (0.5, 2.0, (0.75, 1.5)),  # 0.5**2 = 0.25
+        (0.8, 3.0, (1 - 0.512, 6 * 0.512)),
+    ],
+)
+def test_lambda_weights_values(accuracy, alpha, expected):
+    lambda1, lambda2 = lambda_weights(accuracy, alpha=alpha)
+    assert lambda1 == pytest.approx(expected[0])
+    assert lambda2 == pytest.approx(expected[1])
+
+
+def test_lambda_weights_scale():
+    assert lambda_weights(0.5, scale=2.0) == pytest.approx((0.5, 1.0))
+
+
+@pytest.mark.parametrize("accuracy", [-0.01, 1.01, 55.0, float("nan")])
+def test_lambda_weights_rejects_non_fractions(accuracy):
+    with pytest.raises(ValueError, match="fraction"):
+        lambda_weights(accuracy)
+
+
+def test_lambda_weights_rejects_non_positive_alpha():
+    with pytest.raises(ConfigError, match="alpha"):
+        lambda_weights(0.5, alpha=0.0)
+
+
+# MultiStepLR
+
+
+def test_multistep_lr_hand_values():
+    ipe = 10
+    assert multistep_lr(0.1, 0, ipe) == pytest.approx(0.1)
+    assert multistep_lr(0.1, 299, ipe) == pytest.approx(0.1)
+    assert multistep_lr(0.1, 300, ipe) == pytest.approx(0.01)
+    assert multistep_lr(0.1, 499, ipe) == pytest.approx(0.01)
+    assert multistep_lr(0.1, 500, ipe) == pytest.approx(0.001)
+    assert multistep_lr(0.1, 10_000, ipe) == pytest.approx(0.001)
+
+
+def test_multistep_lr_equals_torch_multisteplr_stepped_per_iteration():
+    torch = pytest.importorskip("torch")
+    ipe, milestones, base = 3, (2, 4), 0.05
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=base, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=[m * ipe for m in milestones], gamma=0.1
+    )
+    for iteration in range(6 * ipe):
+        torch_lr = optimizer.param_groups[0]["lr"]
+        ours = multistep_lr(base, iteration, ipe, milestones=milestones, factor=0.1)
+        assert ours == pytest.approx(torch_lr, rel=1e-12), iteration
+        optimizer.step()
+        scheduler.step()
+
+
+# AutoLR
+
+
+def test_autolr_neither_condition_keeps_lr():
+    _, decisions = run_autolr([10, 11, 12, 13, 14, 15, 16, 17, 18])
+    assert [d.lr for d in decisions] == [0.01] * 9
+    assert epochs_where(decisions, "reload_best") == []
+    assert epochs_where(decisions, "is_best") == list(range(1, 10))
+    assert epochs_where(decisions, "stop") == []
+
+
+def test_autolr_exactly_rho_increases_is_not_condition1():
+    # window [0, 4]: 11>10, 12>11, 11<12, 12>11 -> 3 increases = 0.75*4, not fewer
+    _, decisions = run_autolr([10, 11, 12, 11, 12])
+    assert decisions[-1].lr == 0.01
+    assert not decisions[-1].reload_best
+
+
+def test_autolr_condition1_halves_and_reloads_at_epoch_5():
+    # window [0, 4]: 2 increases < 3
+    _, decisions = run_autolr([10, 11, 10, 11, 10, 9])
+    assert [d.lr for d in decisions[:4]] == [0.01] * 4
+    assert decisions[4].lr == pytest.approx(0.005)
+    assert epochs_where(decisions, "reload_best") == [5]
+    assert "rose in only 2 of 4" in decisions[4].reason
+    assert decisions[5].lr == pytest.approx(0.005)
+    assert epochs_where(decisions, "is_best") == [1, 2]
+
+
+def test_autolr_condition2_alone_at_second_checkpoint():
+    # epochs 1-5 rise (no decay at 5, best 50); epochs 6-9 rise 3 times in window [4, 8]
+    # (50 -> 1 -> 2 -> 3 -> 4) so condition 1 is false, but the best (50) did not improve.
+    accuracies = [10, 20, 30, 40, 50, 1, 2, 3, 4]
+    _, decisions = run_autolr(accuracies)
+    assert epochs_where(decisions, "reload_best") == [9]
+    assert decisions[7].lr == 0.01
+    assert decisions[8].lr == pytest.approx(0.005)
+    assert "best accuracy did not improve" in decisions[8].reason
+    assert "rose in only" not in decisions[8].reason
+
+
+def test_autolr_condition2_needs_unchanged_lr():
+    # condition 1 fires at epoch 5; at epoch 9 the window has 3 increases and the best did not
+    # improve, but the LR changed at the last checkpoint, so condition 2 does not fire.
+    accuracies = [50, 10, 5, 20, 1, 2, 3, 4, 5]
+    _, decisions = run_autolr(accuracies)
+    assert epochs_where(decisions, "reload_best") == [5]
+    assert decisions[-1].lr == pytest.approx(0.005)
+
+
+def test_autolr_condition2_cannot_fire_at_first_checkpoint():
+    # best at epoch 1 never improved, but window [0, 4] has 3 increases: no decay at epoch 5
+    _, decisions = run_autolr([50, 10, 20, 30, 40])
+    assert decisions[-1].lr == 0.01
+    assert not decisions[-1].reload_best
+
+
+def test_autolr_condition2_fires_when_best_improved_only_before_window():
+    # as the cond2 test but with a new best inside the second window: no decay
+    _, decisions = run_autolr([10, 20, 30, 40, 50, 1, 2, 3, 51])
+    assert epochs_where(decisions, "reload_best") == []
+
+
+def test_autolr_stops_below_min_lr_after_ten_halvings():
+    # constant accuracy: no increases, condition 1 fires at every checkpoint e = 5, 9, ..., 41;
+    # 0.01 / 2**10 < 1e-5 < 0.01 / 2**9
+    _, decisions = run_autolr([30.0] * 41)
+    assert epochs_where(decisions, "reload_best") == list(range(5, 42, 4))
+    assert epochs_where(decisions, "stop") == [41]
+    assert decisions[36].lr == pytest.approx(0.01 / 2**9)
+    assert decisions[40].lr == pytest.approx(0.01 / 2**10)
+    assert "below the minimum" in decisions[40].reason
+
+
+def test_autolr_stops_at_max_epochs():
+    accuracies = [float(i) for i in range(60)]
+    _, decisions = run_autolr(accuracies)
+    assert epochs_where(decisions, "stop") == [60]
+    assert epochs_where(decisions, "reload_best") == []
+    assert "maximum of 60 epochs" in decisions[-1].reason
+    _, short = run_autolr([1.0, 2.0, 3.0], AutoLR(max_epochs=3))
+    assert epochs_where(short, "stop") == [3]
+
+
+def test_autolr_custom_checkpoints():
+    # checkpoints [0, 2, 5]: checks after epochs 3 (window [0, 2]) and 6 (window [2, 5])
+    scheduler = AutoLR(checkpoints=(0, 2, 5), rho=0.75)
+    _, decisions = run_autolr([1, 2, 3, 2, 1, 0], scheduler)
+    # window [0,2]: 2 of 2 rise -> keep; window [2,5]: 0 of 3 rise -> halve
+    assert epochs_where(decisions, "reload_best") == [6]
+
+
+def test_autolr_state_round_trip_mid_sequence():
+    accuracies = [10, 20, 30, 40, 50, 1, 2, 3, 4, 5, 6, 7, 8, 9, 3, 2, 1, 0]
+    _, straight = run_autolr(accuracies)
+    first, _ = run_autolr(accuracies[:7])
+    state = json.loads(json.dumps(first.state_dict(), allow_nan=False))
+    resumed = AutoLR()
+    resumed.load_state_dict(state)
+    continued = [resumed.update(a) for a in accuracies[7:]]
+    assert continued == straight[7:]
+    assert resumed.state_dict() == run_autolr(accuracies)[0].state_dict()
+
+
+def test_autolr_state_with_other_settings_is_refused():
+    scheduler, _ = run_autolr([1.0, 2.0])
+    with pytest.raises(ConfigError, match="autolr"):
+        AutoLR(rho=0.5).load_state_dict(scheduler.state_dict())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"checkpoints": (0,)}, {"checkpoints": (0, 4, 4)}, {"rho": 0}, {"decay": 1.5}],
+)
+def test_autolr_rejects_bad_settings(kwargs):
+    with pytest.raises(ConfigError):
+        AutoLR(**kwargs)
