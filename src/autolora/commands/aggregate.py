@@ -1,0 +1,181 @@
+"""`autolora aggregate`: tables, p-values, figures, paper comparison, report and provenance index.
+
+Output folder layout::
+
+    tables/<table>.{csv,md,tex}     display tables (mean ± std (n); "—" missing; † incomplete)
+    tables/<table>_values.csv       one line per number: value, std, n, per-seed values
+    comparison.{csv,md}, claims.csv paper vs ours, and the paper's qualitative claims
+    figures/<kind>-<arch>-<dataset>.png
+    provenance/<table>.json         sidecar index read by `autolora audit`
+    missing.txt                     cells without an evaluation record and the command for each
+    report.md, report.html          the reproduction report
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+NAME = "aggregate"
+HELP = "build the paper's tables, p-values, figures, paper comparison, report and provenance index"
+DEFAULT_PAPER_RESULTS = "config/paper_results.csv"
+MAIN_TABLES = ("table1", "table2")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="workflow config (e.g. config/config.yaml)")
+    parser.add_argument(
+        "--results", help="results root (default: the config's 'results', else results)"
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--welch",
+        action="store_true",
+        help="Table 8 with Welch's t-test instead of Student's equal-variance test",
+    )
+    parser.add_argument(
+        "--paper",
+        default=DEFAULT_PAPER_RESULTS,
+        help=f"the paper's numbers (default {DEFAULT_PAPER_RESULTS})",
+    )
+
+
+def table8_sources(config: Mapping[str, Any]) -> list[str]:
+    tables = config.get("tables") or {}
+    if "table8" not in tables:
+        return []
+    return list((tables.get("table8") or {}).get("tables", MAIN_TABLES))
+
+
+def run(args: argparse.Namespace) -> int:
+    from autolora import grid as grid_module
+    from autolora.io import atomic_write
+    from autolora.protocol import protocol_choices
+
+    config = grid_module.load_config(args.config)
+    grid = grid_module.expand_grid(config)
+    results = args.results or config.get("results", "results")
+    out = Path(args.out)
+    outputs = aggregate(
+        entries=grid.entries,
+        results_root=results,
+        out_dir=out,
+        checkpoint=grid_module.reported_checkpoint(config),
+        table8=table8_sources(config),
+        welch=args.welch,
+        paper_results=args.paper,
+        protocol=config.get("protocol", "paper"),
+        choices=protocol_choices(config.get("protocol", "paper")),
+        overrides=dict(config.get("training") or {}),
+        seeds=grid_module.seeds(config),
+        config_path=str(args.config),
+    )
+    missing = outputs["missing"]
+    with atomic_write(out / "missing.txt") as handle:
+        handle.writelines(f"{cell}\tsnakemake {target}\n" for cell, target in missing.items())
+    print(
+        f"aggregate: {len(outputs['tables'])} table(s), {outputs['numbers']} number(s), "
+        f"{len(missing)} missing cell(s); report {out / 'report.md'}"
+    )
+    return 0
+
+
+def aggregate(
+    *,
+    entries,
+    results_root: str | Path,
+    out_dir: str | Path,
+    checkpoint: str,
+    table8: list[str],
+    welch: bool,
+    paper_results: str | Path,
+    protocol: str,
+    choices: dict,
+    overrides: dict,
+    seeds: list[int],
+    config_path: str = "",
+    root: str | Path = ".",
+) -> dict[str, Any]:
+    """Everything `aggregate` writes, from table entries; returns what was written."""
+    from autolora.compare import (
+        claims_frame,
+        comparison_frame,
+        comparison_markdown,
+        load_paper_results,
+    )
+    from autolora.io import atomic_write
+    from autolora.plots import draw_figures
+    from autolora.provenance import build_index, write_index
+    from autolora.report import ReportInputs, write_report
+    from autolora.stats import ttest_kind
+    from autolora.tables import build_tables
+
+    out_dir = Path(out_dir)
+    entries = list(entries)
+    for folder in ("tables", "figures", "provenance"):  # declared outputs even when empty
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    tables = build_tables(
+        [e for e in entries if e.table not in ("table8", "figures")],
+        results_root,
+        checkpoint,
+        table8_sources=table8,
+        welch=welch,
+    )
+    table_files: dict[str, list[Path]] = {}
+    for table in tables:
+        files = {
+            out_dir / "tables" / f"{table.name}.csv": table.to_csv(),
+            out_dir / "tables" / f"{table.name}.md": table.to_markdown(),
+            out_dir / "tables" / f"{table.name}.tex": table.to_latex(),
+            out_dir / "tables" / f"{table.name}_values.csv": table.values_csv(),
+        }
+        for path, text in files.items():
+            with atomic_write(path) as handle:
+                handle.write(text)
+        table_files[table.name] = list(files)
+    indices = [
+        write_index(
+            out_dir / "provenance",
+            build_index(t, root=root, protocol=protocol, outputs=table_files[t.name]),
+        )
+        for t in tables
+    ]
+    paper = load_paper_results(paper_results)
+    comparison, claims = comparison_frame(tables, paper), claims_frame(tables, paper)
+    for path, text in {
+        out_dir / "comparison.csv": comparison.to_csv(index=False),
+        out_dir / "comparison.md": comparison_markdown(comparison),
+        out_dir / "claims.csv": claims.to_csv(index=False),
+    }.items():
+        with atomic_write(path) as handle:
+            handle.write(text)
+    figures = draw_figures(
+        [e for e in entries if e.table == "figures"], results_root, out_dir / "figures"
+    )
+    inputs = ReportInputs(
+        protocol=protocol,
+        choices=choices,
+        overrides=overrides,
+        seeds=seeds,
+        checkpoint=checkpoint,
+        test=ttest_kind(welch),
+        results_root=str(results_root),
+        tables=tables,
+        comparison=comparison,
+        claims=claims,
+        figures=sorted(figures),
+        table_files=table_files,
+        indices=indices,
+        config_path=config_path,
+    )
+    write_report(inputs, out_dir)
+    missing = {c: t.eval_target(c) for t in tables for c in t.missing_cells}
+    return {
+        "tables": tables,
+        "numbers": sum(len(t.numbers) for t in tables),
+        "missing": dict(sorted(missing.items())),
+        "figures": figures,
+        "indices": indices,
+    }

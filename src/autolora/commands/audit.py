@@ -1,0 +1,64 @@
+"""`autolora audit`: trace one table number to the files behind it and re-verify every hash."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "audit"
+HELP = "trace a table number (or --all) to its records, checkpoints and inputs and re-verify hashes"
+RESULTS = "results"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--index",
+        help="aggregate output folder or its provenance/ folder (default: the only "
+        f"{RESULTS}/<protocol>/provenance folder)",
+    )
+    parser.add_argument(
+        "--root",
+        default=".",
+        help="folder the recorded paths are relative to (default: the current one)",
+    )
+    parser.add_argument("--all", action="store_true", help="audit every number of every table")
+    parser.add_argument("--quiet", action="store_true", help="print only the verdict and problems")
+    parser.add_argument("table", nargs="?", help="table name, e.g. table1")
+    parser.add_argument("row", nargs="?", help="row key, e.g. cifar10/autolora")
+    parser.add_argument("column", nargs="?", help="column key, e.g. PGD10")
+
+
+def default_index(root: str) -> Path:
+    """The only ``results/<protocol>/provenance`` folder under ``root``."""
+    from autolora.errors import ConfigError
+
+    found = sorted(Path(root).glob(f"{RESULTS}/*/provenance"))
+    if len(found) != 1:
+        listed = ", ".join(str(p) for p in found) or "none"
+        raise ConfigError(
+            f"pass --index: found {len(found)} provenance folders ({listed}) under "
+            f"{Path(root) / RESULTS}; `autolora aggregate` writes one"
+        )
+    return found[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    from autolora.errors import ConfigError
+    from autolora.provenance import audit_all, audit_one, raise_if_failed
+
+    given = [a for a in (args.table, args.row, args.column) if a is not None]
+    if args.all == bool(given) or (given and len(given) != 3):
+        raise ConfigError(
+            "give either TABLE ROW COLUMN (e.g. `autolora audit table1 "
+            "cifar10/autolora PGD10`) or --all"
+        )
+    index = args.index or default_index(args.root)
+    if args.all:
+        audit = audit_all(index, args.root)
+    else:
+        audit = audit_one(index, args.table, args.row, args.column, args.root)
+    lines = [f"PROBLEM: {p}" for p in audit.problems] if args.quiet else audit.lines
+    print("\n".join(lines))
+    raise_if_failed(audit)
+    print(f"audit passed: {audit.verified} file hash(es) re-verified, the number(s) recomputed")
+    return 0

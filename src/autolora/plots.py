@@ -1,0 +1,153 @@
+"""Figures 1a/2a (gradient similarity per epoch) and 1b/2b (test PGD-10 per epoch).
+
+One PNG per figure kind and dataset: a line per method, the mean over seeds at each epoch, with a
+band of ± one sample std (ddof=1) where at least two seeds reach that epoch. Drawn with matplotlib's
+Agg canvas directly (no pyplot, no global backend switch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from autolora.errors import DataError
+from autolora.io import atomic_path
+from autolora.tables import DATASET_LABELS, METHOD_LABELS, EntryLike
+
+HISTORY_FILE = "history.csv"
+FIGURES = {  # history column: (title, y label)
+    "grad_similarity": (
+        "Gradient similarity (natural vs adversarial objective)",
+        "cosine similarity",
+    ),
+    "test_pgd10": ("Test PGD-10 robust accuracy", "PGD-10 accuracy (%)"),
+}
+FIGURE_SIZE_IN = (6.0, 4.0)
+FIGURE_DPI = 100
+
+
+@dataclass
+class MethodSeries:
+    """What one method's line shows: per-epoch mean and std over seeds, and each seed's values."""
+
+    method: str
+    epochs: list[int]
+    mean: list[float]
+    std: list[float]
+    per_seed: dict[int, dict[int, float]] = field(default_factory=dict)  # seed -> {epoch: value}
+
+
+def read_history(path: str | Path) -> pd.DataFrame | None:
+    """A cell's ``history.csv``, or None when it does not exist yet."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise DataError(f"{path}: unreadable training history ({error}); rerun the cell") from error
+    if "epoch" not in frame.columns:
+        raise DataError(f"{path}: no 'epoch' column; rerun the cell to rewrite its history")
+    return frame
+
+
+def method_series(
+    method: str, histories: dict[int, pd.DataFrame], column: str
+) -> MethodSeries | None:
+    """Mean/std over seeds of ``column`` at each epoch; None when no seed has a value."""
+    per_seed: dict[int, dict[int, float]] = {}
+    for seed, history in sorted(histories.items()):
+        if column not in history.columns:
+            continue
+        values = history[["epoch", column]].dropna()
+        if len(values):
+            per_seed[seed] = {
+                int(e): float(v) for e, v in zip(values["epoch"], values[column], strict=True)
+            }
+    if not per_seed:
+        return None
+    epochs = sorted({e for series in per_seed.values() for e in series})
+    means, stds = [], []
+    for epoch in epochs:
+        at_epoch = np.array([s[epoch] for s in per_seed.values() if epoch in s])
+        means.append(float(at_epoch.mean()))
+        stds.append(float(at_epoch.std(ddof=1)) if at_epoch.size > 1 else float("nan"))
+    return MethodSeries(method, epochs, means, stds, per_seed)
+
+
+def draw_figure(
+    series: Sequence[MethodSeries], *, title: str, ylabel: str, path: str | Path
+) -> None:
+    """Write a PNG with one line (+ std band) per method; an empty plot says that no data exist yet."""
+    figure = Figure(figsize=FIGURE_SIZE_IN, dpi=FIGURE_DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for line in series:
+        epochs, mean, std = np.array(line.epochs), np.array(line.mean), np.array(line.std)
+        n_seeds = len(line.per_seed)
+        (drawn,) = axes.plot(
+            epochs,
+            mean,
+            marker=".",
+            label=f"{METHOD_LABELS.get(line.method, line.method)}"
+            f" ({n_seeds} seed{'s' if n_seeds != 1 else ''})",
+        )
+        band = ~np.isnan(std)
+        if band.any():
+            axes.fill_between(
+                epochs[band],
+                (mean - std)[band],
+                (mean + std)[band],
+                color=drawn.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
+    if not series:
+        axes.text(
+            0.5, 0.5, "no training history yet", ha="center", va="center", transform=axes.transAxes
+        )
+    else:
+        axes.legend()
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def figure_path(out_dir: str | Path, column: str, arch: str, dataset: str) -> Path:
+    return Path(out_dir) / f"{column}-{arch}-{dataset}.png"
+
+
+def draw_figures(
+    entries: Iterable[EntryLike], results_root: str | Path, out_dir: str | Path
+) -> dict[Path, list[MethodSeries]]:
+    """Every figure (both kinds, per arch and dataset) of ``entries``; returns what each PNG plots."""
+    groups: dict[tuple[str, str], dict[str, dict[int, pd.DataFrame]]] = {}
+    for entry in entries:
+        methods = groups.setdefault((entry.arch, entry.dataset), {})
+        seeds = methods.setdefault(entry.method, {})
+        history = read_history(Path(results_root) / entry.cell_id / HISTORY_FILE)
+        if history is not None:
+            seeds[entry.seed] = history
+    plotted = {}
+    for (arch, dataset), methods in groups.items():
+        for column, (title, ylabel) in FIGURES.items():
+            series = [s for m, h in methods.items() if (s := method_series(m, h, column))]
+            path = figure_path(out_dir, column, arch, dataset)
+            draw_figure(
+                series,
+                title=f"{title}: {DATASET_LABELS.get(dataset, dataset)}, {arch}",
+                ylabel=ylabel,
+                path=path,
+            )
+            plotted[path] = series
+    return plotted

@@ -1,0 +1,858 @@
+"""The paper's tables (SPEC §5) from evaluation records: layout, numbers and rendering.
+
+A table is built from the grid's ``TableEntry`` list (one entry per cell and seed) and the results
+root; nothing here parses the workflow config. Every number keeps the cells and seeds behind it, so
+that the provenance index (``autolora.provenance``) and the paper comparison (``autolora.compare``)
+can follow it. Cells read "mean ± std (n)"; a mean over fewer seeds than configured reads
+"mean ± std (n/N)†" and a number with no seed at all reads "—"; footnotes list the missing cells
+and the command that produces each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from autolora.errors import DataError
+from autolora.stats import (
+    STD_DESCRIPTION,
+    TEST_DESCRIPTIONS,
+    summarize,
+    ttest_kind,
+    two_sample_ttest,
+)
+
+METRICS = ("SA", "PGD10", "AA")
+ABLATION_METRICS = ("SA", "PGD10")
+BASELINES = ("vanilla", "twins")
+PROPOSED = "autolora"
+MISSING = "—"
+INCOMPLETE_MARK = "†"
+NOT_COMPUTED = "n/a"
+DEFAULT_RANK = 8
+DEFAULT_ALPHA = 1.0
+RATIO_ROW = "param_ratio"
+
+METRIC_LABELS = {"SA": "SA", "PGD10": "PGD-10", "AA": "AA", "ratio": "ratio (%)"}
+DATASET_LABELS = {
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "dtd": "DTD-57",
+    "dogs": "DOG-120",
+    "cub": "CUB-200",
+    "caltech256": "Caltech-256",
+}
+METHOD_LABELS = {"vanilla": "Vanilla RFT", "twins": "TWINS", "autolora": "AutoLoRa"}
+ARCH_LABELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "tiny": "tiny"}
+TABLE_TITLES = {
+    "table1": "Table 1: SA / PGD-10 / AA (%) per dataset and method",
+    "table2": "Table 2: SA / PGD-10 / AA (%) per dataset and method",
+    "table3": "Table 3: AutoLoRa with LoRa rank r; parameter ratio = LoRa / FE parameters (%)",
+    "table4": "Table 4: pre-training ε_pt (/255) of the backbone",
+    "table5": "Table 5: TWINS without / with the automated LR scheduler",
+    "table6": "Table 6: AutoLoRa with exponent α of the λ schedule",
+    "table8": "Table 8: p-values of two-sample t-tests, AutoLoRa vs each baseline",
+}
+TABLE_ORDER = ("table1", "table2", "table3", "table4", "table5", "table6", "table8")
+
+
+class EntryLike(Protocol):
+    """What a table needs of ``autolora.grid.TableEntry``."""
+
+    table: str
+    cell_id: str
+    arch: str
+    eps_pt: float
+    dataset: str
+    method: str
+    variant: str | None
+    seed: int
+    factor: Any
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter counts (Table 3's ratio), computed from the ResNet conv shapes without torch.
+
+RESNET_STAGES = {  # arch: (block kind, blocks per stage); stage widths 64, 128, 256, 512
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+}
+STAGE_WIDTHS = (64, 128, 256, 512)
+BOTTLENECK_EXPANSION = 4
+
+
+def residual_block_convs(arch: str) -> list[tuple[int, int, int]]:
+    """(C_in, C_out, k) of every conv inside the residual blocks (no stem, no shortcut), in order."""
+    kind, blocks = _stages(arch)
+    convs: list[tuple[int, int, int]] = []
+    channels = 64
+    for width, count in zip(STAGE_WIDTHS, blocks, strict=True):
+        for _ in range(count):
+            if kind == "basic":
+                convs += [(channels, width, 3), (width, width, 3)]
+                channels = width
+            else:
+                out = width * BOTTLENECK_EXPANSION
+                convs += [(channels, width, 1), (width, width, 3), (width, out, 1)]
+                channels = out
+    return convs
+
+
+def shortcut_convs(arch: str) -> list[tuple[int, int, int]]:
+    """(C_in, C_out, 1) of the 1×1 projection shortcuts (first block of a stage that changes shape)."""
+    kind, _ = _stages(arch)
+    expansion = 1 if kind == "basic" else BOTTLENECK_EXPANSION
+    convs, channels = [], 64
+    for stage, width in enumerate(STAGE_WIDTHS):
+        out = width * expansion
+        if stage > 0 or channels != out:
+            convs.append((channels, out, 1))
+        channels = out
+    return convs
+
+
+def feature_dim(arch: str) -> int:
+    kind, _ = _stages(arch)
+    return STAGE_WIDTHS[-1] * (1 if kind == "basic" else BOTTLENECK_EXPANSION)
+
+
+def lora_parameter_count(arch: str, rank: int) -> int:
+    """LoRa parameters: per block conv, A (r·k × C_in·k) + B (C_out·k × r·k) = r·k²·(C_in + C_out)."""
+    return sum(rank * k * k * (c_in + c_out) for c_in, c_out, k in residual_block_convs(arch))
+
+
+def feature_extractor_parameter_count(arch: str) -> int:
+    """Parameters of the FE (everything but the classifier): convs (no bias) + BN γ, β."""
+    stem = 3 * 64 * 7 * 7 + 2 * 64
+    convs = residual_block_convs(arch) + shortcut_convs(arch)
+    return stem + sum(c_in * c_out * k * k + 2 * c_out for c_in, c_out, k in convs)
+
+
+def parameter_ratio_pct(arch: str, rank: int) -> float:
+    """Table 3's parameter ratio: LoRa parameters / FE parameters, in percent."""
+    return 100.0 * lora_parameter_count(arch, rank) / feature_extractor_parameter_count(arch)
+
+
+def _stages(arch: str) -> tuple[str, tuple[int, ...]]:
+    if arch not in RESNET_STAGES:
+        raise KeyError(arch)
+    return RESNET_STAGES[arch]
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation records
+
+
+class EvaluationStore:
+    """Reads the evaluation records ``<results>/<cell_id>/eval-<checkpoint>.json``, each once."""
+
+    def __init__(self, results_root: str | Path, checkpoint: str):
+        self.results_root = Path(results_root)
+        self.checkpoint = checkpoint
+        self._records: dict[str, dict | None] = {}
+
+    def path(self, cell_id: str) -> Path:
+        return self.results_root / cell_id / f"eval-{self.checkpoint}.json"
+
+    def get(self, cell_id: str) -> dict | None:
+        """The record of ``cell_id``, or None when it does not exist (yet)."""
+        if cell_id not in self._records:
+            self._records[cell_id] = self._read(cell_id)
+        return self._records[cell_id]
+
+    def _read(self, cell_id: str) -> dict | None:
+        path = self.path(cell_id)
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise DataError(
+                f"{path}: unreadable evaluation record ({error}); delete it and rerun "
+                f"`snakemake {path}`"
+            ) from error
+        problem = _evaluation_problem(record, cell_id, self.checkpoint)
+        if problem:
+            raise DataError(f"{path}: {problem}; delete it and rerun `snakemake {path}`")
+        return record
+
+
+def _evaluation_problem(record: Any, cell_id: str, checkpoint: str) -> str | None:
+    if not isinstance(record, dict) or record.get("kind") != "evaluation":
+        return "not an evaluation record (kind != 'evaluation')"
+    if record.get("cell_id") != cell_id:
+        return f"record is for cell {record.get('cell_id')!r}, expected {cell_id!r}"
+    evaluated = (record.get("checkpoint") or {}).get("name")
+    if evaluated != checkpoint:
+        return f"record evaluates checkpoint {evaluated!r}, expected {checkpoint!r}"
+    metrics = record.get("metrics")
+    if not isinstance(metrics, dict) or any(m not in metrics for m in METRICS):
+        return f"record lacks metrics {list(METRICS)}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers
+
+
+@dataclass(frozen=True)
+class SeedValue:
+    """One seed's contribution to a number."""
+
+    group: str  # the method compared (p-values) or "" (means)
+    cell_id: str
+    seed: int
+    value: float | None
+    status: str  # "ok" | "missing" (no evaluation record) | "not_computed" (metric is null)
+    evaluation: str  # path of the evaluation record
+
+
+@dataclass(frozen=True)
+class Number:
+    """One number of a table: a mean over seeds, a p-value or a computed parameter ratio."""
+
+    table: str
+    row: str
+    column: str
+    kind: str  # "mean" | "p_value" | "ratio"
+    metric: str
+    value: float
+    std: float = math.nan
+    n: int = 0
+    expected: int = 0
+    seeds: tuple[SeedValue, ...] = ()
+    test: str | None = None
+    formula: str | None = None
+    paper_key: dict | None = None
+
+    @property
+    def missing_cells(self) -> list[str]:
+        return [s.cell_id for s in self.seeds if s.status == "missing"]
+
+    @property
+    def not_computed_cells(self) -> list[str]:
+        return [s.cell_id for s in self.seeds if s.status == "not_computed"]
+
+    @property
+    def complete(self) -> bool:
+        return all(s.status == "ok" for s in self.seeds) and not math.isnan(self.value)
+
+    def display(self) -> str:
+        if self.kind == "ratio":
+            return MISSING if math.isnan(self.value) else f"{self.value:.2f}"
+        if self.kind == "p_value":
+            return self._display_p_value()
+        return self._display_mean()
+
+    def _display_mean(self) -> str:
+        if self.n == 0:
+            return NOT_COMPUTED if self.not_computed_cells and not self.missing_cells else MISSING
+        spread = f" ± {self.std:.2f}" if self.n > 1 else ""
+        if self.n == self.expected:
+            return f"{self.value:.2f}{spread} ({self.n})"
+        return f"{self.value:.2f}{spread} ({self.n}/{self.expected}){INCOMPLETE_MARK}"
+
+    def _display_p_value(self) -> str:
+        if self.n == 0:
+            return MISSING
+        if math.isnan(self.value):
+            return NOT_COMPUTED
+        text = format_p_value(self.value)
+        return text if self.complete else text + INCOMPLETE_MARK
+
+
+def format_p_value(p: float) -> str:
+    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def seed_values(
+    entries: Sequence[EntryLike], store: EvaluationStore, metric: str, group: str = ""
+) -> list[SeedValue]:
+    values = []
+    for entry in sorted(entries, key=lambda e: e.seed):
+        record = store.get(entry.cell_id)
+        path = str(store.path(entry.cell_id))
+        if record is None:
+            values.append(SeedValue(group, entry.cell_id, entry.seed, None, "missing", path))
+        elif record["metrics"][metric] is None:
+            values.append(SeedValue(group, entry.cell_id, entry.seed, None, "not_computed", path))
+        else:
+            value = float(record["metrics"][metric])
+            values.append(SeedValue(group, entry.cell_id, entry.seed, value, "ok", path))
+    return values
+
+
+def mean_number(
+    table: str,
+    row: str,
+    column: str,
+    metric: str,
+    entries: Sequence[EntryLike],
+    store: EvaluationStore,
+    paper_key: dict | None,
+) -> Number:
+    seeds = seed_values(entries, store, metric)
+    summary = summarize([s.value for s in seeds if s.status == "ok"])
+    return Number(
+        table,
+        row,
+        column,
+        "mean",
+        metric,
+        summary.mean,
+        summary.std,
+        summary.n,
+        len(seeds),
+        tuple(seeds),
+        paper_key=paper_key,
+    )
+
+
+def p_value_number(
+    table: str,
+    row: str,
+    column: str,
+    metric: str,
+    proposed: Sequence[EntryLike],
+    baseline: Sequence[EntryLike],
+    baseline_name: str,
+    store: EvaluationStore,
+    welch: bool,
+    paper_key: dict | None,
+) -> Number:
+    ours = seed_values(proposed, store, metric, PROPOSED)
+    theirs = seed_values(baseline, store, metric, baseline_name)
+    a = [s.value for s in ours if s.status == "ok"]
+    b = [s.value for s in theirs if s.status == "ok"]
+    computable = len(a) >= 2 and len(b) >= 2
+    p = two_sample_ttest(a, b, welch=welch).pvalue if computable else math.nan
+    n = len(a) + len(b) if computable else 0
+    return Number(
+        table,
+        row,
+        column,
+        "p_value",
+        metric,
+        p,
+        n=n,
+        expected=len(ours) + len(theirs),
+        seeds=tuple(ours + theirs),
+        test=ttest_kind(welch),
+        paper_key=paper_key,
+    )
+
+
+def ratio_number(
+    table: str, row: str, column: str, arch: str, rank: int, paper_key: dict
+) -> Number:
+    formula = (
+        f"LoRa parameters of {arch} at r={rank} / FE parameters of {arch} × 100 "
+        "(LoRa: Σ over residual-block convs of r·k²·(C_in + C_out); FE: all but the classifier)"
+    )
+    try:
+        value = parameter_ratio_pct(arch, rank)
+        formula += f" = {lora_parameter_count(arch, rank)} / {feature_extractor_parameter_count(arch)} × 100"
+    except KeyError:
+        value = math.nan
+        formula = f"no conv-shape table for arch {arch!r}: ratio not computed"
+    return Number(table, row, column, "ratio", "ratio", value, formula=formula, paper_key=paper_key)
+
+
+# --------------------------------------------------------------------------------------------
+# Layouts: which entries make which number
+
+
+def factor_value(entry: EntryLike, table: str) -> Any:
+    """The value a table varies for this entry (rank, ε_pt, autolr flag, α)."""
+    if table == "table4":
+        return _number(entry.eps_pt)
+    if table == "table5":
+        return entry.variant == "autolr"
+    if entry.factor is not None and not isinstance(entry.factor, str):
+        return _number(entry.factor)
+    variant = entry.variant or ""
+    if table == "table3":
+        match = re.fullmatch(r"r(\d+)", variant)
+        return int(match.group(1)) if match else DEFAULT_RANK
+    if table == "table6":
+        match = re.fullmatch(r"alpha([0-9.]+)", variant)
+        return float(match.group(1)) if match else DEFAULT_ALPHA
+    return None
+
+
+def format_factor(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _number(value: Any) -> Any:
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
+def _ordered(values: Iterable[Any]) -> list[Any]:
+    return list(dict.fromkeys(values))
+
+
+def _group(entries: Iterable[EntryLike], key) -> dict[Any, list[EntryLike]]:
+    groups: dict[Any, list[EntryLike]] = {}
+    for entry in entries:
+        groups.setdefault(key(entry), []).append(entry)
+    return groups
+
+
+def _paper_key(
+    table: str,
+    arch: str,
+    dataset: str,
+    method: str,
+    metric: str,
+    variant: str = "",
+    variant_value: str = "",
+) -> dict:
+    return {
+        "table": table,
+        "backbone": arch,
+        "dataset": dataset,
+        "method": method,
+        "variant": variant,
+        "variant_value": variant_value,
+        "metric": metric,
+    }
+
+
+def _arch(entries: Sequence[EntryLike]) -> str:
+    return entries[0].arch if entries else ""
+
+
+def layout_main(name: str, entries: Sequence[EntryLike], store: EvaluationStore) -> list[Number]:
+    """Tables 1/2: rows dataset/method, columns SA, PGD10, AA."""
+    groups = _group(entries, lambda e: (e.dataset, e.method))
+    numbers = []
+    for (dataset, method), cell_entries in groups.items():
+        row = f"{dataset}/{method}"
+        for metric in METRICS:
+            key = _paper_key(name, cell_entries[0].arch, dataset, method, metric)
+            numbers.append(mean_number(name, row, metric, metric, cell_entries, store, key))
+    return numbers
+
+
+def _by_row_then_factor(
+    name: str, entries: Sequence[EntryLike], row_key
+) -> list[tuple[Any, Any, list[EntryLike]]]:
+    """(row key, factor value, entries) in row order of first appearance, factor ascending."""
+    groups = _group(entries, lambda e: (row_key(e), factor_value(e, name)))
+    rows = _ordered(row_key(e) for e in entries)
+    return [
+        (row, value, groups[(row, value)])
+        for row in rows
+        for value in sorted(v for r, v in groups if r == row)
+    ]
+
+
+def layout_rank(name: str, entries: Sequence[EntryLike], store: EvaluationStore) -> list[Number]:
+    """Table 3: rows dataset, columns r<k>/SA and r<k>/PGD10; row param_ratio, columns r<k>/ratio."""
+    numbers = []
+    for dataset, rank, cell_entries in _by_row_then_factor(name, entries, lambda e: e.dataset):
+        for metric in ABLATION_METRICS:
+            key = _paper_key(
+                name, cell_entries[0].arch, dataset, PROPOSED, metric, "lora_rank", str(rank)
+            )
+            numbers.append(
+                mean_number(name, dataset, f"r{rank}/{metric}", metric, cell_entries, store, key)
+            )
+    for rank in sorted({factor_value(e, name) for e in entries}):
+        key = _paper_key(
+            name, _arch(entries), "", PROPOSED, "param_ratio_pct", "lora_rank", str(rank)
+        )
+        numbers.append(ratio_number(name, RATIO_ROW, f"r{rank}/ratio", _arch(entries), rank, key))
+    return numbers
+
+
+def layout_factor(
+    name: str,
+    entries: Sequence[EntryLike],
+    store: EvaluationStore,
+    *,
+    prefix: str,
+    paper_variant: str,
+    with_method: bool,
+) -> list[Number]:
+    """Tables 4 and 6: rows dataset[/method], columns <prefix><value>/<metric>."""
+
+    def row_key(e: EntryLike) -> str:
+        return f"{e.dataset}/{e.method}" if with_method else e.dataset
+
+    numbers = []
+    for row, value, cell_entries in _by_row_then_factor(name, entries, row_key):
+        first = cell_entries[0]
+        for metric in ABLATION_METRICS:
+            key = _paper_key(
+                name,
+                first.arch,
+                first.dataset,
+                first.method,
+                metric,
+                paper_variant,
+                format_factor(value),
+            )
+            numbers.append(
+                mean_number(
+                    name,
+                    row,
+                    f"{prefix}{format_factor(value)}/{metric}",
+                    metric,
+                    cell_entries,
+                    store,
+                    key,
+                )
+            )
+    return numbers
+
+
+def layout_autolr(name: str, entries: Sequence[EntryLike], store: EvaluationStore) -> list[Number]:
+    """Table 5: rows dataset, columns twins/<metric> and twins-autolr/<metric>."""
+    numbers = []
+    for dataset, autolr, cell_entries in _by_row_then_factor(name, entries, lambda e: e.dataset):
+        label = "twins-autolr" if autolr else "twins"
+        for metric in METRICS:
+            key = _paper_key(
+                name,
+                cell_entries[0].arch,
+                dataset,
+                "twins",
+                metric,
+                "auto_lr",
+                "true" if autolr else "false",
+            )
+            numbers.append(
+                mean_number(name, dataset, f"{label}/{metric}", metric, cell_entries, store, key)
+            )
+    return numbers
+
+
+def layout_p_values(
+    name: str, sources: dict[str, Sequence[EntryLike]], store: EvaluationStore, welch: bool
+) -> list[Number]:
+    """Table 8: rows <source table>/<dataset>, columns <baseline>/<metric>."""
+    numbers = []
+    for source, entries in sources.items():
+        groups = _group(entries, lambda e: (e.dataset, e.method))
+        for dataset in _ordered(e.dataset for e in entries):
+            proposed = groups.get((dataset, PROPOSED))
+            if not proposed:
+                continue
+            for baseline in BASELINES:
+                if (dataset, baseline) not in groups:
+                    continue
+                for metric in METRICS:
+                    key = _paper_key(
+                        name,
+                        proposed[0].arch,
+                        dataset,
+                        PROPOSED,
+                        f"p_{metric}",
+                        "baseline",
+                        baseline,
+                    )
+                    numbers.append(
+                        p_value_number(
+                            name,
+                            f"{source}/{dataset}",
+                            f"{baseline}/{metric}",
+                            metric,
+                            proposed,
+                            groups[(dataset, baseline)],
+                            baseline,
+                            store,
+                            welch,
+                            key,
+                        )
+                    )
+    return numbers
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    numbers: list[Number]
+    notes: list[str] = field(default_factory=list)
+    results_root: str = "results"
+    checkpoint: str = "best_test"
+    arch: str = ""
+
+    @property
+    def rows(self) -> list[str]:
+        return _ordered(n.row for n in self.numbers)
+
+    @property
+    def columns(self) -> list[str]:
+        return _ordered(n.column for n in self.numbers)
+
+    def number(self, row: str, column: str) -> Number | None:
+        return next((n for n in self.numbers if n.row == row and n.column == column), None)
+
+    @property
+    def missing_cells(self) -> list[str]:
+        return sorted({c for n in self.numbers for c in n.missing_cells})
+
+    @property
+    def not_computed_cells(self) -> list[str]:
+        return sorted({c for n in self.numbers for c in n.not_computed_cells})
+
+    @property
+    def complete(self) -> bool:
+        return all(n.complete for n in self.numbers if n.kind != "ratio")
+
+    def display_frame(self) -> pd.DataFrame:
+        """Rows × columns of display strings; absent combinations are empty."""
+        frame = pd.DataFrame("", index=pd.Index(self.rows, name="row"), columns=self.columns)
+        for number in self.numbers:
+            frame.loc[number.row, number.column] = number.display()
+        return frame
+
+    def values_frame(self) -> pd.DataFrame:
+        """One line per number: value, std, n, expected seeds, completeness, per-seed values."""
+        lines = []
+        for n in self.numbers:
+            lines.append(
+                {
+                    "table": self.name,
+                    "row": n.row,
+                    "column": n.column,
+                    "kind": n.kind,
+                    "metric": n.metric,
+                    "value": n.value,
+                    "std": n.std,
+                    "n": n.n,
+                    "expected": n.expected,
+                    "complete": n.complete if n.kind != "ratio" else True,
+                    "test": n.test or "",
+                    "seeds": ";".join(
+                        f"{s.group + ':' if s.group else ''}{s.seed}="
+                        f"{'' if s.value is None else repr(s.value)}"
+                        for s in n.seeds
+                    ),
+                    "missing_cells": ";".join(n.missing_cells),
+                }
+            )
+        return pd.DataFrame(lines)
+
+    def eval_target(self, cell_id: str) -> str:
+        return f"{self.results_root.rstrip('/')}/{cell_id}/eval-{self.checkpoint}.json"
+
+    def footnotes(self) -> list[str]:
+        """Plain-text notes printed under the table (conventions first, then what is missing)."""
+        notes = list(self.notes)
+        if any(n.kind == "mean" and n.n and n.n < n.expected for n in self.numbers):
+            notes.append(
+                f"{INCOMPLETE_MARK} mean over fewer seeds than configured (n/N): "
+                "incomplete, not comparable with complete cells."
+            )
+        if any(n.kind == "p_value" and n.n and not n.complete for n in self.numbers):
+            notes.append(f"{INCOMPLETE_MARK} p-value from fewer seeds than configured.")
+        if self.not_computed_cells:
+            notes.append(
+                f"{NOT_COMPUTED}: metric not computed in the evaluation record (AA with "
+                "AutoAttack disabled) — cells: " + ", ".join(self.not_computed_cells)
+            )
+        notes += sorted(
+            {
+                f"{MISSING} (ratio): {n.formula}"
+                for n in self.numbers
+                if n.kind == "ratio" and math.isnan(n.value)
+            }
+        )
+        if any(n.kind == "p_value" and n.n and math.isnan(n.value) for n in self.numbers):
+            notes.append(f"{NOT_COMPUTED} (p-value): undefined, both groups have zero variance.")
+        if self.missing_cells:
+            notes.append(
+                f"{MISSING} / missing seeds: {len(self.missing_cells)} cell(s) have no "
+                f"evaluation record yet; `snakemake` (rule all) produces all of them, "
+                "or one at a time:"
+            )
+            notes += [f"  {c}: snakemake {self.eval_target(c)}" for c in self.missing_cells]
+        return notes
+
+    # ---- rendering
+
+    def to_csv(self) -> str:
+        return self.display_frame().to_csv()
+
+    def values_csv(self) -> str:
+        return self.values_frame().to_csv(index=False)
+
+    def to_markdown(self) -> str:
+        frame = self.display_frame()
+        header = ["row", *frame.columns]
+        lines = [
+            f"**{self.title}**",
+            "",
+            _md_row(header),
+            _md_row(["---"] + ["--:"] * len(frame.columns)),
+        ]
+        lines += [_md_row([row, *frame.loc[row]]) for row in frame.index]
+        previous_was_item = True
+        for note in self.footnotes():
+            is_item = note.startswith("  ")
+            if is_item != previous_was_item:
+                lines.append("")  # Markdown needs a blank line before a paragraph or a list
+            lines.append(_md_note(note))
+            previous_was_item = is_item
+        return "\n".join(lines) + "\n"
+
+    def to_latex(self) -> str:
+        frame = self.display_frame()
+        spec = "l" + "r" * len(frame.columns)
+        header = [""] + [_latex_column(c) for c in frame.columns]
+        lines = [
+            "% " + self.title,
+            f"\\begin{{tabular}}{{{spec}}}",
+            "\\toprule",
+            " & ".join(header) + r" \\",
+            "\\midrule",
+        ]
+        for row in frame.index:
+            cells = [_latex_row_label(row)] + [_latex_cell(v) for v in frame.loc[row]]
+            lines.append(" & ".join(cells) + r" \\")
+        lines.append("\\bottomrule")
+        for note in self.footnotes():  # notes visible under the table; cell lists as comments
+            if note.startswith("  "):
+                lines.append(f"%{note}")
+            else:
+                text = latex_escape(note.replace("`", ""))
+                lines.append(
+                    f"\\multicolumn{{{len(frame.columns) + 1}}}{{l}}{{\\footnotesize {text}}} \\\\"
+                )
+        lines.append("\\end{tabular}")
+        return "\n".join(lines) + "\n"
+
+
+def build_tables(
+    entries: Iterable[EntryLike],
+    results_root: str | Path,
+    checkpoint: str,
+    *,
+    table8_sources: Sequence[str] = (),
+    welch: bool = False,
+) -> list[Table]:
+    """Every table present in ``entries`` (plus Table 8 over ``table8_sources``), in paper order."""
+    store = EvaluationStore(results_root, checkpoint)
+    by_table = _group(entries, lambda e: e.table)
+    conventions = [
+        f"Values in %, mean ± std (n) over seeds; {STD_DESCRIPTION}.",
+        f"Evaluated checkpoint: {checkpoint}.",
+    ]
+    tables = []
+    for name in TABLE_ORDER:
+        if name == "table8":
+            sources = {s: by_table[s] for s in table8_sources if s in by_table}
+            if not table8_sources:
+                continue
+            numbers = layout_p_values(name, sources, store, welch)
+            notes = [
+                f"Test: {TEST_DESCRIPTIONS[ttest_kind(welch)]}, AutoLoRa's per-seed values "
+                "against the baseline's, per metric.",
+                f"Evaluated checkpoint: {checkpoint}.",
+            ]
+            absent = [s for s in table8_sources if s not in by_table]
+            if absent:
+                notes.append(f"Source tables not in the grid: {', '.join(absent)}.")
+        elif name in by_table:
+            numbers = _layout(name, by_table[name], store)
+            notes = list(conventions)
+        else:
+            continue
+        used = (
+            by_table.get(name)
+            if name != "table8"
+            else [e for s in table8_sources for e in by_table.get(s, [])]
+        )
+        archs = {e.arch for e in used or []}
+        arch = archs.pop() if len(archs) == 1 else ""
+        title = TABLE_TITLES[name] + (f" ({ARCH_LABELS.get(arch, arch)})" if arch else "")
+        tables.append(Table(name, title, numbers, notes, str(results_root), checkpoint, arch))
+    return tables
+
+
+def _layout(name: str, entries: Sequence[EntryLike], store: EvaluationStore) -> list[Number]:
+    if name in ("table1", "table2"):
+        return layout_main(name, entries, store)
+    if name == "table3":
+        return layout_rank(name, entries, store)
+    if name == "table4":
+        return layout_factor(
+            name, entries, store, prefix="eps", paper_variant="pretrain_eps", with_method=True
+        )
+    if name == "table5":
+        return layout_autolr(name, entries, store)
+    if name == "table6":
+        return layout_factor(
+            name, entries, store, prefix="alpha", paper_variant="alpha", with_method=False
+        )
+    raise ValueError(f"no layout for {name}")
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering helpers
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _md_note(note: str) -> str:
+    if note.startswith("  "):
+        cell, _, command = note.strip().partition(": ")
+        return f"- `{cell}`: `{command}`"
+    return note + "  "
+
+
+LATEX_ESCAPES = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#"}
+
+
+def latex_escape(text: str) -> str:
+    text = "".join(LATEX_ESCAPES.get(ch, ch) for ch in text)
+    return (
+        text.replace("±", r"$\pm$")
+        .replace(MISSING, "---")
+        .replace(INCOMPLETE_MARK, r"$^\dagger$")
+        .replace("ε", r"$\varepsilon$")
+        .replace("α", r"$\alpha$")
+    )
+
+
+def _latex_cell(value: str) -> str:
+    return latex_escape(value)
+
+
+def _latex_row_label(row: str) -> str:
+    parts = row.split("/")
+    labels = [DATASET_LABELS.get(p, METHOD_LABELS.get(p, p)) for p in parts]
+    if parts[0].startswith("table"):
+        labels[0] = "Table " + parts[0][len("table") :]
+    return latex_escape(" / ".join(labels))
+
+
+def _latex_column(column: str) -> str:
+    factor, _, metric = column.rpartition("/")
+    label = METRIC_LABELS.get(metric, metric)
+    if not factor:
+        return latex_escape(label)
+    for prefix, symbol in (("alpha", r"$\alpha$="), ("eps", r"$\varepsilon_{pt}$="), ("r", "$r$=")):
+        if re.fullmatch(rf"{prefix}[0-9.]+", factor):
+            return symbol + factor[len(prefix) :] + " " + latex_escape(label)
+    return latex_escape(METHOD_LABELS.get(factor, factor) + " " + label)

@@ -1,0 +1,366 @@
+"""Tables from evaluation records with known values: entries, p-values, missing seeds, rendering,
+the paper comparison and `autolora aggregate` end to end."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from records_factory import metrics_of, write_cell
+from scipy.stats import t as t_distribution
+
+from autolora.cli import main
+from autolora.compare import (
+    FAILS,
+    HOLDS,
+    UNKNOWN,
+    claims_frame,
+    comparison_frame,
+    load_paper_results,
+)
+from autolora.errors import DataError
+from autolora.grid import expand_grid
+from autolora.tables import (
+    build_tables,
+    feature_extractor_parameter_count,
+    lora_parameter_count,
+    parameter_ratio_pct,
+)
+
+PAPER_CSV = Path(__file__).parents[1] / "config" / "paper_results.csv"
+SEEDS = (0, 6, 66)
+# (SA, PGD10, AA) per seed 0, 6, 66
+VALUES = {
+    ("cifar10", "vanilla"): [(81.0, 52.0, 47.0), (81.6, 52.4, 47.5), (80.7, 53.0, 47.3)],
+    ("cifar10", "twins"): [(85.0, 53.0, 47.8), (85.4, 53.2, 48.0), (85.3, 52.9, 47.9)],
+    ("cifar10", "autolora"): [(84.0, 54.0, 48.9), (84.4, 54.6, 49.1), (84.2, 54.3, 48.8)],
+    ("dtd", "vanilla"): [(47.0, 23.0, 20.0), (48.0, 24.0, 20.5), (47.5, 23.5, 20.2)],
+    ("dtd", "twins"): [(49.0, 25.0, 21.0), (49.2, 24.6, 20.8), (48.8, 24.9, 20.9)],
+    ("dtd", "autolora"): [(48.5, 24.0, 21.5), (48.9, 24.2, 21.9), (48.6, 24.4, 22.0)],
+}
+CONFIG = {
+    "protocol": "paper",
+    "seeds": list(SEEDS),
+    "datasets": {"cifar10": {"source": "cifar10"}, "dtd": {"source": "dtd"}},
+    "tables": {
+        "table1": {"arch": "resnet18", "eps_pt": 4, "datasets": ["cifar10", "dtd"]},
+        "table8": {"tables": ["table1"]},
+    },
+}
+
+
+def values_of(dataset, method, metric):
+    column = ("SA", "PGD10", "AA").index(metric)
+    return [seed_values[column] for seed_values in VALUES[(dataset, method)]]
+
+
+@pytest.fixture
+def grid():
+    return expand_grid(CONFIG)
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def populate(root, grid, skip=()):
+    """Write every table1 cell except the (dataset, method, seed) triples in ``skip``."""
+    for e in grid.entries:
+        if e.table != "table1" or (e.dataset, e.method, e.seed) in skip:
+            continue
+        write_cell(root, e, metrics_of(*VALUES[(e.dataset, e.method)][SEEDS.index(e.seed)]))
+
+
+def build(grid, **options):
+    entries = [e for e in grid.entries if e.table != "table8"]
+    return {
+        t.name: t
+        for t in build_tables(entries, "results", "best_test", table8_sources=["table1"], **options)
+    }
+
+
+# ---- exact entries ---------------------------------------------------------------------------
+
+
+def test_table1_entries_are_mean_and_sample_std_of_the_seeds(root, grid):
+    populate(root, grid)
+    table = build(grid)["table1"]
+    assert table.rows == [
+        f"{d}/{m}" for d in ("cifar10", "dtd") for m in ("vanilla", "twins", "autolora")
+    ]
+    assert table.columns == ["SA", "PGD10", "AA"]
+    # 54.0, 54.6, 54.3: mean 54.3; deviations -0.3, 0.3, 0 -> var 0.18 / 2 = 0.09 -> std 0.3
+    assert table.number("cifar10/autolora", "PGD10").display() == "54.30 ± 0.30 (3)"
+    # 81.0, 81.6, 80.7: mean 81.1; squares 0.01 + 0.25 + 0.16 = 0.42 / 2 = 0.21 -> std 0.458
+    number = table.number("cifar10/vanilla", "SA")
+    assert number.value == pytest.approx(81.1) and number.std == pytest.approx(math.sqrt(0.21))
+    assert number.display() == "81.10 ± 0.46 (3)"
+    for (dataset, method), _ in VALUES.items():
+        for metric in ("SA", "PGD10", "AA"):
+            values = values_of(dataset, method, metric)
+            n = table.number(f"{dataset}/{method}", metric)
+            assert n.value == pytest.approx(statistics.mean(values), abs=1e-12)
+            assert n.std == pytest.approx(statistics.stdev(values), abs=1e-12)
+            assert (n.n, n.expected, n.complete) == (3, 3, True)
+    assert table.complete and not table.missing_cells
+    assert any("ddof = 1" in note for note in table.footnotes())
+
+
+def test_values_csv_keeps_full_precision_and_per_seed_values(root, grid):
+    populate(root, grid)
+    frame = pd.read_csv(pd.io.common.StringIO(build(grid)["table1"].values_csv()))
+    line = frame[(frame.row == "dtd/twins") & (frame.column == "AA")].iloc[0]
+    assert line.value == pytest.approx(20.9) and line.n == 3 and line.expected == 3
+    assert line.seeds == "0=21.0;6=20.8;66=20.9"
+
+
+# ---- missing cells ---------------------------------------------------------------------------
+
+
+def test_missing_seed_is_marked_incomplete_with_footnote_and_command(root, grid):
+    populate(
+        root,
+        grid,
+        skip={
+            ("cifar10", "autolora", 66),
+            ("dtd", "twins", 0),
+            ("dtd", "twins", 6),
+            ("dtd", "twins", 66),
+        },
+    )
+    table = build(grid)["table1"]
+    number = table.number("cifar10/autolora", "PGD10")
+    # seeds 0 and 6 only: 54.0, 54.6 -> mean 54.3, std sqrt(0.18) = 0.424
+    assert number.display() == "54.30 ± 0.42 (2/3)†"
+    assert not number.complete and number.n == 2 and number.expected == 3
+    assert table.number("dtd/twins", "SA").display() == "—"
+    missing = "paper/runs/resnet18-eps4/cifar10/autolora/seed66"
+    assert missing in table.missing_cells and not table.complete
+    notes = "\n".join(table.footnotes())
+    assert f"snakemake results/{missing}/eval-best_test.json" in notes
+    assert "paper/runs/resnet18-eps4/dtd/twins/seed0" in notes
+    markdown = table.to_markdown()
+    assert "54.30 ± 0.42 (2/3)†" in markdown and "fewer seeds than configured" in markdown
+    assert f"`snakemake results/{missing}/eval-best_test.json`" in markdown
+
+
+def test_metric_not_computed_reads_na(root, grid):
+    for e in grid.entries:
+        if e.table == "table1" and e.dataset == "cifar10" and e.method == "vanilla":
+            write_cell(root, e, metrics_of(80.0, 50.0, None))
+    number = build(grid)["table1"].number("cifar10/vanilla", "AA")
+    assert number.display() == "n/a" and len(number.not_computed_cells) == 3
+
+
+def test_a_broken_record_names_the_file(root, grid):
+    populate(root, grid)
+    bad = root / "results" / grid.entries[0].cell_id / "eval-best_test.json"
+    bad.write_text('{"kind": "evaluation", "cell_id": "elsewhere"}')
+    with pytest.raises(DataError, match="eval-best_test.json"):
+        build(grid)
+
+
+# ---- Table 8 ---------------------------------------------------------------------------------
+
+
+def hand_student_p(a, b):
+    mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
+    ss = sum((x - mean_a) ** 2 for x in a) + sum((x - mean_b) ** 2 for x in b)
+    df = len(a) + len(b) - 2
+    statistic = (mean_a - mean_b) / math.sqrt(ss / df * (1 / len(a) + 1 / len(b)))
+    return 2 * t_distribution.sf(abs(statistic), df)
+
+
+def hand_welch_p(a, b):
+    var_a, var_b = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    statistic = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(var_a + var_b)
+    df = (var_a + var_b) ** 2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
+    return 2 * t_distribution.sf(abs(statistic), df)
+
+
+@pytest.mark.parametrize("welch", [False, True])
+def test_table8_p_values_equal_independent_computation(root, grid, welch):
+    populate(root, grid)
+    table = build(grid, welch=welch)["table8"]
+    assert table.rows == ["table1/cifar10", "table1/dtd"]
+    assert table.columns == [
+        f"{b}/{m}" for b in ("vanilla", "twins") for m in ("SA", "PGD10", "AA")
+    ]
+    hand = hand_welch_p if welch else hand_student_p
+    for dataset in ("cifar10", "dtd"):
+        for baseline in ("vanilla", "twins"):
+            for metric in ("SA", "PGD10", "AA"):
+                expected = hand(
+                    values_of(dataset, "autolora", metric), values_of(dataset, baseline, metric)
+                )
+                number = table.number(f"table1/{dataset}", f"{baseline}/{metric}")
+                assert number.value == pytest.approx(expected, rel=1e-9)
+    note = "Welch" if welch else "Student"
+    assert any(note in line for line in table.footnotes())
+    assert note in table.to_markdown() and note in table.to_latex()
+
+
+def test_table8_needs_two_seeds_per_group(root, grid):
+    populate(root, grid, skip={("dtd", "autolora", 0), ("dtd", "autolora", 6)})
+    table = build(grid)["table8"]
+    assert table.number("table1/dtd", "vanilla/PGD10").display() == "—"
+    assert table.number("table1/cifar10", "twins/SA").complete
+
+
+# ---- ablation tables and the parameter ratio ----------------------------------------------------
+
+
+def test_lora_parameter_counts_match_the_spec():
+    assert lora_parameter_count("resnet18", 8) == 520_704
+    assert lora_parameter_count("resnet50", 8) == 829_952
+    assert lora_parameter_count("resnet18", 2) * 4 == lora_parameter_count("resnet18", 8)
+
+
+def test_feature_extractor_counts_plus_classifier_equal_torchvision_totals():
+    # torchvision's published totals: resnet18 11,689,512 and resnet50 25,557,032 (1000-way fc)
+    assert feature_extractor_parameter_count("resnet18") + 512 * 1000 + 1000 == 11_689_512
+    assert feature_extractor_parameter_count("resnet50") + 2048 * 1000 + 1000 == 25_557_032
+    assert parameter_ratio_pct("resnet18", 8) == pytest.approx(100 * 520_704 / 11_176_512)
+
+
+ABLATIONS = {
+    "protocol": "paper",
+    "seeds": [0, 6],
+    "datasets": {"cifar10": {"source": "cifar10"}, "cifar100": {"source": "cifar100"}},
+    "tables": {
+        "table3": {"datasets": ["cifar10"], "ranks": [2, 8]},
+        "table4": {"datasets": ["cifar100"], "eps_pt": [0, 4], "methods": ["vanilla"]},
+        "table5": {"datasets": ["cifar10"]},
+        "table6": {"datasets": ["cifar10"], "alphas": [0.5, 1]},
+    },
+}
+
+
+def test_ablation_layouts_and_values(root):
+    grid = expand_grid(ABLATIONS)
+    for e in grid.entries:
+        pgd = {"r2": 50.0, "alpha0.5": 51.0, "autolr": 52.0}.get(e.variant, 53.0) + e.seed / 6
+        write_cell(root, e, metrics_of(80.0 + e.eps_pt, pgd, 45.0))
+    tables = {t.name: t for t in build_tables(grid.entries, "results", "best_test")}
+    assert list(tables) == ["table3", "table4", "table5", "table6"]
+    t3 = tables["table3"]
+    assert t3.rows == ["cifar10", "param_ratio"]
+    assert t3.columns == ["r2/SA", "r2/PGD10", "r8/SA", "r8/PGD10", "r2/ratio", "r8/ratio"]
+    assert t3.number("cifar10", "r2/PGD10").value == pytest.approx(50.5)  # seeds 0, 6: 50, 51
+    assert t3.number("cifar10", "r8/PGD10").value == pytest.approx(53.5)
+    assert t3.number("param_ratio", "r8/ratio").display() == f"{100 * 520_704 / 11_176_512:.2f}"
+    t4 = tables["table4"]
+    assert t4.rows == ["cifar100/vanilla"] and t4.columns == [
+        "eps0/SA",
+        "eps0/PGD10",
+        "eps4/SA",
+        "eps4/PGD10",
+    ]
+    assert t4.number("cifar100/vanilla", "eps0/SA").value == pytest.approx(80.0)
+    assert t4.number("cifar100/vanilla", "eps4/SA").value == pytest.approx(84.0)
+    t5 = tables["table5"]
+    assert t5.columns == [
+        f"{v}/{m}" for v in ("twins", "twins-autolr") for m in ("SA", "PGD10", "AA")
+    ]
+    assert t5.number("cifar10", "twins-autolr/PGD10").value == pytest.approx(52.5)
+    t6 = tables["table6"]
+    assert t6.columns == ["alpha0.5/SA", "alpha0.5/PGD10", "alpha1/SA", "alpha1/PGD10"]
+    assert t6.number("cifar10", "alpha0.5/PGD10").value == pytest.approx(51.5)
+    comparison = comparison_frame([t3, t6], load_paper_results(PAPER_CSV)).set_index(
+        ["row", "column"]
+    )
+    ratio = comparison.loc[("param_ratio", "r8/ratio")]
+    assert ratio.paper == 4.87 and ratio.difference == pytest.approx(
+        100 * 520_704 / 11_176_512 - 4.87
+    )
+    assert comparison.loc[("cifar10", "alpha0.5/PGD10")].paper == 54.35
+    assert comparison.loc[("cifar10", "alpha1/SA")].paper == 84.2  # the paper writes alpha 1.0
+    latex = t6.to_latex()
+    assert r"$\alpha$=0.5 PGD-10" in latex and r"\pm" in latex and "CIFAR-10" in latex
+
+
+# ---- paper comparison ----------------------------------------------------------------------------
+
+
+def test_comparison_differences_and_claims(root, grid):
+    populate(root, grid, skip={("dtd", "vanilla", s) for s in SEEDS})
+    tables = list(build(grid).values())
+    paper = load_paper_results(PAPER_CSV)
+    comparison = comparison_frame(tables, paper)
+    line = comparison[
+        (comparison.table == "table1")
+        & (comparison.row == "cifar10/autolora")
+        & (comparison.column == "PGD10")
+    ].iloc[0]
+    assert line.paper == 54.27 and line.ours == pytest.approx(54.3)
+    assert line.difference == pytest.approx(54.3 - 54.27)
+    p_line = comparison[
+        (comparison.table == "table8")
+        & (comparison.row == "table1/cifar10")
+        & (comparison.column == "vanilla/SA")
+    ].iloc[0]
+    assert p_line.paper == 0.0001
+    claims = claims_frame(tables, paper).set_index(["dataset", "metric"])
+    # cifar10 PGD10: autolora 54.3 > twins 53.03 > vanilla 52.47 -> holds; AA 48.93 > 47.9 -> holds
+    assert claims.loc[("cifar10", "PGD10"), "ours"] == HOLDS
+    assert claims.loc[("cifar10", "AA"), "paper"] == HOLDS
+    # dtd without vanilla: a missing number makes the claim unknown
+    assert claims.loc[("dtd", "PGD10"), "ours"] == UNKNOWN
+    populate(root, grid)
+    claims = claims_frame(list(build(grid).values()), paper).set_index(["dataset", "metric"])
+    assert claims.loc[("dtd", "PGD10"), "ours"] == FAILS  # autolora 24.2 < twins 24.83
+    assert claims.loc[("dtd", "AA"), "ours"] == HOLDS  # 21.8 > 20.9 > 20.23
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+
+def test_aggregate_command_writes_every_output(root, grid):
+    populate(root, grid, skip={("dtd", "autolora", 66)})
+    figures = {
+        "arch": "resnet18",
+        "eps_pt": 4,
+        "datasets": ["cifar10"],
+        "methods": ["vanilla", "twins"],
+    }
+    config = {**CONFIG, "tables": {**CONFIG["tables"], "figures": figures}}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    status = main(
+        [
+            "aggregate",
+            "--config",
+            "config.yaml",
+            "--results",
+            "results",
+            "--out",
+            "report",
+            "--paper",
+            str(PAPER_CSV),
+        ]
+    )
+    assert status == 0
+    out = root / "report"
+    for name in ("table1", "table8"):
+        for suffix in (".csv", ".md", ".tex", "_values.csv"):
+            assert (out / "tables" / f"{name}{suffix}").is_file()
+        assert (out / "provenance" / f"{name}.json").is_file()
+    display = pd.read_csv(out / "tables" / "table1.csv", index_col="row")
+    assert display.loc["cifar10/autolora", "PGD10"] == "54.30 ± 0.30 (3)"
+    assert display.loc["dtd/autolora", "PGD10"].endswith("(2/3)†")
+    report = (out / "report.md").read_text()
+    assert "paper/runs/resnet18-eps4/dtd/autolora/seed66" in report and "Student" in report
+    assert "**incomplete**" in report
+    for kind in ("grad_similarity", "test_pgd10"):
+        assert (out / "figures" / f"{kind}-resnet18-cifar10.png").stat().st_size > 0
+        assert f"](figures/{kind}-resnet18-cifar10.png)" in report
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and '<img alt="test_pgd10-resnet18-cifar10"' in html
+    assert "dtd/autolora/seed66\tsnakemake results/" in (out / "missing.txt").read_text()
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert {"ours", "paper", "difference"} <= set(comparison.columns)
