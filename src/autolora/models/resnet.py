@@ -1,0 +1,229 @@
+"""Backbones: torchvision ResNet-18/50 and a tiny ResNet with the same module names, wrapped in
+``RobustNet`` (optional nearest upsampling -> ImageNet normaliser -> ResNet) with the optional
+LoRa branch (SPEC 4.3) and dual BN (SPEC 4.2)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torchvision.models import resnet as tv_resnet
+
+from autolora.models.dual_bn import BN_MODES, DualBatchNorm2d
+from autolora.models.lora import LoRaConv2d
+
+ARCHS = ("resnet18", "resnet50", "tiny")
+BRANCHES = ("fe", "lora")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TINY_WIDTHS = (8, 16, 32, 64)
+
+
+class TinyResNet(tv_resnet.ResNet):
+    """A small ResNet (one BasicBlock per stage, widths 8/16/32/64) for tests and the demo.
+
+    Built with torchvision's own ``_make_layer`` and ``forward`` so module names and data flow are
+    those of ``resnet18``; only the stem differs (3x3 stride-1 conv, for 32x32 inputs).
+    """
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = TINY_WIDTHS) -> None:
+        nn.Module.__init__(self)  # torchvision's __init__ hard-codes the ImageNet widths
+        block = tv_resnet.BasicBlock
+        self._norm_layer = nn.BatchNorm2d
+        self.inplanes = widths[0]
+        self.dilation = 1
+        self.groups = 1
+        self.base_width = 64
+        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, widths[0], 1)
+        self.layer2 = self._make_layer(block, widths[1], 1, stride=2)
+        self.layer3 = self._make_layer(block, widths[2], 1, stride=2)
+        self.layer4 = self._make_layer(block, widths[3], 1, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[3] * block.expansion, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.constant_(module.weight, 1)
+                nn.init.constant_(module.bias, 0)
+
+
+def build_backbone(arch: str, num_classes: int) -> tv_resnet.ResNet:
+    """A randomly initialised ResNet with a fresh ``nn.Linear(features, num_classes)`` head."""
+    if arch == "tiny":
+        return TinyResNet(num_classes)
+    if arch == "resnet18":
+        backbone = tv_resnet.resnet18(weights=None)
+    elif arch == "resnet50":
+        backbone = tv_resnet.resnet50(weights=None)
+    else:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    backbone.fc = nn.Linear(backbone.fc.in_features, num_classes)
+    return backbone
+
+
+def _residual_blocks(backbone: nn.Module) -> Iterator[nn.Module]:
+    for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4):
+        yield from stage
+
+
+def add_lora(backbone: nn.Module, rank: int) -> None:
+    """Replace the convolutions inside residual blocks (not stem, not shortcut) by LoRa convs."""
+    for block in _residual_blocks(backbone):
+        for name in ("conv1", "conv2", "conv3"):
+            conv = getattr(block, name, None)
+            if isinstance(conv, nn.Conv2d):
+                setattr(block, name, LoRaConv2d(conv, rank))
+
+
+def add_dual_bn(module: nn.Module) -> None:
+    """Replace every ``nn.BatchNorm2d`` below ``module`` by a ``DualBatchNorm2d`` built from it."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, DualBatchNorm2d(child))
+        else:
+            add_dual_bn(child)
+
+
+class RobustNet(nn.Module):
+    """x in [0, 1] -> optional nearest upsampling -> ImageNet normaliser -> ``backbone``.
+
+    ``forward(x, branch="fe", bn="adaptive")``:
+    - ``branch="fe"``: the ordinary network (theta1 and the classifier).
+    - ``branch="lora"``: every backbone weight except the classifier is replaced by a detached copy
+      (convs, BN affine, both BN copies) and the LoRa convs add their update, so the loss reaches
+      theta1 and BN affine not at all, LoRa A/B and the classifier fully. BN keeps its current mode
+      (train mode: batch statistics, running statistics updated).
+    - ``bn``: ``"adaptive"`` | ``"fixed"`` | ``"mix"`` for dual-BN models (see ``DualBatchNorm2d``).
+
+    The normaliser constants are non-persistent buffers: they follow ``.to(device)`` but are not in
+    the state dict, whose keys are ``backbone.<torchvision key>``.
+    """
+
+    def __init__(
+        self,
+        backbone: tv_resnet.ResNet,
+        *,
+        arch: str,
+        lora_rank: int | None = None,
+        dual_bn: bool = False,
+        input_upsample: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        self.lora_rank = lora_rank
+        self.dual_bn = dual_bn
+        self.input_upsample = input_upsample
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor, *, branch: str = "fe", bn: str = "adaptive") -> torch.Tensor:
+        self._check_mode(branch, bn)
+        if self.input_upsample is not None:
+            x = F.interpolate(x, size=(self.input_upsample, self.input_upsample), mode="nearest")
+        x = (x - self.mean) / self.std
+        with self._routing(branch, bn):
+            if branch == "lora":
+                detached = {name: p.detach() for name, p in _fe_named_parameters(self.backbone)}
+                return functional_call(self.backbone, detached, (x,))
+            return self.backbone(x)
+
+    def _check_mode(self, branch: str, bn: str) -> None:
+        if branch not in BRANCHES:
+            raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+        if branch == "lora" and self.lora_rank is None:
+            raise ValueError("branch='lora' needs a model built with lora_rank")
+        if bn not in BN_MODES:
+            raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+        if bn != "adaptive" and not self.dual_bn:
+            raise ValueError(f"bn={bn!r} needs a model built with dual_bn=True")
+
+    @contextlib.contextmanager
+    def _routing(self, branch: str, bn: str) -> Iterator[None]:
+        """Tell the LoRa convs and dual BNs of this model which path to take, for one call."""
+        lora_convs = [m for m in self.backbone.modules() if isinstance(m, LoRaConv2d)]
+        dual_bns = [m for m in self.backbone.modules() if isinstance(m, DualBatchNorm2d)]
+        for conv in lora_convs:
+            conv.use_lora = branch == "lora"
+        for norm in dual_bns:
+            norm.mode = bn
+        try:
+            yield
+        finally:
+            for conv in lora_convs:
+                conv.use_lora = False
+            for norm in dual_bns:
+                norm.mode = "adaptive"
+
+    def extra_repr(self) -> str:
+        return (
+            f"arch={self.arch}, lora_rank={self.lora_rank}, dual_bn={self.dual_bn}, "
+            f"input_upsample={self.input_upsample}"
+        )
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    *,
+    lora_rank: int | None = None,
+    dual_bn: bool = False,
+    input_upsample: int | None = None,
+) -> RobustNet:
+    """A ``RobustNet`` over a randomly initialised backbone (load weights with
+    ``load_backbone_state``); ``input_upsample`` is the side length the input is resized to."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    backbone = build_backbone(arch, num_classes)
+    if lora_rank is not None:
+        add_lora(backbone, lora_rank)
+    if dual_bn:
+        add_dual_bn(backbone)
+    return RobustNet(
+        backbone,
+        arch=arch,
+        lora_rank=lora_rank,
+        dual_bn=dual_bn,
+        input_upsample=input_upsample,
+    )
+
+
+def _lora_parameter_ids(backbone: nn.Module) -> set[int]:
+    return {
+        id(p) for m in backbone.modules() if isinstance(m, LoRaConv2d) for p in (m.lora_A, m.lora_B)
+    }
+
+
+def _fe_named_parameters(backbone: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    excluded = _lora_parameter_ids(backbone) | {id(p) for p in backbone.fc.parameters()}
+    return [(name, p) for name, p in backbone.named_parameters() if id(p) not in excluded]
+
+
+def fe_parameters(model: RobustNet) -> list[nn.Parameter]:
+    """theta1: every backbone parameter except the classifier and the LoRa matrices (stem and
+    shortcut convs and the affine of every BN copy included)."""
+    return [p for _, p in _fe_named_parameters(model.backbone)]
+
+
+def lora_parameters(model: RobustNet) -> list[nn.Parameter]:
+    """The LoRa matrices A and B of every LoRa convolution (empty without LoRa)."""
+    lora_ids = _lora_parameter_ids(model.backbone)
+    return [p for p in model.backbone.parameters() if id(p) in lora_ids]
+
+
+def classifier_parameters(model: RobustNet) -> list[nn.Parameter]:
+    """theta2: the linear head ``backbone.fc``."""
+    return list(model.backbone.fc.parameters())
+
+
+def count_lora_parameters(model: RobustNet) -> int:
+    return sum(p.numel() for p in lora_parameters(model))

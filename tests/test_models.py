@@ -1,0 +1,419 @@
+"""Models: backbones, the LoRa branch (SPEC 4.3), dual BN (SPEC 4.2), weight loading (SPEC 1)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from autolora.errors import DataError
+from autolora.models import (
+    DualBatchNorm2d,
+    LoRaConv2d,
+    build_model,
+    classifier_parameters,
+    count_lora_parameters,
+    fe_parameters,
+    load_backbone_state,
+    lora_parameters,
+)
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def images(batch: int = 4, size: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def labels(batch: int = 4, classes: int = 10) -> torch.Tensor:
+    return torch.arange(batch) % classes
+
+
+def randomise_bn_statistics(module: nn.Module, seed: int = 2) -> None:
+    """Give every BN non-trivial running statistics and affine, so loading them matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in module.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                shape = bn.running_mean.shape
+                bn.running_mean.copy_(torch.randn(shape, generator=generator) * 0.1)
+                bn.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
+                bn.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
+                bn.bias.copy_(torch.randn(shape, generator=generator) * 0.1)
+
+
+def randomise_lora_b(model: nn.Module, seed: int = 3) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv in model.modules():
+            if isinstance(conv, LoRaConv2d):
+                conv.lora_B.copy_(torch.randn(conv.lora_B.shape, generator=generator) * 0.01)
+
+
+def ids(parameters) -> set[int]:
+    return {id(p) for p in parameters}
+
+
+# Parameter counts and where LoRa sits
+
+
+@pytest.mark.parametrize(("arch", "expected"), [("resnet18", 520_704), ("resnet50", 829_952)])
+def test_lora_parameter_count_matches_the_paper(arch, expected):
+    assert count_lora_parameters(build_model(arch, 10, lora_rank=8)) == expected
+
+
+def test_lora_parameter_count_of_one_conv_by_hand():
+    conv = LoRaConv2d(nn.Conv2d(16, 32, 3, bias=False), rank=4)
+    # A: (4*3) x (16*3), B: (32*3) x (4*3)
+    assert conv.lora_A.shape == (12, 48)
+    assert conv.lora_B.shape == (96, 12)
+    assert conv.lora_A.numel() + conv.lora_B.numel() == 12 * 48 + 96 * 12
+
+
+@pytest.mark.parametrize(
+    ("arch", "convs_per_block", "blocks"), [("resnet18", 2, 8), ("resnet50", 3, 16), ("tiny", 2, 4)]
+)
+def test_lora_only_on_convs_inside_residual_blocks(arch, convs_per_block, blocks):
+    backbone = build_model(arch, 10, lora_rank=2).backbone
+    lora_names = sorted(n for n, m in backbone.named_modules() if isinstance(m, LoRaConv2d))
+    assert len(lora_names) == convs_per_block * blocks
+    for name in lora_names:
+        stage, _, conv = name.split(".")
+        assert stage.startswith("layer") and conv in ("conv1", "conv2", "conv3")
+    assert type(backbone.conv1) is nn.Conv2d
+    downsample_convs = [m[0] for n, m in backbone.named_modules() if n.endswith("downsample")]
+    assert downsample_convs and all(type(c) is nn.Conv2d for c in downsample_convs)
+    assert type(backbone.fc) is nn.Linear
+
+
+def test_no_lora_without_rank():
+    model = build_model("tiny", 10)
+    assert count_lora_parameters(model) == 0
+    with pytest.raises(ValueError, match="lora_rank"):
+        model(images(), branch="lora")
+
+
+def test_lora_init_is_normal_a_and_zero_b():
+    conv = LoRaConv2d(nn.Conv2d(64, 64, 3, bias=False), rank=8)
+    assert torch.count_nonzero(conv.lora_B) == 0
+    assert abs(conv.lora_A.mean().item()) < 0.05
+    assert abs(conv.lora_A.std().item() - 1.0) < 0.05
+
+
+def test_lora_delta_is_reshaped_low_rank_product_over_rank():
+    conv = LoRaConv2d(nn.Conv2d(2, 3, 3, bias=False), rank=2)
+    nn.init.normal_(conv.lora_B)
+    expected = torch.einsum("ij,jk->ik", conv.lora_B, conv.lora_A).reshape(3, 2, 3, 3) / 2
+    torch.testing.assert_close(conv.delta_weight(), expected)
+    x = torch.rand(1, 2, 5, 5)
+    conv.use_lora = True
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight + expected))
+
+
+# Parameter groups
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"lora_rank": 4}, {"dual_bn": True}, {"lora_rank": 4, "dual_bn": True}]
+)
+def test_parameter_groups_are_disjoint_and_cover_the_model(options):
+    model = build_model("tiny", 10, **options)
+    fe, lora, head = (
+        ids(fe_parameters(model)),
+        ids(lora_parameters(model)),
+        ids(classifier_parameters(model)),
+    )
+    assert not (fe & lora) and not (fe & head) and not (lora & head)
+    assert fe | lora | head == ids(model.parameters())
+    backbone = model.backbone
+    assert head == ids(backbone.fc.parameters())
+    assert id(backbone.conv1.weight) in fe
+    assert id(backbone.layer2[0].downsample[0].weight) in fe
+    if options.get("dual_bn"):
+        assert ids(backbone.bn1.adaptive.parameters()) | ids(backbone.bn1.fixed.parameters()) <= fe
+    else:
+        assert ids(backbone.bn1.parameters()) <= fe
+    assert (len(lora) > 0) == ("lora_rank" in options)
+
+
+# The LoRa branch
+
+
+def test_lora_branch_equals_fe_at_init_and_differs_after_one_step():
+    model = build_model("tiny", 10, lora_rank=4).eval()
+    x, y = images(), labels()
+    fe_before = model(x)
+    torch.testing.assert_close(model(x, branch="lora"), fe_before, rtol=0, atol=0)
+    a_before = [p.detach().clone() for p in model.parameters()]
+
+    optimizer = torch.optim.SGD(lora_parameters(model), lr=0.5)
+    F.cross_entropy(model(x, branch="lora"), y).backward()
+    optimizer.step()
+
+    assert any(
+        not torch.equal(c.lora_B, torch.zeros_like(c.lora_B))
+        for c in model.modules()
+        if isinstance(c, LoRaConv2d)
+    )
+    assert not torch.allclose(model(x, branch="lora"), fe_before)
+    torch.testing.assert_close(model(x), fe_before, rtol=0, atol=0)  # theta1 untouched
+    fe_ids = ids(fe_parameters(model)) | ids(classifier_parameters(model))
+    for before, p in zip(a_before, model.parameters(), strict=True):
+        if id(p) in fe_ids:
+            assert torch.equal(before, p)
+
+    # a second step moves A too, now that B is non-zero
+    a = [c.lora_A.detach().clone() for c in model.modules() if isinstance(c, LoRaConv2d)]
+    optimizer.zero_grad()
+    F.cross_entropy(model(x, branch="lora"), y).backward()
+    optimizer.step()
+    moved = [
+        not torch.equal(old, c.lora_A)
+        for old, c in zip(a, (m for m in model.modules() if isinstance(m, LoRaConv2d)), strict=True)
+    ]
+    assert any(moved)
+
+
+@pytest.mark.parametrize("arch", ["tiny", "resnet18", "resnet50"])
+def test_gradient_routing_of_the_two_forwards(arch):
+    model = build_model(arch, 5, lora_rank=2).train()
+    randomise_lora_b(model)  # so that A receives gradient too
+    x, y = images(2, 32), labels(2, 5)
+
+    F.cross_entropy(model(x, branch="lora"), y).backward()
+    assert all(p.grad is None for p in fe_parameters(model)), (
+        "LoRa forward reached theta1 / BN affine"
+    )
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_parameters(model))
+    assert all(p.grad is not None for p in classifier_parameters(model))
+
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    assert all(p.grad is None for p in lora_parameters(model)), (
+        "FE forward reached the LoRa matrices"
+    )
+    assert all(p.grad is not None for p in fe_parameters(model))
+    assert all(p.grad is not None for p in classifier_parameters(model))
+
+
+def test_both_forwards_update_the_shared_bn_running_statistics():
+    model = build_model("tiny", 10, lora_rank=4).train()
+    randomise_lora_b(model)
+    stem_bn, block_bn = model.backbone.bn1, model.backbone.layer1[0].bn2
+    momentum = stem_bn.momentum
+    x_clean, x_adv = images(seed=4), images(seed=5)
+
+    for branch, x in (("lora", x_clean), ("fe", x_adv)):
+        stem_before = stem_bn.running_mean.clone()
+        block_before = block_bn.running_mean.clone()
+        tracked_before = int(stem_bn.num_batches_tracked)
+        model(x, branch=branch)
+        stem_out = F.conv2d((x - MEAN) / STD, model.backbone.conv1.weight, padding=1)
+        expected = (1 - momentum) * stem_before + momentum * stem_out.mean(dim=(0, 2, 3))
+        torch.testing.assert_close(stem_bn.running_mean, expected.detach())
+        assert not torch.equal(block_bn.running_mean, block_before)
+        assert int(stem_bn.num_batches_tracked) == tracked_before + 1
+
+
+def test_lora_branch_uses_batch_statistics_in_train_mode_and_running_ones_in_eval():
+    model = build_model("tiny", 10, lora_rank=4)
+    randomise_bn_statistics(model)
+    x = images()
+    reference = copy.deepcopy(model)
+    model.train()
+    reference.train()
+    torch.testing.assert_close(model(x, branch="lora"), reference(x))
+    model.eval()
+    reference.eval()
+    torch.testing.assert_close(model(x, branch="lora"), reference(x))
+
+
+def test_routing_is_reset_after_a_failing_call():
+    model = build_model("tiny", 10, lora_rank=2, dual_bn=True)
+    with pytest.raises(RuntimeError):
+        model(torch.rand(2, 5, 32, 32), branch="lora", bn="mix")
+    assert all(not m.use_lora for m in model.modules() if isinstance(m, LoRaConv2d))
+    assert all(m.mode == "adaptive" for m in model.modules() if isinstance(m, DualBatchNorm2d))
+
+
+def test_invalid_forward_modes_are_rejected():
+    model = build_model("tiny", 10)
+    with pytest.raises(ValueError, match="dual_bn"):
+        model(images(), bn="mix")
+    with pytest.raises(ValueError, match="branch"):
+        model(images(), branch="twins")
+    with pytest.raises(ValueError, match="arch"):
+        build_model("vgg16", 10)
+
+
+# Dual BN
+
+
+def test_dual_bn_replaces_every_batchnorm():
+    model = build_model("resnet18", 10, dual_bn=True)
+    plain = build_model("resnet18", 10)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    duals = [m for m in model.modules() if isinstance(m, DualBatchNorm2d)]
+    assert len(duals) == n_bn == 20
+    assert isinstance(model.backbone.bn1, DualBatchNorm2d)
+    assert isinstance(model.backbone.layer2[0].downsample[1], DualBatchNorm2d)
+
+
+def test_fixed_bn_statistics_are_bit_identical_after_mix_training_while_adaptive_moved():
+    model = build_model("tiny", 10, dual_bn=True)
+    randomise_bn_statistics(model)
+    duals = [m for m in model.modules() if isinstance(m, DualBatchNorm2d)]
+    fixed_before = [copy.deepcopy(d.fixed.state_dict()) for d in duals]
+    adaptive_before = [d.adaptive.running_mean.clone() for d in duals]
+    optimizer = torch.optim.SGD(fe_parameters(model) + classifier_parameters(model), lr=0.1)
+    model.train()
+    for step in range(3):
+        optimizer.zero_grad()
+        F.cross_entropy(model(images(6, seed=10 + step), bn="mix"), labels(6)).backward()
+        optimizer.step()
+    for dual, fixed, adaptive in zip(duals, fixed_before, adaptive_before, strict=True):
+        for key in ("running_mean", "running_var", "num_batches_tracked"):
+            assert torch.equal(dual.fixed.state_dict()[key], fixed[key]), key
+        assert not torch.equal(dual.fixed.weight, fixed["weight"])  # own trainable affine
+        assert not torch.equal(dual.adaptive.running_mean, adaptive)
+
+
+def test_fixed_bn_normalises_with_stored_statistics_in_train_mode():
+    model = build_model("tiny", 10, dual_bn=True)
+    randomise_bn_statistics(model)
+    x = images(3)
+    train_out = model.train()(x, bn="fixed")
+    eval_out = model.eval()(x, bn="fixed")
+    torch.testing.assert_close(train_out, eval_out)
+
+
+@pytest.mark.parametrize("batch", [5, 4])
+def test_mix_splits_the_batch_fixed_first_half_rounded_down(batch):
+    model = build_model("tiny", 10, dual_bn=True)
+    randomise_bn_statistics(model, seed=7)
+    with torch.no_grad():  # make the two copies differ
+        for dual in model.modules():
+            if isinstance(dual, DualBatchNorm2d):
+                dual.adaptive.running_mean.add_(0.3)
+                dual.adaptive.weight.mul_(1.5)
+    x = images(batch)
+    half = batch // 2
+
+    model.eval()
+    mixed = model(x, bn="mix")
+    expected = torch.cat([model(x[:half], bn="fixed"), model(x[half:], bn="adaptive")])
+    torch.testing.assert_close(mixed, expected)
+    assert not torch.allclose(mixed[:half], model(x[:half], bn="adaptive"))
+
+    # train mode: the adaptive half's batch statistics come from its own rows only
+    mixed_model, split_model = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    mixed = mixed_model(x, bn="mix")
+    expected = torch.cat([split_model(x[:half], bn="fixed"), split_model(x[half:], bn="adaptive")])
+    torch.testing.assert_close(mixed, expected)
+    for key, value in mixed_model.state_dict().items():
+        torch.testing.assert_close(value, split_model.state_dict()[key], msg=key)
+
+
+def test_default_forward_of_a_dual_bn_model_is_adaptive():
+    model = build_model("tiny", 10, dual_bn=True).eval()
+    with torch.no_grad():
+        model.backbone.bn1.fixed.weight.mul_(2)
+    x = images()
+    torch.testing.assert_close(model(x), model(x, bn="adaptive"))
+    assert not torch.allclose(model(x), model(x, bn="fixed"))
+
+
+# Input pipeline
+
+
+def test_input_upsample_is_nearest_times_seven_then_imagenet_normalisation():
+    model = build_model("tiny", 10, input_upsample=224).eval()
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = images(2, 32)
+    model(x)
+    upsampled = x.repeat_interleave(7, dim=2).repeat_interleave(7, dim=3)
+    assert seen[0].shape == (2, 3, 224, 224)
+    torch.testing.assert_close(seen[0], (upsampled - MEAN) / STD, rtol=0, atol=0)
+
+
+def test_normaliser_is_not_in_the_state_dict():
+    keys = list(build_model("tiny", 10).state_dict())
+    assert all(key.startswith("backbone.") for key in keys)
+
+
+# Loading torchvision weights
+
+
+def torchvision_resnet18() -> nn.Module:
+    reference = torchvision.models.resnet18(weights=None)
+    randomise_bn_statistics(reference)
+    return reference.eval()
+
+
+@pytest.mark.parametrize("options", [{}, {"dual_bn": True, "lora_rank": 8}])
+def test_loading_torchvision_weights_reproduces_torchvision_outputs(options):
+    reference = torchvision_resnet18()
+    model = build_model("resnet18", 1000, **options).eval()
+    head_before = model.backbone.fc.weight.detach().clone()
+    lora_before = [p.detach().clone() for p in lora_parameters(model)]
+
+    load_backbone_state(model, reference.state_dict())
+    assert torch.equal(model.backbone.fc.weight, head_before)  # fc.* ignored: head stays fresh
+    assert all(torch.equal(a, p) for a, p in zip(lora_before, lora_parameters(model), strict=True))
+
+    model.backbone.fc.load_state_dict(reference.fc.state_dict())
+    x = images(2, 64)
+    with torch.no_grad():
+        expected = reference((x - MEAN) / STD)
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+        if options:
+            torch.testing.assert_close(model(x, bn="fixed"), expected, rtol=0, atol=0)
+            torch.testing.assert_close(model(x, branch="lora"), expected, rtol=0, atol=0)
+    if options:
+        source = reference.state_dict()
+        for key in (
+            "bn1.running_var",
+            "layer3.1.bn2.num_batches_tracked",
+            "layer4.0.downsample.1.weight",
+        ):
+            stem, leaf = key.rsplit(".", 1)
+            own = model.backbone.state_dict()
+            assert torch.equal(own[f"{stem}.adaptive.{leaf}"], source[key])
+            assert torch.equal(own[f"{stem}.fixed.{leaf}"], source[key])
+
+
+def test_loading_rejects_missing_and_unexpected_keys():
+    state = torchvision_resnet18().state_dict()
+    model = build_model("resnet18", 10)
+    incomplete = {k: v for k, v in state.items() if k != "layer1.0.bn1.running_var"}
+    with pytest.raises(DataError, match=r"missing keys: layer1\.0\.bn1\.running_var"):
+        load_backbone_state(model, incomplete)
+    prefixed = {f"module.model.{k}": v for k, v in state.items()}
+    with pytest.raises(DataError, match=r"unexpected keys: module\.model\."):
+        load_backbone_state(model, prefixed)
+    with pytest.raises(DataError, match="layer1.1"):
+        load_backbone_state(build_model("tiny", 10), state)
+
+
+def test_loading_rejects_a_shape_mismatch():
+    state = torchvision_resnet18().state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
+    with pytest.raises(DataError, match=r"layer1\.0\.conv1\.weight"):
+        load_backbone_state(build_model("resnet18", 10), state)
+
+
+def test_tiny_backbone_round_trips_through_load_backbone_state():
+    source = build_model("tiny", 7)
+    randomise_bn_statistics(source)
+    state = {k.removeprefix("backbone."): v for k, v in source.state_dict().items()}
+    target = build_model("tiny", 7, dual_bn=True, lora_rank=2)
+    load_backbone_state(target, state)
+    target.backbone.fc.load_state_dict(source.backbone.fc.state_dict())
+    x = images()
+    torch.testing.assert_close(target.eval()(x, bn="fixed"), source.eval()(x))
