@@ -1,0 +1,216 @@
+"""The six downstream datasets of SPEC §2: where they come from, how to verify and prepare them.
+
+``CATALOGUE`` holds, per dataset key, the archive files with their URLs and published checksums and
+the counts the paper states. ``download_dataset`` fetches and verifies the archives;
+``prepare_dataset`` verifies them again, extracts them into a temporary folder and writes the
+prepared format (``autolora.data.prepared``) with the ``paper`` and ``clean`` split schemes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from autolora.data.sources.download import Checksum, download, remove_tree, verify_file
+from autolora.errors import ConfigError, DataError
+from autolora.io import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    """One file to download: its name on disk, URL and published checksum (None: not published)."""
+
+    name: str
+    url: str
+    checksum: Checksum | None
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A dataset of SPEC §2: ``family`` names the module of this package that prepares it."""
+
+    key: str
+    paper_name: str
+    family: str
+    files: tuple[ArchiveFile, ...]
+    num_classes: int
+    paper_counts: dict[str, int]  # the paper's train / val / test sizes under its protocol
+
+
+def _md5(hexdigest: str) -> Checksum:
+    return Checksum("md5", hexdigest)
+
+
+_DOGS_URL = "http://vision.stanford.edu/aditya86/ImageNetDogs"
+
+CATALOGUE: dict[str, DatasetSource] = {
+    source.key: source
+    for source in (
+        DatasetSource(
+            key="cifar10",
+            paper_name="CIFAR-10",
+            family="cifar",
+            files=(
+                ArchiveFile(
+                    "cifar-10-python.tar.gz",
+                    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                    _md5("c58f30108f718f92721af3b95e74349a"),
+                ),
+            ),
+            num_classes=10,
+            paper_counts={"train": 47_500, "val": 2_500, "test": 10_000},
+        ),
+        DatasetSource(
+            key="cifar100",
+            paper_name="CIFAR-100",
+            family="cifar",
+            files=(
+                ArchiveFile(
+                    "cifar-100-python.tar.gz",
+                    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                    _md5("eb9058c3a382ffc7106e4002c42a8d85"),
+                ),
+            ),
+            num_classes=100,
+            paper_counts={"train": 47_500, "val": 2_500, "test": 10_000},
+        ),
+        DatasetSource(
+            key="dtd",
+            paper_name="DTD-57",
+            family="dtd",
+            files=(
+                ArchiveFile(
+                    "dtd-r1.0.1.tar.gz",
+                    "https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz",
+                    _md5("fff73e5086ae6bdbea199a49dfb8a4c1"),
+                ),
+            ),
+            num_classes=47,
+            # the released code validates on the test set
+            paper_counts={"train": 3_760, "val": 1_880, "test": 1_880},
+        ),
+        DatasetSource(
+            key="dogs",
+            paper_name="DOG-120",
+            family="dogs",
+            files=(
+                ArchiveFile("images.tar", f"{_DOGS_URL}/images.tar", None),
+                ArchiveFile("lists.tar", f"{_DOGS_URL}/lists.tar", None),
+            ),
+            num_classes=120,
+            paper_counts={"train": 11_400, "val": 600, "test": 8_580},
+        ),
+        DatasetSource(
+            key="cub",
+            paper_name="CUB-200",
+            family="cub",
+            files=(
+                ArchiveFile(
+                    "CUB_200_2011.tgz",
+                    "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
+                    _md5("97eceeb196236b17998738112f37df78"),
+                ),
+            ),
+            num_classes=200,
+            paper_counts={"train": 5_694, "val": 300, "test": 5_794},
+        ),
+        DatasetSource(
+            key="caltech256",
+            paper_name="Caltech-256",
+            family="caltech",
+            files=(
+                ArchiveFile(
+                    "256_ObjectCategories.tar",
+                    "https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectCategories.tar",
+                    _md5("67b4f42ca05d46448c6bb8ecd2220f6d"),
+                ),
+            ),
+            num_classes=257,
+            # the released code validates on the test set
+            paper_counts={"train": 38_550, "val": 3_549, "test": 3_549},
+        ),
+    )
+}
+
+
+def dataset_source(key: str) -> DatasetSource:
+    try:
+        return CATALOGUE[key]
+    except KeyError:
+        raise ConfigError(
+            f"dataset {key!r} is not one of the real datasets {sorted(CATALOGUE)}; "
+            "use `autolora data synthesize` for synthetic data"
+        ) from None
+
+
+def download_dataset(
+    key: str, dest_dir: str | os.PathLike, *, progress: bool | None = None
+) -> list[Path]:
+    """Download and verify every archive of dataset ``key`` into ``dest_dir``."""
+    source = dataset_source(key)
+    dest_dir = Path(dest_dir)
+    paths = []
+    for archive in source.files:
+        path = download(
+            archive.url, dest_dir / archive.name, checksum=archive.checksum, progress=progress
+        )
+        if archive.checksum is None:
+            log.info("%s: no checksum is published; sha256 %s", path, sha256_file(path))
+        paths.append(path)
+    return paths
+
+
+def verify_archives(source: DatasetSource, source_dir: Path) -> tuple[dict[str, Path], list[dict]]:
+    """Check that every archive is present and matches its published checksum.
+
+    Returns the archive paths by file name and their records for ``dataset.json`` (the published
+    digest, or the sha256 computed here where none is published).
+    """
+    paths: dict[str, Path] = {}
+    records: list[dict] = []
+    for archive in source.files:
+        path = source_dir / archive.name
+        if not path.is_file():
+            raise DataError(
+                f"{path}: missing archive of {source.key}; run `autolora data download "
+                f"--dataset {source.key} --dest {source_dir}` or download {archive.url} there by hand"
+            )
+        if archive.checksum is None:
+            records.append({"file": archive.name, "sha256": sha256_file(path)})
+        else:
+            verify_file(path, archive.checksum, source=archive.url)
+            records.append({"file": archive.name, **archive.checksum.as_record()})
+        paths[archive.name] = path
+    return paths, records
+
+
+def prepare_dataset(
+    key: str,
+    source_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    source: DatasetSource | None = None,
+) -> Path:
+    """Verify, extract and prepare dataset ``key`` from the archives in ``source_dir``.
+
+    ``source`` replaces the catalogue entry (tests pass one with the digests of their miniature
+    archives). Nothing is written to ``out_dir`` unless every archive verifies.
+    """
+    source = source or dataset_source(key)
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    if out_dir.exists():
+        raise DataError(f"{out_dir} already exists; delete it to prepare {source.key} again")
+    archives, records = verify_archives(source, source_dir)
+    family = importlib.import_module(f"autolora.data.sources.{source.family}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{source.key}-extract-", dir=out_dir.parent))
+    try:
+        return family.prepare(source, archives, records, out_dir, workdir)
+    finally:
+        remove_tree(workdir)
