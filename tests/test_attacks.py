@@ -92,6 +92,32 @@ def test_one_pgd_step_is_a_clipped_sign_step_of_the_input_gradient(model, traine
     torch.testing.assert_close(x_adv, expected, rtol=0, atol=0)
 
 
+def test_pgd_matches_a_step_by_step_reading_of_spec_3(model, trained):
+    """Random start x + U(-eps, eps) clamped; then per step: sign step, project onto the eps-ball,
+    clamp to [0, 1]; eval mode throughout. Images touching 0 and 1 exercise both clamps."""
+    _, x, y = trained
+    x = x.clone()
+    x[0], x[1] = 0.0, 1.0
+    eps, step, steps = 0.0314, 0.00784, 5
+    generator = torch.Generator().manual_seed(11)
+    x_adv = pgd(
+        model.train(), x, y, eps=eps, step=step, steps=steps, random_start=True, generator=generator
+    )
+    assert model.training
+
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(11)) * 2 - 1
+    expected = (x + noise * eps).clamp(0, 1)
+    reference = copy.deepcopy(model).eval()
+    for _ in range(steps):
+        expected.requires_grad_(True)
+        loss = F.cross_entropy(reference(expected), y)
+        (grad,) = torch.autograd.grad(loss, expected)
+        expected = expected.detach() + step * grad.sign()
+        expected = torch.min(torch.max(expected, x - eps), x + eps).clamp(0, 1)
+    torch.testing.assert_close(x_adv, expected, rtol=0, atol=1e-7)
+    assert not torch.equal(x_adv, x)
+
+
 def test_pgd_restores_every_module_mode_and_leaves_parameters_and_statistics_alone(model, trained):
     _, x, y = trained
     model.train()

@@ -139,6 +139,7 @@ def test_twins_gradient_similarity_equals_manual_cosine_with_halves():
     fixed, adaptive = slice(0, 3), slice(3, 7)
     nat_f, nat_a = reference(x[fixed], bn="fixed"), reference(x[adaptive])
     adv_f, adv_a = reference(x_adv[fixed], bn="fixed"), reference(x_adv[adaptive])
+    # γ on the adaptive half, as SPEC 4.5 writes it (the training loss puts γ on the fixed half)
     natural = F.cross_entropy(nat_f, y[fixed]) + gamma * F.cross_entropy(nat_a, y[adaptive])
     adversarial = manual_kl(adv_f, nat_f, 128) + gamma * manual_kl(adv_a, nat_a, 128)
     expected = cosine_through_grad(reference, natural, adversarial)

@@ -427,3 +427,75 @@ def test_a_few_steps_reduce_the_loss_on_a_separable_problem(name):
         losses.append(result.loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+
+
+# Exact gradient routing (SPEC 4.3) and the host synchronisations of a step (issue 8)
+
+
+def test_autolora_gradients_equal_the_spec_routing_term_by_term():
+    """θ1 ← (1−λ1)·CE_adv + λ2·KL, LoRa ← λ1·CE_nat + λ2·KL, classifier ← all three: each group's
+    gradient of the full loss equals the gradient of its own terms taken separately."""
+    lambda1, lambda2 = 0.3, 4.2
+    s = settings(kl_divisor=16)
+    method = build_method("autolora", s)
+    model = make_model(method).train()
+    with torch.no_grad():  # the two branches differ, so every term has a gradient of its own
+        for p in lora_parameters(model):
+            p.normal_(0, 0.05)
+    reference = copy.deepcopy(model)
+    method.set_lambdas(lambda1, lambda2)
+    x, y = make_batch(6)
+    method.training_step(model, x, y, generator=seeded()).loss.backward()
+
+    x_adv = attack_like_training(reference, x, y, s, seeded())
+    logits_lora, logits_adv = reference(x, branch="lora"), reference(x_adv)
+    ce_nat = torch.nn.functional.cross_entropy(logits_lora, y)
+    ce_adv = torch.nn.functional.cross_entropy(logits_adv, y)
+    kl = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(logits_adv, 1), torch.softmax(logits_lora, 1), reduction="sum"
+        )
+        / 16
+    )
+    groups = {
+        "theta1": (fe_parameters, (1 - lambda1) * ce_adv + lambda2 * kl),
+        "lora": (lora_parameters, lambda1 * ce_nat + lambda2 * kl),
+        "classifier": (
+            classifier_parameters,
+            lambda1 * ce_nat + (1 - lambda1) * ce_adv + lambda2 * kl,
+        ),
+    }
+    for group, (parameters_of, objective) in groups.items():
+        expected = torch.autograd.grad(
+            objective, parameters_of(reference), retain_graph=True, allow_unused=True
+        )
+        for p, g in zip(parameters_of(model), expected, strict=True):
+            g = torch.zeros_like(p) if g is None else g
+            torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7, msg=group)
+    assert any(p.grad.abs().sum() > 0 for p in lora_parameters(model))
+
+
+SYNCING_TENSOR_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu")
+
+
+@pytest.mark.parametrize("name", ["vanilla", "twins", "autolora"])
+def test_a_training_step_reads_values_back_from_the_device_once(name, monkeypatch):
+    """Every way a tensor's value reaches Python would stall a GPU; one (the metrics) is allowed."""
+    method = build_method(name, settings(kl_divisor=128))
+    model = make_model(method).train()
+    if method.uses_lambda_pass:
+        method.set_lambdas(0.5, 3.0)
+    x, y = make_batch(6)
+    calls = []
+    for attribute in SYNCING_TENSOR_METHODS:
+        original = getattr(torch.Tensor, attribute)
+
+        def counted(self, *args, _original=original, _name=attribute, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, attribute, counted)
+    result = method.training_step(model, x, y, generator=seeded())
+    monkeypatch.undo()
+    assert calls == ["tolist"]
+    assert all(isinstance(v, float) for v in result.metrics.values())

@@ -233,6 +233,34 @@ def test_lora_branch_uses_batch_statistics_in_train_mode_and_running_ones_in_eva
     torch.testing.assert_close(model(x, branch="lora"), reference(x))
 
 
+def test_routing_follows_a_deep_copy_and_replaced_parameters():
+    """The cached LoRa convs / theta1 slots belong to the model they were found in."""
+    model = build_model("tiny", 10, lora_rank=2, dual_bn=True).train()
+    x, y = images(), labels()
+    model(x, branch="lora", bn="mix")  # fills the cache
+    twin = copy.deepcopy(model)
+    randomise_lora_b(twin)
+    assert not torch.allclose(twin.eval()(x, branch="lora"), model.eval()(x, branch="lora"))
+    twin.train()
+    F.cross_entropy(twin(x, branch="lora", bn="mix"), y).backward()
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is None for p in fe_parameters(twin))
+    assert all(p.grad is not None for p in lora_parameters(twin))
+
+    # load_state_dict(assign=True) swaps the parameter objects: the new ones must be used
+    state = {k: v.clone() for k, v in twin.state_dict().items()}
+    state["backbone.conv1.weight"].mul_(-1)
+    reference = copy.deepcopy(twin)
+    reference.load_state_dict(state)
+    twin.load_state_dict(state, assign=True)
+    twin.eval(), reference.eval()
+    torch.testing.assert_close(twin(x, branch="lora"), reference(x, branch="lora"))
+    assert not torch.allclose(twin(x, branch="lora"), model(x, branch="lora"))
+    twin.zero_grad(set_to_none=True)
+    F.cross_entropy(twin(x, branch="lora"), y).backward()
+    assert all(p.grad is None for p in fe_parameters(twin))
+
+
 def test_routing_is_reset_after_a_failing_call():
     model = build_model("tiny", 10, lora_rank=2, dual_bn=True)
     with pytest.raises(RuntimeError):
@@ -290,6 +318,26 @@ def test_fixed_bn_normalises_with_stored_statistics_in_train_mode():
     train_out = model.train()(x, bn="fixed")
     eval_out = model.eval()(x, bn="fixed")
     torch.testing.assert_close(train_out, eval_out)
+
+
+def test_fixed_bn_copies_eps_momentum_statistics_and_affine_of_its_source():
+    source = nn.BatchNorm2d(4, eps=1e-3, momentum=0.3)
+    randomise_bn_statistics(source)
+    source.num_batches_tracked.fill_(7)
+    dual = DualBatchNorm2d(source)
+    assert dual.adaptive is source
+    assert (dual.fixed.eps, dual.fixed.momentum) == (1e-3, 0.3)
+    for key, value in source.state_dict().items():
+        assert torch.equal(dual.fixed.state_dict()[key], value), key
+    assert dual.fixed.weight is not source.weight  # its own affine, trained on its own
+    x = torch.randn(3, 4, 2, 2)
+    dual.train()
+    dual.mode = "fixed"
+    by_hand = (x - source.running_mean.view(1, 4, 1, 1)) / torch.sqrt(
+        source.running_var.view(1, 4, 1, 1) + 1e-3
+    ) * source.weight.view(1, 4, 1, 1) + source.bias.view(1, 4, 1, 1)
+    torch.testing.assert_close(dual(x), by_hand)
+    assert int(dual.fixed.num_batches_tracked) == 7
 
 
 @pytest.mark.parametrize("batch", [5, 4])

@@ -201,3 +201,53 @@ def test_autolr_state_with_other_settings_is_refused():
 def test_autolr_rejects_bad_settings(kwargs):
     with pytest.raises(ConfigError):
         AutoLR(**kwargs)
+
+
+def spec_autolr(accuracies, checkpoints=tuple(range(0, 57, 4)), rho=0.75, lr0=0.01):
+    """SPEC 4.4 read independently: per finished epoch e (1-based), the LR of the next epoch,
+    whether to reload, whether to stop. ``lr_of_epoch[e]`` is the LR epoch e was trained at."""
+    lr, k, best = lr0, 1, float("-inf")
+    best_after, lr_of_epoch, out = {}, {}, []
+    for e, accuracy in enumerate(accuracies, start=1):
+        lr_of_epoch[e] = lr
+        best = max(best, accuracy)
+        best_after[e] = best
+        reload = False
+        if k < len(checkpoints) and e - 1 == checkpoints[k]:
+            a, b = checkpoints[k - 1], checkpoints[k]
+            rises = sum(accuracies[j + 1] > accuracies[j] for j in range(a, b))
+            condition1 = rises < rho * (b - a)
+            # window = acc[a..b] = epochs a+1 .. b+1; acc[a] belongs to the previous window's end
+            lr_constant = len({lr_of_epoch[epoch] for epoch in range(a + 1, b + 2)}) == 1
+            condition2 = k > 1 and lr_constant and best_after[b + 1] <= best_after[a + 1]
+            if condition1 or condition2:
+                lr, reload = lr / 2, True
+            k += 1
+        out.append((lr, reload, lr < 1e-5 or e >= 60))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_autolr_matches_an_independent_reading_of_spec_4_4(seed):
+    import random
+
+    rng = random.Random(seed)
+    # a noisy plateau with ties: both conditions fire now and then
+    accuracies = [float(rng.choice(range(40, 46))) for _ in range(60)]
+    _, decisions = run_autolr(accuracies)
+    expected = spec_autolr(accuracies)
+    stop_at = next(i for i, (_, _, stop) in enumerate(expected) if stop) + 1
+    got = [(d.lr, d.reload_best, d.stop) for d in decisions[:stop_at]]
+    assert got == expected[:stop_at]
+
+
+def test_autolr_reference_sequence_exact_epochs():
+    """A hand-checked 60-epoch run: rising to a plateau, then flat."""
+    accuracies = [10.0, 12, 14, 16, 18, 20, 22, 24, 26] + [26.0] * 40
+    _, decisions = run_autolr(accuracies)  # 49 epochs: the loop stops at the first `stop`
+    # windows [0,4], [4,8] rise 4/4 -> keep; [8,12] has 0 rises -> cond1 at epoch 13, and again
+    # at every later checkpoint 17, 21, ..., 57 (12 halvings; 0.01/2**10 < 1e-5 stops at 49)
+    assert epochs_where(decisions, "reload_best") == list(range(13, 50, 4))
+    assert epochs_where(decisions, "stop") == [49]
+    assert decisions[48].lr == pytest.approx(0.01 / 2**10)
+    assert epochs_where(decisions, "is_best") == list(range(1, 10))

@@ -76,7 +76,9 @@ def pgd(
             # Summed loss: same sign as the mean, without underflow on large batches.
             loss = F.cross_entropy(model(x_adv, **forward_kwargs), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = torch.max(torch.min(x_adv.detach() + step * grad.sign(), upper), lower)
+            # One clamp onto [lower, upper] = the eps-ball intersected with [0, 1] (lower <= upper
+            # as x is in [0, 1]): the same as projecting, then clamping to the unit box.
+            x_adv = torch.clamp(x_adv.detach().add_(grad.sign_(), alpha=step), lower, upper)
     return x_adv.detach()
 
 

@@ -49,9 +49,10 @@ def multistep_lr(
 
 @dataclass(frozen=True)
 class AutoLRDecision:
-    """What the training loop does after an epoch: train the next epoch at ``lr``; save the weights
-    as the best-validation checkpoint if ``is_best``; reload that checkpoint first if
-    ``reload_best``; stop if ``stop``. ``reason`` says why, in words."""
+    """What the training loop does after an epoch, in this order: save the weights as the
+    best-validation checkpoint if ``is_best`` (strictly better than every earlier epoch); then, if
+    ``reload_best``, load that checkpoint (model, LoRa, BN buffers; the optimizer's momentum is
+    kept); stop if ``stop``, else train the next epoch at ``lr``. ``reason`` says why, in words."""
 
     lr: float
     is_best: bool

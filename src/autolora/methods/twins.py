@@ -90,6 +90,9 @@ class Twins(Method):
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None
     ) -> float:
         """Cosine of ∇θ1 [CE_fixed + γ·CE_adaptive] and ∇θ1 [KL_fixed + γ·KL_adaptive] (SPEC 4.5)."""
+        # SPEC 4.5 taken literally: γ weighs the *adaptive* half here, whereas the training loss
+        # (SPEC 4.2) weighs the fixed half. With the paper's γ = 1 (all datasets but CUB) the two
+        # agree; keep this literal reading unless the SPEC changes.
         gamma = self.settings.twins_gamma
 
         def objectives() -> tuple[Tensor, Tensor]:

@@ -105,7 +105,8 @@ class RobustNet(nn.Module):
     - ``bn``: ``"adaptive"`` | ``"fixed"`` | ``"mix"`` for dual-BN models (see ``DualBatchNorm2d``).
 
     The normaliser constants are non-persistent buffers: they follow ``.to(device)`` but are not in
-    the state dict, whose keys are ``backbone.<torchvision key>``.
+    the state dict, whose keys are ``backbone.<torchvision key>``. The backbone's module structure
+    is fixed once built (``build_model``): the LoRa convs and dual BNs are looked up once.
     """
 
     def __init__(
@@ -125,16 +126,20 @@ class RobustNet(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.backbone = backbone
+        self._routes: _Routes | None = None
 
     def forward(self, x: torch.Tensor, *, branch: str = "fe", bn: str = "adaptive") -> torch.Tensor:
         self._check_mode(branch, bn)
         if self.input_upsample is not None:
             x = F.interpolate(x, size=(self.input_upsample, self.input_upsample), mode="nearest")
         x = (x - self.mean) / self.std
+        if branch == "fe" and bn == "adaptive":
+            # The default path (every attack step takes it): `_routing` leaves the modules set
+            # to it after each routed call, so there is nothing to set.
+            return self.backbone(x)
         with self._routing(branch, bn):
             if branch == "lora":
-                detached = {name: p.detach() for name, p in _fe_named_parameters(self.backbone)}
-                return functional_call(self.backbone, detached, (x,))
+                return functional_call(self.backbone, self._routes_now().detached_fe(), (x,))
             return self.backbone(x)
 
     def _check_mode(self, branch: str, bn: str) -> None:
@@ -150,19 +155,25 @@ class RobustNet(nn.Module):
     @contextlib.contextmanager
     def _routing(self, branch: str, bn: str) -> Iterator[None]:
         """Tell the LoRa convs and dual BNs of this model which path to take, for one call."""
-        lora_convs = [m for m in self.backbone.modules() if isinstance(m, LoRaConv2d)]
-        dual_bns = [m for m in self.backbone.modules() if isinstance(m, DualBatchNorm2d)]
-        for conv in lora_convs:
+        routes = self._routes_now()
+        for conv in routes.lora_convs:
             conv.use_lora = branch == "lora"
-        for norm in dual_bns:
+        for norm in routes.dual_bns:
             norm.mode = bn
         try:
             yield
         finally:
-            for conv in lora_convs:
+            for conv in routes.lora_convs:
                 conv.use_lora = False
-            for norm in dual_bns:
+            for norm in routes.dual_bns:
                 norm.mode = "adaptive"
+
+    def _routes_now(self) -> _Routes:
+        # Walking ~150 modules on each of the ~12 forwards of a training step costs milliseconds
+        # of host time (issue 8), so the walk is cached; it is redone if the backbone is replaced.
+        if self._routes is None or self._routes.backbone is not self.backbone:
+            self._routes = _Routes(self.backbone)
+        return self._routes
 
     def extra_repr(self) -> str:
         return (
@@ -195,6 +206,28 @@ def build_model(
         dual_bn=dual_bn,
         input_upsample=input_upsample,
     )
+
+
+class _Routes:
+    """The LoRa convs, dual BNs and theta1 parameter slots of a backbone, found once.
+
+    Slots are (module, parameter name) pairs, read at call time, so a parameter object replaced
+    later (e.g. ``load_state_dict(assign=True)``) is still the one used.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        self.backbone = backbone
+        self.lora_convs = [m for m in backbone.modules() if isinstance(m, LoRaConv2d)]
+        self.dual_bns = [m for m in backbone.modules() if isinstance(m, DualBatchNorm2d)]
+        modules = dict(backbone.named_modules())
+        self.fe_slots = []
+        for name, _ in _fe_named_parameters(backbone):
+            module_name, _, leaf = name.rpartition(".")
+            self.fe_slots.append((name, modules[module_name], leaf))
+
+    def detached_fe(self) -> dict[str, torch.Tensor]:
+        """theta1 (convs and BN affine of the backbone, classifier and LoRa excluded), detached."""
+        return {name: module._parameters[leaf].detach() for name, module, leaf in self.fe_slots}
 
 
 def _lora_parameter_ids(backbone: nn.Module) -> set[int]:
