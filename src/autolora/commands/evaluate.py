@@ -1,0 +1,48 @@
+"""`autolora evaluate`: SA, PGD-10 and AutoAttack of a trained cell's checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "evaluate"
+HELP = "evaluate a run's checkpoint (SA, PGD-10, AutoAttack) and write an evaluation record"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run", dest="run_dir", required=True, help="the cell directory (holds run.json)"
+    )
+    parser.add_argument("--data", required=True, help="prepared dataset directory")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        choices=("best_test", "best_val", "final", "selected"),
+        help="which weights; 'selected' = the protocol's reported checkpoint (config selection)",
+    )
+    parser.add_argument("--n", type=int, default=None, help="evaluate the first N test images")
+    parser.add_argument(
+        "--no-autoattack", action="store_true", help="skip AutoAttack (SA and PGD-10 only)"
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: config)")
+    parser.add_argument("--out", required=True, help="evaluation record (JSON) to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    from autolora.evaluate import evaluate_run
+
+    record = evaluate_run(
+        args.run_dir,
+        args.data,
+        checkpoint=args.checkpoint,
+        out=args.out,
+        n=args.n,
+        autoattack=False if args.no_autoattack else None,
+        device=args.device,
+    )
+    metrics = record["metrics"]
+    aa = "-" if metrics["AA"] is None else f"{metrics['AA']:.2f}"
+    print(
+        f"{record['cell_id']} {record['checkpoint']['name']}: SA {metrics['SA']:.2f} "
+        f"PGD-10 {metrics['PGD10']:.2f} AA {aa} (n={record['n']})"
+    )
+    return 0

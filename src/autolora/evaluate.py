@@ -1,0 +1,259 @@
+"""Standard accuracy, PGD-10 and AutoAttack of a trained cell's checkpoint (SPEC 3, 5).
+
+The accuracy loops here are also what the training loop uses for its per-epoch validation/test
+numbers and for the AutoLoRa λ pass. All accuracies are in percent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from autolora import records
+from autolora.attacks import autoattack_evaluation, pgd
+from autolora.errors import ConfigError, DataError
+from autolora.io import read_json, sha256_file, write_json
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAMES = ("best_test", "best_val", "final")
+SELECTED = "selected"
+
+
+def batches_on(
+    loader: Iterable, device: torch.device, memory_format: torch.memory_format | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(x, y)`` batches on ``device``; uint8 images become floats in [0, 1]."""
+    for x, y in loader:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        x = x.to(device, non_blocking=True)
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
+        yield x, torch.as_tensor(y).to(device, non_blocking=True)
+
+
+def first_examples(
+    batches: Iterable[tuple[Tensor, Tensor]], n: int | None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The batches cut after the first ``n`` examples (all of them when ``n`` is None)."""
+    remaining = n
+    for x, y in batches:
+        if remaining is not None:
+            if remaining <= 0:
+                return
+            x, y = x[:remaining], y[:remaining]
+            remaining -= x.shape[0]
+        yield x, y
+
+
+def clean_and_pgd_accuracy(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    eps: float,
+    step: float,
+    steps: int,
+) -> tuple[float, float, int]:
+    """(SA, PGD robust accuracy, n): eval mode, PGD without random start (SPEC 3)."""
+    was_training = model.training
+    model.eval()
+    correct_clean = correct_adv = total = 0
+    try:
+        for x, y in batches:
+            with torch.no_grad():
+                correct_clean += int((model(x).argmax(dim=1) == y).sum())
+            x_adv = pgd(model, x, y, eps=eps, step=step, steps=steps, random_start=False)
+            with torch.no_grad():
+                correct_adv += int((model(x_adv).argmax(dim=1) == y).sum())
+            total += int(y.shape[0])
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise DataError("accuracy of an empty split requested: the split has no examples")
+    return 100.0 * correct_clean / total, 100.0 * correct_adv / total, total
+
+
+def lora_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, int]:
+    """(standard accuracy of the LoRa branch in percent, n), eval mode (SPEC 4.3)."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                correct += int((model(x, branch="lora").argmax(dim=1) == y).sum())
+                total += int(y.shape[0])
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise DataError("LoRa accuracy of an empty training split requested")
+    return 100.0 * correct / total, total
+
+
+def resolve_checkpoint_name(name: str, config) -> str:
+    if name == SELECTED:
+        return config.selection
+    if name not in CHECKPOINT_NAMES:
+        raise ConfigError(
+            f"--checkpoint {name!r}: allowed {', '.join((*CHECKPOINT_NAMES, SELECTED))}"
+        )
+    return name
+
+
+def load_run_record(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "run.json"
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: the run is not complete; finish `autolora train`")
+    record = read_json(path)
+    if record.get("kind") != "training_run":
+        raise DataError(f"{path} is not a training run record (kind {record.get('kind')!r})")
+    return record
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    *,
+    checkpoint: str,
+    out: str | os.PathLike,
+    n: int | None = None,
+    autoattack: bool | None = None,
+    device: str | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run's checkpoint on the test split (first ``n`` examples) and write the record.
+
+    ``n`` and ``autoattack`` default to the cell's ``autoattack`` settings; ``device`` to its
+    ``runtime.device``.
+    """
+    from safetensors.torch import load_file
+
+    from autolora.cells import CellConfig
+    from autolora.data.loaders import make_loader
+    from autolora.data.prepared import PreparedDataset
+    from autolora.models import build_model
+    from autolora.train import method_settings, resolve_device
+
+    started, clock = records.timestamp(), time.monotonic()
+    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    run_record = load_run_record(run_dir)
+    config = CellConfig.from_dict(run_record["config"])
+    name = resolve_checkpoint_name(checkpoint, config)
+    checkpoint_entry = run_record["checkpoints"].get(name)
+    if checkpoint_entry is None:
+        raise DataError(
+            f"run {run_dir} has no {name} checkpoint (its checkpoints: "
+            f"{', '.join(run_record['checkpoints'])}); choose another --checkpoint"
+        )
+    checkpoint_path = run_dir / f"{name}.safetensors"
+    if not checkpoint_path.is_file():
+        raise DataError(f"checkpoint {checkpoint_path} is missing: re-run `autolora train`")
+    checkpoint_sha = sha256_file(checkpoint_path)
+    if checkpoint_sha != checkpoint_entry["sha256"]:
+        raise DataError(
+            f"checkpoint {checkpoint_path} does not match the sha256 in {run_dir / 'run.json'}: "
+            "it was changed after training; re-run `autolora train`"
+        )
+    n = config.autoattack.n if n is None else n
+    if n is not None and n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    run_autoattack = config.autoattack.enabled if autoattack is None else autoattack
+    torch_device = resolve_device(device or config.runtime.device)
+
+    dataset = PreparedDataset.open(data_dir)
+    test_view = dataset.split(config.split_scheme, "test")
+    from autolora.methods import build_method
+
+    method = build_method(config.method, method_settings(config))
+    model = build_model(
+        config.arch,
+        dataset.num_outputs(config.split_scheme),
+        input_upsample=dataset.metadata.get("input_upsample"),
+        **method.model_options(),
+    )
+    model.load_state_dict(load_file(str(checkpoint_path)))
+    model.to(torch_device).eval()
+
+    def test_batches() -> Iterator[tuple[Tensor, Tensor]]:
+        loader = make_loader(
+            test_view,
+            train=False,
+            seed=config.seed,
+            epoch=0,
+            batch_size=config.batch_size,
+            stream="eval",
+            num_workers=config.runtime.num_workers,
+        )
+        return first_examples(batches_on(loader, torch_device), n)
+
+    attack = config.attack
+    sa, pgd10, count = clean_and_pgd_accuracy(
+        model, test_batches(), eps=attack.eps, step=attack.step, steps=attack.eval_steps
+    )
+    logger.info("%s %s: SA %.2f PGD-10 %.2f (n=%d)", config.cell_id, name, sa, pgd10, count)
+    autoattack_record = None
+    aa = None
+    if run_autoattack:
+        xs, ys = zip(*((x.cpu(), y.cpu()) for x, y in test_batches()), strict=True)
+        result = autoattack_evaluation(
+            model,
+            torch.cat(xs).to(torch_device),
+            torch.cat(ys).to(torch_device),
+            eps=attack.eps,
+            device=torch_device,
+            batch_size=config.autoattack.batch_size,
+            seed=config.seed,
+        )
+        aa = result.robust_accuracy
+        autoattack_record = {
+            "version": "standard",
+            "package": records.package_versions(("pyautoattack",))["pyautoattack"],
+            "progression": result.progression,
+            "clean_accuracy": result.clean_accuracy,
+            "seed": config.seed,
+            "batch_size": config.autoattack.batch_size,
+        }
+        logger.info("%s %s: AutoAttack %.2f", config.cell_id, name, aa)
+
+    metadata = run_record["checkpoints"][name]
+    scheme = config.split_scheme
+    env = records.environment(torch_device)
+    record = {
+        "kind": "evaluation",
+        "cell": run_record["cell"],
+        "cell_id": config.cell_id,
+        "checkpoint": {
+            "name": name,
+            "requested": checkpoint,
+            "path": records.record_path(checkpoint_path),
+            "sha256": checkpoint_sha,
+            "epoch": metadata["epoch"],
+            "selected_by": metadata["selected_by"],
+        },
+        "metrics": {"SA": sa, "PGD10": pgd10, "AA": aa},
+        "n": count,
+        "attack": {"eps": attack.eps, "step": attack.step, "pgd_steps": attack.eval_steps},
+        "autoattack": autoattack_record,
+        "run_record": records.file_entry("run_record", run_dir / "run.json"),
+        "inputs": [
+            records.file_entry("dataset", data_dir / "dataset.json"),
+            records.file_entry("split_manifest", data_dir / "splits" / f"{scheme}.csv"),
+            records.file_entry("checkpoint", checkpoint_path),
+        ],
+        **env,
+        "seconds": round(time.monotonic() - clock, 3),
+        "started": started,
+        "finished": records.timestamp(),
+        "command": command if command is not None else records.command_line(),
+    }
+    del record["run_record"]["role"]
+    write_json(out, record)
+    return record

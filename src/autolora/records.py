@@ -1,0 +1,148 @@
+"""The environment a result was produced in, for run and evaluation records.
+
+Code version (git commit and dirty flag of the package's repository, when there is one), package
+versions, Python, host, device name, SLURM job context, time stamps, the command line and files with
+their sha256. Torch is imported lazily (only ``device_name`` needs it).
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from autolora import __version__
+from autolora.io import sha256_file
+
+RECORDED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "safetensors",
+    "autolora",
+    "pyautoattack",
+    "snakemake",
+)
+
+# SLURM variables worth keeping: the job, its node(s), array position and requeue count.
+SLURM_VARIABLES = {
+    "job_id": "SLURM_JOB_ID",
+    "job_name": "SLURM_JOB_NAME",
+    "node": "SLURMD_NODENAME",
+    "nodelist": "SLURM_JOB_NODELIST",
+    "partition": "SLURM_JOB_PARTITION",
+    "cluster": "SLURM_CLUSTER_NAME",
+    "array_job_id": "SLURM_ARRAY_JOB_ID",
+    "array_task_id": "SLURM_ARRAY_TASK_ID",
+    "restart_count": "SLURM_RESTART_COUNT",
+    "cpus_per_task": "SLURM_CPUS_PER_TASK",
+    "gpus": "SLURM_GPUS_ON_NODE",
+}
+
+
+def timestamp() -> str:
+    """Now, UTC, ISO 8601 with seconds (``2024-05-01T12:00:00Z``)."""
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    return now.isoformat().replace("+00:00", "Z")
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as a shell would re-run it."""
+    argv = sys.argv if argv is None else argv
+    return shlex.join([Path(argv[0]).name, *argv[1:]]) if argv else ""
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def code_version() -> dict[str, Any]:
+    """``{commit, dirty, version}`` of the code that runs: the git repository holding the
+    ``autolora`` package (an editable install), or commit/dirty null for an installed wheel.
+    ``dirty``: modified or untracked (not ignored) files; results and logs are git-ignored."""
+    package_dir = Path(__file__).resolve().parent
+    top = _git(package_dir, "rev-parse", "--show-toplevel")
+    commit = dirty = None
+    if top is not None:
+        commit = _git(Path(top), "rev-parse", "HEAD")
+        status = _git(Path(top), "status", "--porcelain")
+        dirty = None if status is None else bool(status)
+    return {"commit": commit, "dirty": dirty, "version": __version__}
+
+
+def package_versions(names: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def slurm_context(environ: dict[str, str] | None = None) -> dict[str, str] | None:
+    """The SLURM job this process runs in, or None outside SLURM."""
+    environ = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" not in environ:
+        return None
+    context = {key: environ[var] for key, var in SLURM_VARIABLES.items() if var in environ}
+    context.setdefault("node", environ.get("SLURM_JOB_NODELIST", socket.gethostname()))
+    return context
+
+
+def device_name(device: Any) -> str:
+    """``cpu`` or the CUDA device's name (e.g. ``NVIDIA H100 80GB HBM3``)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def python_version() -> str:
+    return f"{platform.python_implementation()} {platform.python_version()}"
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+def environment(device: Any) -> dict[str, Any]:
+    """The record fields describing where and with what a result was computed."""
+    return {
+        "code": code_version(),
+        "packages": package_versions(),
+        "python": python_version(),
+        "host": host(),
+        "device": device_name(device),
+        "slurm": slurm_context(),
+    }
+
+
+def record_path(path: str | os.PathLike) -> str:
+    """``path`` as records store it: relative to the working directory when inside it (the
+    workflow runs from the repository root), absolute otherwise."""
+    absolute = Path(path).resolve()
+    try:
+        return str(absolute.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(absolute)
+
+
+def file_entry(role: str, path: str | os.PathLike) -> dict[str, str]:
+    """``{role, path, sha256}`` of an existing file."""
+    return {"role": role, "path": record_path(path), "sha256": sha256_file(path)}

@@ -1,0 +1,885 @@
+"""The epoch loop of one cell: training steps, the AutoLoRa λ pass, validation and test PGD-10,
+checkpoints, the automated LR scheduler, gradient similarity, resume, signals and the run record.
+
+Outputs in the cell directory: ``best_val.safetensors``, ``best_test.safetensors`` (when the test
+set is evaluated each epoch), ``final.safetensors``, ``history.csv`` and, written last as the
+completion marker, ``run.json``. While the run is unfinished ``state/`` holds its resume state
+(``autolora.checkpoints``); the best checkpoints live there until the run completes.
+
+Randomness: every stream is derived from the cell seed (:func:`derive_seed`): model init (head,
+LoRa A), the PGD random starts of each epoch (an explicit ``torch.Generator``), the data order and
+augmentation (the loaders derive theirs from (seed, epoch, stream, position)), the gradient
+similarity pass (its own stream, so it does not change training).
+
+Resume: the state is committed after every epoch (model with LoRa and BN buffers, optimizer,
+AutoLR, λ, RNG states, history, best weights). A crash loses at most the running epoch; the rerun
+continues from the last committed state, bit-identically on a deterministic CPU run.
+
+Signals: SIGTERM / SIGUSR1 (what SLURM sends before a time limit) set a flag. At the next training
+batch boundary the full mid-epoch state is committed (including the position in the epoch and the
+PGD generator's state) and the run stops with exit code 75 (EX_TEMPFAIL); rerun the same command
+to resume. A signal during validation is honoured at the end of that epoch, after its state; one
+while the finished run's outputs are written is ignored (the run completes, exit 0).
+
+Fast paths (``runtime.channels_last``, ``bf16``, ``compile``, ``cudnn_benchmark``) come from
+``autolora.fastpath``: bf16 autocast wraps the training step only; evaluation stays fp32.
+``runtime.deterministic`` turns on ``torch.use_deterministic_algorithms`` (warn-only: a CUDA op
+without a deterministic kernel warns) and turns cuDNN autotuning off.
+
+Non-finite loss: the run stops with a message naming epoch and batch (exit code 3); the last
+saved state (normally the last finished epoch) is kept.
+
+Fault injection, for tests of this loop and of the workflow: ``AUTOLORA_FAULT_NAN_AT=E:B`` makes
+the loss of epoch E, batch B (both 1-based) NaN; ``AUTOLORA_FAULT_FAIL_AT=E:B`` raises
+RuntimeError there; ``AUTOLORA_FAULT_SIGNAL_AT=E:B`` sends the process SIGUSR1 after that
+batch's step (a deterministic stand-in for SLURM's signal). A third field ``:once`` fires only in a
+run's first attempt (not on resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from autolora import checkpoints, records
+from autolora.cells import CellConfig, resolve_cell
+from autolora.data.loaders import make_loader
+from autolora.data.prepared import PreparedDataset
+from autolora.errors import ConfigError, DataError
+from autolora.evaluate import batches_on, clean_and_pgd_accuracy, lora_accuracy
+from autolora.fastpath import FastPaths, configure_backends, prepare_model, training_autocast
+from autolora.io import atomic_write, read_json, write_json
+from autolora.methods import Method, MethodSettings, build_method
+from autolora.models import build_model, load_backbone_state
+from autolora.protocol import PROTOCOL_CHOICES, protocol_choices
+from autolora.schedules import AutoLR, lambda_weights, multistep_lr
+
+logger = logging.getLogger(__name__)
+
+EXIT_NON_FINITE = 3
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: state saved after SIGTERM/SIGUSR1, rerun to resume
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+FAULT_NAN_ENV = "AUTOLORA_FAULT_NAN_AT"
+FAULT_FAIL_ENV = "AUTOLORA_FAULT_FAIL_AT"
+FAULT_SIGNAL_ENV = "AUTOLORA_FAULT_SIGNAL_AT"
+RUN_RECORD = "run.json"
+HISTORY_FILE = "history.csv"
+STATE_DIR = "state"
+CHECKPOINT_METRICS = {"best_val": "val_pgd10", "best_test": "test_pgd10"}
+
+
+class TrainingInterrupted(Exception):
+    """A stop signal arrived; the state was committed. Exit with EXIT_INTERRUPTED."""
+
+
+class NonFiniteLoss(Exception):
+    """The loss became NaN or infinite. Exit with EXIT_NON_FINITE."""
+
+
+@dataclass
+class TrainResult:
+    status: str  # "complete" | "already_complete"
+    record: dict[str, Any]
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A 63-bit seed for the stream named by ``parts`` (e.g. ``"train", epoch``)."""
+    text = json.dumps([seed, *parts])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device is {name!r} but CUDA is not available: use auto or cpu")
+    return device
+
+
+def method_settings(config: CellConfig) -> MethodSettings:
+    optional = {
+        key: getattr(config, key)
+        for key in ("beta", "twins_gamma", "lora_rank")
+        if getattr(config, key) is not None
+    }
+    return MethodSettings(
+        eps=config.attack.eps,
+        step=config.attack.step,
+        attack_steps=config.attack.train_steps,
+        kl_divisor=config.kl_divisor_value,
+        **optional,
+    )
+
+
+def parse_spec(text: str) -> tuple[dict[str, Any], Path | None]:
+    """A cell spec from JSON text or a .json/.yaml file; returns (spec, file or None)."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            spec = json.loads(stripped)
+        except ValueError as error:
+            raise ConfigError(
+                f"--spec is not valid JSON ({error}): pass JSON text or a file"
+            ) from None
+        return spec, None
+    path = Path(text)
+    if not path.is_file():
+        raise ConfigError(f"--spec {text!r} is neither JSON text nor an existing .json/.yaml file")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        spec = yaml.safe_load(path.read_text())
+    elif path.suffix == ".json":
+        spec = read_json(path)
+    else:
+        raise ConfigError(f"--spec file {path} must end in .json, .yaml or .yml")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"--spec file {path} must hold a mapping (the cell spec)")
+    return spec, path
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+# ---- fault injection and signals ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaultPoint:
+    epoch: int
+    batch: int
+    once: bool
+
+    @classmethod
+    def from_env(cls, name: str) -> FaultPoint | None:
+        text = os.environ.get(name)
+        if not text:
+            return None
+        parts = text.split(":")
+        try:
+            epoch, batch = int(parts[0]), int(parts[1])
+            once = parts[2:] == ["once"]
+            if len(parts) > 3 or (len(parts) == 3 and not once):
+                raise ValueError
+        except (ValueError, IndexError):
+            raise ConfigError(
+                f"environment variable {name}={text!r}: expected EPOCH:BATCH[:once]"
+            ) from None
+        return cls(epoch, batch, once)
+
+    def hits(self, epoch: int, batch: int, attempt: int) -> bool:
+        return (epoch, batch) == (self.epoch, self.batch) and (attempt == 1 or not self.once)
+
+
+class StopFlag:
+    """Records the first SIGTERM/SIGUSR1 while installed."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal_number is not None
+
+    def _handle(self, signal_number: int, frame: Any) -> None:
+        if self.signal_number is None:
+            self.signal_number = signal_number
+            logger.warning(
+                "received %s: saving state at the next batch boundary",
+                signal.Signals(signal_number).name,
+            )
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal_number).name if self.signal_number else ""
+
+
+@contextlib.contextmanager
+def runtime_settings(config: CellConfig) -> Iterator[None]:
+    """Determinism and cuDNN flags for the run; restored afterwards (they are process-wide)."""
+    runtime = config.runtime
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    if runtime.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # warn_only: a CUDA op without a deterministic kernel (e.g. the backward of the nearest
+    # upsampling that PGD differentiates through) warns instead of stopping the run.
+    torch.use_deterministic_algorithms(runtime.deterministic, warn_only=True)
+    configure_backends(FastPaths.from_runtime(config.to_dict()["runtime"]))
+    if runtime.deterministic:
+        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = runtime.deterministic
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2:]
+
+
+# ---- the run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What is known after the last committed point (epoch end or a batch boundary)."""
+
+    epoch: int = 0  # finished epochs
+    lr: float = 0.0  # LR of the next epoch under AutoLR
+    lambdas: tuple[float, float] | None = None
+    lora_train_sa: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {epoch, value}
+    stop_reason: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    started: str = ""
+    in_epoch: dict[str, Any] | None = None  # mid-epoch position after a signal
+
+
+class CellTraining:
+    """One cell's training run; :meth:`run` does everything and returns the run record."""
+
+    def __init__(
+        self,
+        config: CellConfig,
+        spec: dict[str, Any],
+        *,
+        data_dir: Path,
+        weights: Path,
+        out_dir: Path,
+        spec_file: Path | None,
+        command: str,
+    ) -> None:
+        self.config = config
+        self.spec = spec
+        self.data_dir = data_dir
+        self.weights_path = weights
+        self.out_dir = out_dir
+        self.state_dir = out_dir / STATE_DIR
+        self.spec_file = spec_file
+        self.command = command
+        self.config_dict = _jsonable(config.to_dict())
+        self.device = resolve_device(config.runtime.device)
+        self.fast_paths = FastPaths.from_runtime(self.config_dict["runtime"])
+        self.stop = StopFlag()
+        self.fault_nan = FaultPoint.from_env(FAULT_NAN_ENV)
+        self.fault_fail = FaultPoint.from_env(FAULT_FAIL_ENV)
+        self.fault_signal = FaultPoint.from_env(FAULT_SIGNAL_ENV)
+        self.progress = Progress(lr=config.lr)
+        self.best_weights: dict[str, dict[str, Tensor]] = {}
+        self.best_dirty: set[str] = set()
+
+    # -- set-up --
+
+    def _open_data(self) -> None:
+        config = self.config
+        self.dataset = PreparedDataset.open(self.data_dir)
+        self.split_info = self.dataset.split_info(config.split_scheme)
+        self.views = {
+            name: self.dataset.split(config.split_scheme, name) for name in ("train", "val", "test")
+        }
+        for name in ("train", "val") + (("test",) if config.test_each_epoch else ()):
+            if len(self.views[name]) == 0:
+                raise DataError(
+                    f"prepared dataset {self.data_dir}: split {name!r} of scheme "
+                    f"{config.split_scheme!r} is empty; re-prepare the dataset"
+                )
+
+    def _build(self) -> None:
+        config = self.config
+        self.method: Method = build_method(config.method, method_settings(config))
+        if not self.weights_path.is_file():
+            raise DataError(
+                f"weights file {self.weights_path} does not exist: convert or download it"
+            )
+        from safetensors.torch import load_file
+
+        backbone_state = load_file(str(self.weights_path))
+        torch.manual_seed(derive_seed(config.seed, "init"))  # head and LoRa A init
+        self.model = build_model(
+            config.arch,
+            int(self.split_info["num_outputs"]),
+            input_upsample=self.dataset.metadata.get("input_upsample"),
+            **self.method.model_options(),
+        )
+        load_backbone_state(self.model, backbone_state)
+        self.model.to(self.device)
+        prepare_model(self.model, self.fast_paths)
+        self.optimizer = torch.optim.SGD(
+            self.method.trainable_parameters(self.model),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=False,
+            weight_decay=config.weight_decay,
+        )
+        self.autolr = (
+            AutoLR(
+                initial_lr=config.autolr.initial_lr,
+                checkpoints=config.autolr.checkpoints,
+                rho=config.autolr.rho,
+                min_lr=config.autolr.min_lr,
+                decay=config.autolr.decay,
+                max_epochs=config.epochs,
+            )
+            if config.lr_schedule == "autolr"
+            else None
+        )
+        self.progress.lr = config.autolr.initial_lr if self.autolr else config.lr
+
+    def _batches(
+        self, view, *, train: bool, epoch: int, stream: str, shuffle=None, start_batch: int = 0
+    ):
+        return make_loader(
+            view,
+            train=train,
+            seed=self.config.seed,
+            epoch=epoch,
+            batch_size=self.config.batch_size,
+            stream=stream,
+            shuffle=shuffle,
+            num_workers=self.config.runtime.num_workers,
+            start_batch=start_batch,
+        )
+
+    # -- the pieces of an epoch --
+
+    def _lambda_pass(self, epoch_index: int) -> None:
+        """Measure the LoRa branch's accuracy on the augmented training split (eval mode) and set
+        λ1, λ2 for the epoch with 0-based index ``epoch_index``."""
+        loader = self._batches(
+            self.views["train"], train=True, epoch=epoch_index, stream="lambda", shuffle=False
+        )
+        accuracy, _ = lora_accuracy(
+            self.model, batches_on(loader, self.device, self._memory_format)
+        )
+        config = self.config
+        lambdas = lambda_weights(accuracy / 100.0, config.alpha, config.lambda_scale)
+        self.progress.lora_train_sa, self.progress.lambdas = accuracy, lambdas
+        self.method.set_lambdas(*lambdas)
+
+    @property
+    def _memory_format(self):
+        return torch.channels_last if self.fast_paths.channels_last else None
+
+    def _lr_at(self, epoch: int, batch: int, iterations_per_epoch: int) -> float:
+        if self.autolr is not None:
+            return self.progress.lr
+        config = self.config
+        iteration = (epoch - 1) * iterations_per_epoch + batch
+        return multistep_lr(
+            config.lr, iteration, iterations_per_epoch, config.milestones, config.lr_factor
+        )
+
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train epoch ``epoch`` (1-based), from the saved position when resuming mid-epoch;
+        return the summed metrics."""
+        train_size, batch_size = len(self.views["train"]), self.config.batch_size
+        iterations = -(-train_size // batch_size)
+        generator = torch.Generator(device=self.device)
+        resumed = self.progress.in_epoch
+        if resumed is not None:
+            generator.set_state(self._resumed_generator_state)
+            sums, start = dict(resumed["sums"]), int(resumed["next_batch"])
+            seconds_before = float(resumed["seconds"])
+        else:
+            generator.manual_seed(derive_seed(self.config.seed, "train", epoch))
+            sums, start, seconds_before = {"examples": 0.0}, 0, 0.0
+        self.progress.in_epoch = None
+        loader = self._batches(
+            self.views["train"], train=True, epoch=epoch - 1, stream="train", start_batch=start
+        )
+        attempt = len(self.progress.attempts)
+        started = time.monotonic()
+        batches = batches_on(loader, self.device, self._memory_format)
+        batches = _progress_bar(batches, total=iterations - start, description=f"epoch {epoch}")
+        self.model.train()
+        for batch, (x, y) in enumerate(batches, start=start):
+            if self.stop:
+                in_epoch = {
+                    "epoch": epoch,
+                    "next_batch": batch,
+                    "sums": sums,
+                    "seconds": seconds_before + time.monotonic() - started,
+                }
+                self._commit(in_epoch=in_epoch, generator=generator)
+                raise TrainingInterrupted(
+                    f"received {self.stop.name} in epoch {epoch} before batch {batch + 1} of "
+                    f"{iterations}: state saved to {self.state_dir}; rerun the same command to "
+                    "resume"
+                )
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr_at(epoch, batch, iterations)
+            self.optimizer.zero_grad(set_to_none=True)
+            with training_autocast(self.fast_paths, self.device):
+                result = self.method.training_step(self.model, x, y, generator=generator)
+            loss = result.loss
+            if self.fault_fail and self.fault_fail.hits(epoch, batch + 1, attempt):
+                raise RuntimeError(
+                    f"injected failure ({FAULT_FAIL_ENV}) at epoch {epoch}, batch {batch + 1}"
+                )
+            if self.fault_nan and self.fault_nan.hits(epoch, batch + 1, attempt):
+                loss = loss * float("nan")
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLoss(
+                    f"non-finite loss ({value}) in epoch {epoch}, batch {batch + 1} of {iterations}: "
+                    f"training stopped; the last saved state is kept in {self.state_dir} (lower "
+                    "the learning rate, or delete the state to start over)"
+                )
+            loss.backward()
+            self.optimizer.step()
+            if self.fault_signal and self.fault_signal.hits(epoch, batch + 1, attempt):
+                os.kill(os.getpid(), signal.SIGUSR1)
+            n = float(x.shape[0])
+            sums["examples"] += n
+            for name, metric in result.metrics.items():
+                if name not in ("lambda1", "lambda2"):
+                    sums[name] = sums.get(name, 0.0) + metric * n
+        sums["seconds"] = seconds_before + time.monotonic() - started
+        sums["lr"] = self._lr_at(epoch, 0, iterations)
+        return sums
+
+    def _gradient_similarity(self, epoch: int) -> float:
+        count = self.config.grad_similarity_batches
+        loader = self._batches(
+            self.views["train"], train=True, epoch=epoch - 1, stream="grad_similarity"
+        )
+        generator = torch.Generator(device=self.device).manual_seed(
+            derive_seed(self.config.seed, "grad_similarity", epoch)
+        )
+        values = []
+        for x, y in batches_on(loader, self.device, self._memory_format):
+            if len(values) == count:
+                break
+            values.append(self.method.gradient_similarity(self.model, x, y, generator=generator))
+        self.optimizer.zero_grad(set_to_none=True)
+        return sum(values) / len(values)
+
+    def _robustness(self, split: str) -> tuple[float, float]:
+        loader = self._batches(self.views[split], train=False, epoch=0, stream="eval")
+        attack = self.config.attack
+        sa, pgd10, _ = clean_and_pgd_accuracy(
+            self.model,
+            batches_on(loader, self.device, self._memory_format),
+            eps=attack.eps,
+            step=attack.step,
+            steps=attack.eval_steps,
+        )
+        return sa, pgd10
+
+    def _model_copy(self) -> dict[str, Tensor]:
+        return {name: t.detach().clone() for name, t in self.model.state_dict().items()}
+
+    def _run_epoch(self, epoch: int) -> None:
+        progress = self.progress
+        lambdas, lora_sa = progress.lambdas, progress.lora_train_sa
+        sums = self._train_epoch(epoch)
+        evaluation_started = time.monotonic()
+        row: dict[str, Any] = {"epoch": epoch, "lr": sums.pop("lr"), "lora_train_sa": lora_sa}
+        row["lambda1"], row["lambda2"] = lambdas if lambdas else (None, None)
+        seconds, examples = sums.pop("seconds"), sums.pop("examples")
+        row.update({f"train_{name}": total / examples for name, total in sorted(sums.items())})
+        row["grad_similarity"] = (
+            self._gradient_similarity(epoch) if self.config.grad_similarity_batches else None
+        )
+        row["val_sa"], row["val_pgd10"] = self._robustness("val")
+        row["test_sa"], row["test_pgd10"] = (
+            self._robustness("test") if self.config.test_each_epoch else (None, None)
+        )
+        for name, metric in CHECKPOINT_METRICS.items():
+            value = row[metric]
+            if value is not None and (
+                name not in progress.best or value > progress.best[name]["value"]
+            ):
+                progress.best[name] = {"epoch": epoch, "value": value}
+                self.best_weights[name] = self._model_copy()
+                self.best_dirty.add(name)
+        row["reloaded_best"] = False
+        if self.autolr is not None:
+            decision = self.autolr.update(row["val_pgd10"])
+            progress.lr = decision.lr
+            if decision.reload_best:
+                self.model.load_state_dict(self.best_weights["best_val"])
+                row["reloaded_best"] = True
+            if decision.stop:
+                progress.stop_reason = decision.reason
+            row["autolr"] = decision.reason
+        elif epoch >= self.config.epochs:
+            progress.stop_reason = f"finished the configured {self.config.epochs} epochs"
+        row["next_lr"] = progress.lr if self.autolr is not None else None
+        if progress.stop_reason is None and self.method.uses_lambda_pass:
+            self._lambda_pass(epoch)
+        row["seconds"] = seconds + time.monotonic() - evaluation_started
+        progress.history.append(row)
+        progress.epoch = epoch
+        self._commit()
+        write_history(self.out_dir / HISTORY_FILE, progress.history)
+        logger.info(_epoch_line(row))
+
+    # -- state --
+
+    def _rng_tensors(self) -> dict[str, Tensor]:
+        tensors = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            tensors["cuda"] = torch.cuda.get_rng_state(self.device)
+        return tensors
+
+    def _commit(self, *, in_epoch: dict[str, Any] | None = None, generator=None) -> None:
+        progress = self.progress
+        optimizer_tensors, optimizer_meta = checkpoints.optimizer_to_tensors(
+            self.optimizer.state_dict()
+        )
+        info = {
+            "config": self.config_dict,
+            "epoch": progress.epoch,
+            "lr": progress.lr,
+            "lambdas": list(progress.lambdas) if progress.lambdas else None,
+            "lora_train_sa": progress.lora_train_sa,
+            "autolr": self.autolr.state_dict() if self.autolr else None,
+            "optimizer": optimizer_meta,
+            "history": progress.history,
+            "best": progress.best,
+            "stop_reason": progress.stop_reason,
+            "attempts": progress.attempts,
+            "started": progress.started,
+            "in_epoch": in_epoch,
+        }
+        tensors: dict[str, dict[str, Tensor] | None] = {
+            "model": self.model.state_dict(),
+            "optimizer": optimizer_tensors,
+            "rng": self._rng_tensors(),
+        }
+        for name in CHECKPOINT_METRICS:
+            tensors[name] = self.best_weights[name] if name in self.best_dirty else None
+        if generator is not None:
+            tensors["generator"] = {"state": generator.get_state()}
+        checkpoints.save_state(self.state_dir, _jsonable(info), tensors)
+        self.best_dirty.clear()
+
+    def _restore(self) -> bool:
+        """Load the committed state, if any; True when there was one."""
+        loaded = checkpoints.load_state(self.state_dir)
+        if loaded is None:
+            return False
+        info, groups = loaded
+        if info["config"] != self.config_dict:
+            raise ConfigError(
+                f"{self.state_dir} holds the resume state of a different configuration: delete "
+                f"{self.out_dir} (or its state/) to start over, or choose another --out"
+            )
+        self.model.load_state_dict(groups["model"])
+        self.optimizer.load_state_dict(
+            checkpoints.optimizer_from_tensors(groups["optimizer"], info["optimizer"])
+        )
+        torch.set_rng_state(groups["rng"]["torch"])
+        if "cuda" in groups["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(groups["rng"]["cuda"], self.device)
+        if self.autolr is not None:
+            self.autolr.load_state_dict(info["autolr"])
+        for name in CHECKPOINT_METRICS:
+            if name in groups:
+                self.best_weights[name] = {k: t.to(self.device) for k, t in groups[name].items()}
+        self.progress = Progress(
+            epoch=info["epoch"],
+            lr=info["lr"],
+            lambdas=tuple(info["lambdas"]) if info["lambdas"] else None,
+            lora_train_sa=info["lora_train_sa"],
+            history=info["history"],
+            best=info["best"],
+            stop_reason=info["stop_reason"],
+            attempts=info["attempts"],
+            started=info["started"],
+            in_epoch=info["in_epoch"],
+        )
+        if self.progress.lambdas:
+            self.method.set_lambdas(*self.progress.lambdas)
+        if info["in_epoch"] is not None:
+            self._resumed_generator_state = groups["generator"]["state"]
+        return True
+
+    # -- finishing --
+
+    def _weights_metadata(
+        self, name: str, epoch: int, metric: str | None, value: float | None
+    ) -> dict:
+        return {
+            "cell_id": self.config.cell_id,
+            "epoch": epoch,
+            "selected_by": name,
+            "metric": metric,
+            "value": value,
+            "arch": self.config.arch,
+            "method": self.config.method,
+            "num_classes": int(self.split_info["num_outputs"]),
+        }
+
+    def _finish(self, started_at: float) -> dict[str, Any]:
+        progress = self.progress
+        entries: dict[str, dict[str, Any]] = {}
+        for name, metric in CHECKPOINT_METRICS.items():
+            if name in progress.best:
+                best = progress.best[name]
+                entries[name] = {
+                    "weights": self.best_weights[name],
+                    "epoch": best["epoch"],
+                    "metric": metric,
+                    "value": best["value"],
+                }
+        entries["final"] = {
+            "weights": self.model.state_dict(),
+            "epoch": progress.epoch,
+            "metric": None,
+            "value": None,
+        }
+        checkpoint_records = {}
+        outputs = []
+        for name, entry in entries.items():
+            path = self.out_dir / f"{name}.safetensors"
+            metadata = self._weights_metadata(name, entry["epoch"], entry["metric"], entry["value"])
+            checkpoints.save_weights(path, entry["weights"], metadata)
+            output = records.file_entry(name, path)
+            outputs.append(output)
+            checkpoint_records[name] = {
+                "epoch": entry["epoch"],
+                "selected_by": name,
+                "metric": entry["metric"],
+                "value": entry["value"],
+                "path": output["path"],
+                "sha256": output["sha256"],
+            }
+        history_path = self.out_dir / HISTORY_FILE
+        write_history(history_path, progress.history)
+        outputs.append(records.file_entry("history", history_path))
+        record = {
+            "kind": "training_run",
+            "cell": self.config.identity,
+            "cell_id": self.config.cell_id,
+            "spec": self.spec,
+            "config": self.config_dict,
+            "protocol": {
+                "name": self.config.protocol,
+                "choices": protocol_record(self.config),
+                "defaults": protocol_choices(self.config.protocol),
+            },
+            **records.environment(self.device),
+            "started": progress.started,
+            "finished": records.timestamp(),
+            "command": self.command,
+            "inputs": self._inputs(),
+            "outputs": outputs,
+            "checkpoints": checkpoint_records,
+            "attempts": progress.attempts,
+            "epochs_run": progress.epoch,
+            "stop_reason": progress.stop_reason,
+            "seconds_this_attempt": round(time.monotonic() - started_at, 3),
+        }
+        write_json(self.out_dir / RUN_RECORD, _jsonable(record))
+        checkpoints.clear_state(self.state_dir)
+        return record
+
+    def _inputs(self) -> list[dict[str, Any]]:
+        if self.spec_file is not None:
+            spec_entry = records.file_entry("spec", self.spec_file)
+        else:
+            text = json.dumps(self.spec, sort_keys=True)
+            spec_entry = {
+                "role": "spec",
+                "path": None,
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            }
+        scheme = self.config.split_scheme
+        return [
+            spec_entry,
+            records.file_entry("dataset", self.data_dir / "dataset.json"),
+            records.file_entry("split_manifest", self.data_dir / "splits" / f"{scheme}.csv"),
+            records.file_entry("split_info", self.data_dir / "splits" / f"{scheme}.json"),
+            records.file_entry("weights", self.weights_path),
+        ]
+
+    # -- the whole run --
+
+    def run(self) -> dict[str, Any]:
+        started_at = time.monotonic()
+        with self.stop.installed():
+            self._open_data()
+            self._build()
+            resumed = self._restore()
+            self._start_attempt(resumed)
+            while self.progress.stop_reason is None:
+                self._run_epoch(self.progress.epoch + 1)
+                if self.stop and self.progress.stop_reason is None:
+                    raise TrainingInterrupted(
+                        f"received {self.stop.name}; state after epoch {self.progress.epoch} "
+                        f"saved to {self.state_dir}; rerun the same command to resume"
+                    )
+            return self._finish(started_at)  # a signal now is ignored: finishing is quick
+
+    def _start_attempt(self, resumed: bool) -> None:
+        progress = self.progress
+        resumed_at_batch = (progress.in_epoch or {}).get("next_batch")
+        attempt = {
+            "started": records.timestamp(),
+            "resumed_from_epoch": progress.epoch if resumed else None,
+            "resumed_at_batch": resumed_at_batch,
+            "host": records.host(),
+            "slurm": records.slurm_context(),
+        }
+        progress.attempts.append(attempt)
+        if resumed:
+            where = "" if resumed_at_batch is None else f" at batch {resumed_at_batch + 1}"
+            logger.info("resuming %s after epoch %d%s", self.config.cell_id, progress.epoch, where)
+            return
+        progress.started = attempt["started"]
+        if self.method.uses_lambda_pass:
+            self._lambda_pass(0)
+        self._commit()
+
+
+def protocol_record(config: CellConfig) -> dict[str, Any]:
+    """Every protocol choice as resolved for this cell (overrides included)."""
+    resolved = {
+        "eps": config.attack.eps,
+        "step": config.attack.step,
+        "split_scheme": config.split_scheme,
+        "selection": config.selection,
+        "kl_divisor": config.kl_divisor,
+        "test_each_epoch": config.test_each_epoch,
+    }
+    return {key: resolved[key] for key in PROTOCOL_CHOICES}
+
+
+HISTORY_LEADING = ("epoch", "lr", "lora_train_sa", "lambda1", "lambda2")
+HISTORY_TRAILING = (
+    "grad_similarity",
+    "val_sa",
+    "val_pgd10",
+    "test_sa",
+    "test_pgd10",
+    "reloaded_best",
+    "next_lr",
+    "autolr",
+    "seconds",
+)
+
+
+def history_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Fixed leading/trailing columns around the method's ``train_*`` metrics (sorted), so the
+    file is the same whether the rows came from memory or from a resumed state."""
+    present = {key for row in rows for key in row}
+    middle = sorted(present - set(HISTORY_LEADING) - set(HISTORY_TRAILING))
+    return [
+        *(c for c in HISTORY_LEADING if c in present),
+        *middle,
+        *(c for c in HISTORY_TRAILING if c in present),
+    ]
+
+
+def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = history_columns(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row.get(key) is None else row.get(key) for key in columns})
+    with atomic_write(path) as handle:
+        handle.write(buffer.getvalue())
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    def number(key: str) -> str:
+        value = row.get(key)
+        return "-" if value is None else f"{value:.2f}"
+
+    return (
+        f"epoch {row['epoch']}: lr {row['lr']:.3g} loss {row.get('train_loss', float('nan')):.4f} "
+        f"val SA {number('val_sa')} PGD-10 {number('val_pgd10')} | test SA {number('test_sa')} "
+        f"PGD-10 {number('test_pgd10')} | {row['seconds']:.1f}s"
+        + (" | reloaded best-val weights" if row.get("reloaded_best") else "")
+    )
+
+
+def _progress_bar(iterable, *, total: int, description: str):
+    if not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=description, leave=False, file=sys.stderr)
+
+
+def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
+    """The complete run record in ``out_dir`` if it is of ``config``; None if there is none;
+    ConfigError if it is of another configuration."""
+    path = out_dir / RUN_RECORD
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if record.get("config") != _jsonable(config.to_dict()):
+        raise ConfigError(
+            f"{out_dir} holds a finished run of a different configuration "
+            f"({record.get('cell_id')}): delete {out_dir} or choose another --out"
+        )
+    return record
+
+
+def train_cell(
+    spec: dict[str, Any],
+    *,
+    data_dir: str | os.PathLike,
+    weights: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    spec_file: str | os.PathLike | None = None,
+    command: str | None = None,
+) -> TrainResult:
+    """Train one cell into ``out_dir`` (resuming its state if present). Raises
+    TrainingInterrupted after a stop signal and NonFiniteLoss on a NaN/inf loss."""
+    config = resolve_cell(spec)
+    out_dir = Path(out_dir)
+    existing = check_existing_run(out_dir, config)
+    if existing is not None:
+        checkpoints.clear_state(out_dir / STATE_DIR)  # left over if killed right after run.json
+        return TrainResult("already_complete", existing)
+    training = CellTraining(
+        config,
+        spec,
+        data_dir=Path(data_dir),
+        weights=Path(weights),
+        out_dir=out_dir,
+        spec_file=None if spec_file is None else Path(spec_file),
+        command=command if command is not None else records.command_line(),
+    )
+    with runtime_settings(config):
+        record = training.run()
+    return TrainResult("complete", record)

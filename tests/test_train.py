@@ -1,0 +1,283 @@
+"""`autolora train` end to end on a tiny synthetic dataset: each method learns, λ follows the
+measured LoRa accuracy, the AutoLR reload path runs, records are complete and re-runs are safe."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from autolora.cells import resolve_cell
+from autolora.cli import main
+from autolora.data.prepared import PreparedDataset
+from autolora.data.synthetic import write_synthetic_dataset
+from autolora.errors import ConfigError
+from autolora.models import build_model
+from autolora.train import parse_spec, train_cell
+
+NUM_CLASSES = 4
+TRAIN_SIZE = 120  # 114 train + 6 validation images (5% held out)
+HYPER = {
+    "vanilla": {"lr": 0.03, "weight_decay": 1e-4},
+    "twins": {"lr": 0.03, "weight_decay": 1e-4, "twins_gamma": 1.0},
+}
+
+
+def make_inputs(root: Path, num_classes: int = NUM_CLASSES) -> tuple[Path, Path]:
+    """A tiny synthetic dataset and random tiny-backbone weights (torchvision key names)."""
+    data = write_synthetic_dataset(
+        root / "data",
+        name="synth",
+        num_classes=num_classes,
+        train_size=TRAIN_SIZE,
+        test_size=40,
+        image_size=16,
+        seed=3,
+    )
+    torch.manual_seed(123)
+    backbone = build_model("tiny", 10).backbone.state_dict()
+    weights = root / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in backbone.items()}, str(weights))
+    return Path(data), weights
+
+
+def make_spec(method: str, *, epochs: int = 3, **overrides) -> dict:
+    base = {
+        "epochs": epochs,
+        "batch_size": 24,
+        "attack": {"train_steps": 2, "eval_steps": 3},
+        "runtime": {"device": "cpu", "deterministic": True},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return {
+        "protocol": "paper",
+        "arch": "tiny",
+        "eps_pt": 0,
+        "dataset": "synth",
+        "method": method,
+        "seed": 0,
+        "hyper": HYPER,
+        "overrides": base,
+    }
+
+
+def read_history(out: Path) -> list[dict[str, str]]:
+    with open(out / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def model_from(path: Path, method_options: dict):
+    model = build_model("tiny", NUM_CLASSES, **method_options)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def plain_test_accuracy(model, data: Path) -> float:
+    view = PreparedDataset.open(data).split("paper", "test")
+    images = torch.stack([view[i][0] for i in range(len(view))]).float() / 255
+    labels = torch.tensor([view[i][1] for i in range(len(view))])
+    with torch.no_grad():
+        return 100.0 * float((model(images).argmax(1) == labels).float().mean())
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path]:
+    return make_inputs(tmp_path_factory.mktemp("train-inputs"))
+
+
+MODEL_OPTIONS = {"vanilla": {}, "twins": {"dual_bn": True}, "autolora": {"lora_rank": 8}}
+
+
+@pytest.mark.parametrize("method", ["vanilla", "twins", "autolora"])
+def test_each_method_learns_and_records_the_run(method, inputs, tmp_path):
+    data, weights = inputs
+    spec = make_spec(method)
+    out = tmp_path / "cell"
+    result = train_cell(spec, data_dir=data, weights=weights, out_dir=out)
+    assert result.status == "complete"
+
+    history = read_history(out)
+    assert [int(row["epoch"]) for row in history] == [1, 2, 3]
+    losses = [float(row["train_loss"]) for row in history]
+    assert losses[-1] < losses[0], losses
+    test_sa = [float(row["test_sa"]) for row in history]
+    assert max(test_sa) > 100 / NUM_CLASSES + 15, test_sa
+
+    # The last epoch's test SA is real: recompute it from final.safetensors with a plain loop.
+    final = model_from(out / "final.safetensors", MODEL_OPTIONS[method])
+    assert plain_test_accuracy(final, data) == pytest.approx(test_sa[-1])
+
+    # Best checkpoints are the argmax epochs of their metric (first one on ties).
+    record = json.loads((out / "run.json").read_text())
+    for name, column in (("best_val", "val_pgd10"), ("best_test", "test_pgd10")):
+        values = [float(row[column]) for row in history]
+        best_epoch = values.index(max(values)) + 1
+        entry = record["checkpoints"][name]
+        assert (entry["epoch"], entry["value"], entry["metric"]) == (
+            best_epoch,
+            max(values),
+            column,
+        )
+        assert entry["sha256"] == sha256(out / f"{name}.safetensors")
+    assert record["checkpoints"]["final"]["epoch"] == 3
+
+    assert record["kind"] == "training_run"
+    assert record["config"] == json.loads(json.dumps(resolve_cell(spec).to_dict()))
+    assert record["cell_id"] == f"paper/runs/tiny-eps0/synth/{method}/seed0"
+    assert record["epochs_run"] == 3 and len(record["attempts"]) == 1
+    assert record["protocol"]["name"] == "paper"
+    assert record["protocol"]["choices"]["selection"] == "best_test"
+    roles = {item["role"]: item for item in record["inputs"]}
+    assert roles["weights"]["sha256"] == sha256(weights)
+    assert roles["dataset"]["sha256"] == sha256(data / "dataset.json")
+    assert roles["split_manifest"]["sha256"] == sha256(data / "splits" / "paper.csv")
+    for output in record["outputs"]:
+        assert output["sha256"] == sha256(Path(output["path"]))
+    for key in ("code", "packages", "python", "host", "device", "started", "finished", "command"):
+        assert record[key] is not None, key
+    assert record["device"] == "cpu"
+    assert record["packages"]["torch"] is not None
+    assert not (out / "state").exists()
+
+    if method == "autolora":
+        # λ1 = 1 − A, λ2 = 6·A with A the LoRa accuracy measured before each epoch (Eq. 6–7).
+        train_count = len(PreparedDataset.open(data).split("paper", "train"))
+        accuracies = [float(row["lora_train_sa"]) for row in history]
+        for row, accuracy in zip(history, accuracies, strict=True):
+            fraction = accuracy / 100
+            assert float(row["lambda1"]) == pytest.approx(1 - fraction, abs=1e-12)
+            assert float(row["lambda2"]) == pytest.approx(6 * fraction, abs=1e-12)
+            # a full pass over the training split: a whole number of correct images
+            correct = accuracy * train_count / 100
+            assert correct == pytest.approx(round(correct), abs=1e-6)
+        assert len(set(accuracies)) > 1, "λ never changed: the λ pass did not follow training"
+    else:
+        assert all(row["lambda1"] == "" for row in history)
+
+
+def test_autolr_reload_path(inputs, tmp_path):
+    """Checkpoints every epoch with rho = 1: the first epoch whose validation robust accuracy does
+    not rise halves the LR and reloads the best weights; min_lr just below the initial LR makes
+    that same decision stop the run, so the final weights must be the best-validation ones."""
+    data, weights = inputs
+    spec = make_spec(
+        "autolora",
+        epochs=4,
+        autolr={"checkpoints": [0, 1, 2, 3], "rho": 1.0, "min_lr": 0.009},
+        attack={"eps": 0.5, "step": 0.25},  # a strong attack keeps robust accuracy flat
+    )
+    out = tmp_path / "cell"
+    train_cell(spec, data_dir=data, weights=weights, out_dir=out)
+    history = read_history(out)
+    val = [float(row["val_pgd10"]) for row in history]
+    expected_stop = next(e for e in range(2, 5) if val[e - 1] <= val[e - 2])  # 1-based epoch
+    assert len(history) == expected_stop, val
+    assert [row["reloaded_best"] == "True" for row in history] == [
+        e == expected_stop for e in range(1, expected_stop + 1)
+    ]
+    assert all(float(row["lr"]) == 0.01 for row in history)
+    assert float(history[-1]["next_lr"]) == 0.005
+    record = json.loads((out / "run.json").read_text())
+    assert "below the minimum" in record["stop_reason"]
+    best_epoch = record["checkpoints"]["best_val"]["epoch"]
+    assert best_epoch == val.index(max(val)) + 1 < expected_stop
+    # The last epoch trained at a non-zero LR, yet the final weights are the best-validation
+    # weights of an earlier epoch, tensor for tensor: the reload happened.
+    final = load_file(str(out / "final.safetensors"))
+    best_val = load_file(str(out / "best_val.safetensors"))
+    assert final.keys() == best_val.keys()
+    assert all(torch.equal(final[k], best_val[k]) for k in final)
+
+
+def test_gradient_similarity_does_not_change_training(inputs, tmp_path):
+    data, weights = inputs
+    plain, measured = tmp_path / "plain", tmp_path / "measured"
+    train_cell(make_spec("vanilla", epochs=1), data_dir=data, weights=weights, out_dir=plain)
+    spec = make_spec("vanilla", epochs=1, grad_similarity_batches=2)
+    train_cell(spec, data_dir=data, weights=weights, out_dir=measured)
+    similarity = float(read_history(measured)[0]["grad_similarity"])
+    assert -1.0 <= similarity <= 1.0 and similarity != 0.0
+    assert read_history(plain)[0]["grad_similarity"] == ""
+    a = load_file(str(plain / "final.safetensors"))
+    b = load_file(str(measured / "final.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rerun_is_a_no_op_and_another_config_is_refused(inputs, tmp_path, capsys):
+    data, weights = inputs
+    out = tmp_path / "cell"
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(make_spec("vanilla", epochs=1)))
+    argv = ["train", "--spec", str(spec_file), "--data", str(data), "--weights", str(weights)]
+    assert main([*argv, "--out", str(out)]) == 0
+    before = sha256(out / "run.json")
+    capsys.readouterr()
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert sha256(out / "run.json") == before
+    record = json.loads((out / "run.json").read_text())
+    spec_input = next(item for item in record["inputs"] if item["role"] == "spec")
+    assert spec_input["sha256"] == sha256(spec_file)
+
+    with pytest.raises(ConfigError, match="different configuration"):
+        train_cell(make_spec("vanilla", epochs=2), data_dir=data, weights=weights, out_dir=out)
+    other = json.dumps(make_spec("vanilla", epochs=2))
+    assert (
+        main(
+            [
+                "train",
+                "--spec",
+                other,
+                "--data",
+                str(data),
+                "--weights",
+                str(weights),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "delete" in capsys.readouterr().err
+
+
+def test_parse_spec_accepts_json_text_and_yaml_files(tmp_path):
+    spec = make_spec("vanilla")
+    assert parse_spec(json.dumps(spec)) == (spec, None)
+    yaml_file = tmp_path / "cell.yaml"
+    yaml_file.write_text("dataset: synth\nmethod: twins\nseed: 6\n")
+    assert parse_spec(str(yaml_file)) == (
+        {"dataset": "synth", "method": "twins", "seed": 6},
+        yaml_file,
+    )
+    with pytest.raises(ConfigError, match="--spec"):
+        parse_spec(str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="JSON"):
+        parse_spec("{not json")
+
+
+def test_user_mistakes_are_config_errors(inputs, tmp_path, monkeypatch):
+    data, weights = inputs
+    with pytest.raises(ConfigError, match="overrides.epoch"):
+        train_cell(
+            {**make_spec("vanilla"), "overrides": {"epoch": 3}},
+            data_dir=data,
+            weights=weights,
+            out_dir=tmp_path / "a",
+        )
+    monkeypatch.setenv("AUTOLORA_FAULT_NAN_AT", "two:1")
+    with pytest.raises(ConfigError, match="AUTOLORA_FAULT_NAN_AT"):
+        train_cell(make_spec("vanilla"), data_dir=data, weights=weights, out_dir=tmp_path / "b")
