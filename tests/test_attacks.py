@@ -283,3 +283,13 @@ class _PlainForward(nn.Module):
 
     def forward(self, x):
         return self.model(x)
+
+
+def test_autoattack_with_fewer_than_ten_classes_is_a_clear_config_error():
+    from autolora.errors import ConfigError
+    from autolora.models import build_model
+
+    model = build_model("tiny", 4)
+    x, y = torch.rand(2, 3, 16, 16), torch.tensor([0, 1])
+    with pytest.raises(ConfigError, match="at least 10 classes.*evaluation.autoattack"):
+        autoattack_evaluation(model, x, y, eps=8 / 255, device="cpu")

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autolora.errors import ConfigError
 from autolora.models import RobustNet
 
 AUTOATTACK_LOGGER = "auto-attack"
@@ -161,6 +162,23 @@ def _rng_devices(device: torch.device) -> list[torch.device]:
     return [device] if device.type == "cuda" else []
 
 
+AUTOATTACK_TARGET_CLASSES = 9
+
+
+def _check_enough_classes(model: nn.Module, probe: torch.Tensor) -> None:
+    """Standard AutoAttack's targeted attacks (APGD-T, FAB-T) use the 9 runner-up classes, so a
+    head with fewer than 10 outputs makes pyautoattack fail deep inside with an IndexError."""
+    with torch.no_grad(), eval_mode(model):
+        num_outputs = int(_FeatureExtractorForward(model)(probe).shape[1])
+    if num_outputs <= AUTOATTACK_TARGET_CLASSES:
+        raise ConfigError(
+            f"standard AutoAttack needs at least {AUTOATTACK_TARGET_CLASSES + 1} classes (its "
+            f"targeted attacks use the {AUTOATTACK_TARGET_CLASSES} runner-up classes), but the "
+            f"model has {num_outputs} outputs: use a dataset with more classes or set "
+            "`evaluation.autoattack: false` in the config (`--no-autoattack` on the command line)"
+        )
+
+
 def autoattack_evaluation(
     model: nn.Module,
     x: torch.Tensor,
@@ -182,6 +200,7 @@ def autoattack_evaluation(
     from pyautoattack import AutoAttack
 
     device = torch.device(device)
+    _check_enough_classes(model, x[:1])
     sink = log if log is not None else logger.info
     forward = _FeatureExtractorForward(model)
     with (

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in verb_modules():
         sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(_verb_run=module.run)
     return parser
 
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.run(args) or 0)
+        return int(args._verb_run(args) or 0)
     except AutoloraError as error:
         print(f"autolora {args.verb}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
