@@ -281,3 +281,16 @@ def test_user_mistakes_are_config_errors(inputs, tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOLORA_FAULT_NAN_AT", "two:1")
     with pytest.raises(ConfigError, match="AUTOLORA_FAULT_NAN_AT"):
         train_cell(make_spec("vanilla"), data_dir=data, weights=weights, out_dir=tmp_path / "b")
+
+
+def test_device_side_augmentation_trains_bit_identically_to_the_cpu_path(inputs, tmp_path):
+    """pad_crop on the device uses the CPU path's random parameters: same weights, bit for bit."""
+    data, weights = inputs
+    cpu_path, device_path = tmp_path / "cpu", tmp_path / "device"
+    train_cell(make_spec("autolora", epochs=1), data_dir=data, weights=weights, out_dir=cpu_path)
+    spec = make_spec("autolora", epochs=1, runtime={"gpu_augment": True})
+    train_cell(spec, data_dir=data, weights=weights, out_dir=device_path)
+    assert read_history(cpu_path)[0]["lambda1"] == read_history(device_path)[0]["lambda1"]
+    a = load_file(str(cpu_path / "final.safetensors"))
+    b = load_file(str(device_path / "final.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

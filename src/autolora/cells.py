@@ -100,6 +100,7 @@ class RuntimeConfig:
     bf16: bool = False
     compile: bool = False
     cudnn_benchmark: bool = False
+    gpu_augment: bool = False
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,7 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "runtime.bf16": _bool,
     "runtime.compile": _bool,
     "runtime.cudnn_benchmark": _bool,
+    "runtime.gpu_augment": _bool,
 }
 
 

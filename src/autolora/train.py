@@ -60,8 +60,10 @@ from torch import Tensor
 
 from autolora import checkpoints, records
 from autolora.cells import CellConfig, resolve_cell
+from autolora.data.gpu_augment import DeviceAugmenter, device_batches, make_device_loader
 from autolora.data.loaders import make_loader
 from autolora.data.prepared import PreparedDataset
+from autolora.data.transforms import TransformSpec
 from autolora.errors import ConfigError, DataError
 from autolora.evaluate import batches_on, clean_and_pgd_accuracy, lora_accuracy
 from autolora.fastpath import FastPaths, configure_backends, prepare_model, training_autocast
@@ -379,16 +381,43 @@ class CellTraining:
     def _lambda_pass(self, epoch_index: int) -> None:
         """Measure the LoRa branch's accuracy on the augmented training split (eval mode) and set
         λ1, λ2 for the epoch with 0-based index ``epoch_index``."""
-        loader = self._batches(
-            self.views["train"], train=True, epoch=epoch_index, stream="lambda", shuffle=False
-        )
-        accuracy, _ = lora_accuracy(
-            self.model, batches_on(loader, self.device, self._memory_format)
-        )
+        batches = self._augmented_batches(epoch_index, stream="lambda", shuffle=False)
+        accuracy, _ = lora_accuracy(self.model, batches)
         config = self.config
         lambdas = lambda_weights(accuracy / 100.0, config.alpha, config.lambda_scale)
         self.progress.lora_train_sa, self.progress.lambdas = accuracy, lambdas
         self.method.set_lambdas(*lambdas)
+
+    def _augmented_batches(
+        self, epoch_index: int, *, stream: str, shuffle=None, start_batch: int = 0
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Training-split batches with the training augmentation, on the device. With
+        ``runtime.gpu_augment`` the uint8 images travel to the device and are cropped and flipped
+        there, with the same random parameters as the CPU path (``autolora.data.gpu_augment``)."""
+        view = self.views["train"]
+        if not self.config.runtime.gpu_augment:
+            loader = self._batches(
+                view,
+                train=True,
+                epoch=epoch_index,
+                stream=stream,
+                shuffle=shuffle,
+                start_batch=start_batch,
+            )
+            return batches_on(loader, self.device, self._memory_format)
+        loader = make_device_loader(
+            view,
+            seed=self.config.seed,
+            epoch=epoch_index,
+            batch_size=self.config.batch_size,
+            stream=stream,
+            shuffle=True if shuffle is None else shuffle,
+            num_workers=self.config.runtime.num_workers,
+            start_batch=start_batch,
+            pin_memory=self.device.type == "cuda",
+        )
+        augmenter = DeviceAugmenter(TransformSpec.from_metadata(self.dataset.metadata))
+        return device_batches(loader, augmenter, self.device, self._memory_format)
 
     @property
     def _memory_format(self):
@@ -418,12 +447,9 @@ class CellTraining:
             generator.manual_seed(derive_seed(self.config.seed, "train", epoch))
             sums, start, seconds_before = {"examples": 0.0}, 0, 0.0
         self.progress.in_epoch = None
-        loader = self._batches(
-            self.views["train"], train=True, epoch=epoch - 1, stream="train", start_batch=start
-        )
         attempt = len(self.progress.attempts)
         started = time.monotonic()
-        batches = batches_on(loader, self.device, self._memory_format)
+        batches = self._augmented_batches(epoch - 1, stream="train", start_batch=start)
         batches = _progress_bar(batches, total=iterations - start, description=f"epoch {epoch}")
         self.model.train()
         for batch, (x, y) in enumerate(batches, start=start):
@@ -474,14 +500,12 @@ class CellTraining:
 
     def _gradient_similarity(self, epoch: int) -> float:
         count = self.config.grad_similarity_batches
-        loader = self._batches(
-            self.views["train"], train=True, epoch=epoch - 1, stream="grad_similarity"
-        )
+        batches = self._augmented_batches(epoch - 1, stream="grad_similarity")
         generator = torch.Generator(device=self.device).manual_seed(
             derive_seed(self.config.seed, "grad_similarity", epoch)
         )
         values = []
-        for x, y in batches_on(loader, self.device, self._memory_format):
+        for x, y in batches:
             if len(values) == count:
                 break
             values.append(self.method.gradient_similarity(self.model, x, y, generator=generator))
