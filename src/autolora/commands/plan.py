@@ -1,0 +1,70 @@
+"""`autolora plan`: the cells, jobs per rule and estimated GPU-hours of a workflow config."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+NAME = "plan"
+HELP = "print the cells, the jobs per workflow rule and the estimated GPU-hours of a config"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="workflow config (e.g. config/config.yaml)")
+
+
+def planned_jobs(
+    config: Mapping[str, Any], cells: Mapping[str, Mapping[str, Any]]
+) -> dict[str, int]:
+    """Jobs per Snakemake rule for a run from scratch (rule names of workflow/rules/*.smk)."""
+    from autolora.grid import weights_source
+
+    datasets = {spec["dataset"] for spec in cells.values()}
+    synthetic = {d for d in datasets if config["datasets"][d]["source"] == "synthetic"}
+    weights = {(spec["arch"], spec["eps_pt"]) for spec in cells.values()}
+    jobs: dict[str, int] = {}
+    if datasets - synthetic:
+        jobs["download_dataset"] = jobs["prepare_dataset"] = len(datasets - synthetic)
+    if synthetic:
+        jobs["synthesize_dataset"] = len(synthetic)
+    if weights_source(config) == "pretrain":
+        jobs["pretrain_backbone"] = len(weights)
+    else:
+        jobs["download_weights"] = jobs["convert_weights"] = len(weights)
+    jobs["train"] = jobs["evaluate"] = len(cells)
+    jobs["resolve_config"] = jobs["aggregate"] = jobs["all"] = 1
+    return jobs
+
+
+def format_plan(config: Mapping[str, Any]) -> str:
+    from autolora.costmodel import estimate
+    from autolora.grid import expand_grid
+
+    grid = expand_grid(config)
+    per_table = Counter(entry.table for entry in grid.entries)
+    n = (config.get("evaluation") or {}).get("n")
+    cost = estimate(grid.cells, config, n)
+    jobs = planned_jobs(config, grid.cells)
+    lines = [
+        f"protocol {config.get('protocol', 'paper')}: {len(grid.cells)} unique cells "
+        f"({len(grid.datasets)} datasets, {len(grid.weights)} backbones)",
+        "cells per table (coinciding cells are trained once):",
+        *(f"  {table:<8} {len(grid.cells_of(table)):>5}" for table in per_table),
+        "jobs per rule (from scratch):",
+        *(f"  {rule:<20} {count:>5}" for rule, count in jobs.items()),
+        f"  {'total':<20} {sum(jobs.values()):>5}",
+        f"estimated GPU-hours: {cost.gpu_hours:.1f} "
+        f"(train {cost.train_gpu_hours:.1f}, evaluate {cost.evaluate_gpu_hours:.1f}); "
+        f"longest cell {cost.longest_train_min / 60:.1f} h",
+        "the estimate uses the config's 'cost' throughputs; calibrate them with `autolora bench`",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autolora.grid import load_config
+
+    print(format_plan(load_config(args.config)))
+    return 0

@@ -1,0 +1,158 @@
+"""Runtime estimates of train and evaluate jobs, for SLURM time limits and the plan's GPU-hours.
+
+A training epoch costs (training images × method factor + evaluated images × evaluation factor) ×
+backbone factor ÷ the calibrated throughput of the config's ``cost`` section (images per second of
+vanilla RFT on ResNet-18 at 224×224, PGD-10 included; ``autolora bench`` measures it). CIFAR images
+are upsampled to 224 inside the model, so every dataset costs the same per image. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from autolora.cells import CellConfig, resolve_cell
+from autolora.errors import ConfigError
+
+# (train, validation, test) images per epoch under the `paper` split (SPEC §2); the `clean`
+# split differs by a few percent, well inside the margin.
+DATASET_SIZES: dict[str, tuple[int, int, int]] = {
+    "cifar10": (47_500, 2_500, 10_000),
+    "cifar100": (47_500, 2_500, 10_000),
+    "dtd": (3_760, 1_880, 1_880),
+    "dogs": (11_400, 600, 8_580),
+    "cub": (5_694, 300, 5_794),
+    "caltech256": (38_550, 3_549, 3_549),
+}
+VALIDATION_FRACTION = 0.05  # synthetic datasets: the 5% seeded split
+
+
+@dataclass(frozen=True)
+class CostModel:
+    train_images_per_s: float = 150.0  # vanilla RFT, ResNet-18, 224², one GPU, attack included
+    eval_images_per_s: float = 600.0  # PGD-10 evaluation (no update), ResNet-18
+    autoattack_images_per_s: float = 12.0  # standard AutoAttack, ResNet-18
+    backbone: dict[str, float] = field(
+        default_factory=lambda: {"resnet18": 1.0, "resnet50": 2.6, "tiny": 1.0}
+    )
+    method: dict[str, float] = field(
+        default_factory=lambda: {"vanilla": 1.0, "twins": 1.4, "autolora": 1.3}
+    )
+    margin: float = 1.5  # time limit = expected time × margin
+    overhead_min: float = 5.0  # start-up, data loading, checkpoint writes
+    min_runtime_min: int = 10
+    max_runtime_min: int = 2880  # longer cells continue across retries (they resume)
+    mem_mb: dict[str, int] = field(
+        default_factory=lambda: {"resnet18": 32_000, "resnet50": 48_000, "tiny": 2_000}
+    )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> CostModel:
+        """The defaults above, updated by the config's ``cost`` section."""
+        section = dict(config.get("cost") or {})
+        known = set(cls.__dataclass_fields__)
+        for key in section:
+            if key not in known:
+                raise ConfigError(f"unknown key 'cost.{key}'; allowed: {', '.join(sorted(known))}")
+        defaults = cls()
+        for key in ("backbone", "method", "mem_mb"):
+            if key in section:
+                section[key] = {**getattr(defaults, key), **section[key]}
+        return cls(**section)
+
+    def factor(self, group: str, name: str) -> float:
+        table = getattr(self, group)
+        if name not in table:
+            raise ConfigError(f"'cost.{group}' has no entry for {name!r}; add one")
+        return float(table[name])
+
+
+def dataset_sizes(config: Mapping[str, Any], dataset: str) -> tuple[int, int, int]:
+    """(train, validation, test) sizes of a configured dataset."""
+    settings = (config.get("datasets") or {}).get(dataset) or {}
+    if settings.get("source") == "synthetic":
+        train, test = int(settings["train"]), int(settings["test"])
+        validation = max(1, round(train * VALIDATION_FRACTION))
+        return train - validation, validation, test
+    if dataset not in DATASET_SIZES:
+        raise ConfigError(f"no size known for dataset {dataset!r}; declare it in 'datasets'")
+    return DATASET_SIZES[dataset]
+
+
+def _resolved(spec: Mapping[str, Any] | CellConfig) -> CellConfig:
+    return spec if isinstance(spec, CellConfig) else resolve_cell(spec)
+
+
+def train_minutes(
+    spec: Mapping[str, Any] | CellConfig, config: Mapping[str, Any], model: CostModel
+) -> float:
+    """Expected minutes of one training run (no margin, no overhead)."""
+    cell = _resolved(spec)
+    train, validation, test = dataset_sizes(config, cell.dataset)
+    evaluated = validation + (test if cell.test_each_epoch else 0)
+    per_epoch_s = model.factor("backbone", cell.arch) * (
+        train * model.factor("method", cell.method) / model.train_images_per_s
+        + evaluated / model.eval_images_per_s
+    )
+    return cell.epochs * per_epoch_s / 60.0
+
+
+def evaluate_minutes(
+    spec: Mapping[str, Any] | CellConfig,
+    config: Mapping[str, Any],
+    model: CostModel,
+    n: int | None = None,
+) -> float:
+    """Expected minutes of SA + PGD-10 (+ AutoAttack where the config runs it) on ``n`` test
+    images (None: all)."""
+    cell = _resolved(spec)
+    test = dataset_sizes(config, cell.dataset)[2]
+    images = min(test, n) if n else test
+    per_image_s = 2.0 / model.eval_images_per_s  # SA pass + PGD-10 pass
+    if cell.autoattack.enabled and runs_autoattack(config, cell.seed):
+        per_image_s += 1.0 / model.autoattack_images_per_s
+    return model.factor("backbone", cell.arch) * images * per_image_s / 60.0
+
+
+def runs_autoattack(config: Mapping[str, Any], seed: int) -> bool:
+    """Whether the evaluation of a cell with this seed includes AutoAttack (config
+    ``evaluation.autoattack`` and ``evaluation.autoattack_seeds``)."""
+    evaluation = config.get("evaluation") or {}
+    seeds = evaluation.get("autoattack_seeds")
+    return bool(evaluation.get("autoattack", True)) and (seeds is None or seed in seeds)
+
+
+def time_limit_min(expected_min: float, model: CostModel) -> int:
+    """A SLURM time limit for a job expected to take ``expected_min`` minutes."""
+    limit = math.ceil(expected_min * model.margin + model.overhead_min)
+    return int(min(model.max_runtime_min, max(model.min_runtime_min, limit)))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    cells: int
+    train_gpu_hours: float
+    evaluate_gpu_hours: float
+    longest_train_min: float
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.train_gpu_hours + self.evaluate_gpu_hours
+
+
+def estimate(
+    cells: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any], n: int | None = None
+) -> Estimate:
+    """Expected GPU-hours of training and evaluating every cell once."""
+    model = CostModel.from_config(config)
+    resolved = [resolve_cell(spec) for spec in cells.values()]
+    train = [train_minutes(cell, config, model) for cell in resolved]
+    evaluate = [evaluate_minutes(cell, config, model, n) for cell in resolved]
+    return Estimate(
+        cells=len(resolved),
+        train_gpu_hours=sum(train) / 60.0,
+        evaluate_gpu_hours=sum(evaluate) / 60.0,
+        longest_train_min=max(train, default=0.0),
+    )

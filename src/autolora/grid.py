@@ -1,0 +1,352 @@
+"""The workflow's grid: which cells the configured tables need, and which table entry each fills.
+
+``load_config`` reads and checks a workflow configuration (docs/internals.md, "The workflow
+configuration and the grid"); ``expand_grid`` turns it into the unique cells (a cell needed by
+several tables appears once) and one ``TableEntry`` per (table, cell). Torch-free: Snakemake
+imports this module while it builds the DAG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from autolora.cells import GRAD_SIMILARITY_METHODS, cell_id, format_number, resolve_cell
+from autolora.errors import ConfigError
+from autolora.protocol import protocol_choices
+
+METHODS = ("vanilla", "twins", "autolora")
+DEFAULT_LORA_RANK = 8  # SPEC §6: r = 8; a table-3 cell with r = 8 is the main AutoLoRa cell
+DEFAULT_ALPHA = 1.0  # SPEC §6: α = 1; a table-6 cell with α = 1 is the main AutoLoRa cell
+REAL_ARCHS = ("resnet18", "resnet50")
+PRETRAIN_ARCHS = ("tiny",)
+MAIN_TABLES = ("table1", "table2")
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "table1": ("arch", "eps_pt", "datasets", "methods"),
+    "table2": ("arch", "eps_pt", "datasets", "methods"),
+    "table3": ("arch", "eps_pt", "datasets", "ranks"),
+    "table4": ("arch", "eps_pt", "datasets", "methods"),
+    "table5": ("arch", "eps_pt", "datasets"),
+    "table6": ("arch", "eps_pt", "datasets", "alphas"),
+    "table8": ("tables",),
+    "figures": ("arch", "eps_pt", "datasets", "methods", "grad_similarity_batches"),
+}
+TABLE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "table1": {"arch": "resnet18", "eps_pt": 4, "methods": list(METHODS)},
+    "table2": {"arch": "resnet50", "eps_pt": 4, "methods": list(METHODS)},
+    "table3": {"arch": "resnet18", "eps_pt": 4, "ranks": [2, 4, 8, 16]},
+    "table4": {"arch": "resnet18", "eps_pt": [0, 1, 2, 4, 8], "methods": list(METHODS)},
+    "table5": {"arch": "resnet18", "eps_pt": 4},
+    "table6": {"arch": "resnet18", "eps_pt": 4, "alphas": [0.2, 0.5, 0.8, 1, 2, 3, 5]},
+    "table8": {"tables": list(MAIN_TABLES)},
+    "figures": {
+        "arch": "resnet18",
+        "eps_pt": 4,
+        "methods": list(METHODS),
+        "grad_similarity_batches": 10,
+    },
+}
+TOP_KEYS = (
+    "protocol",
+    "seeds",
+    "results",
+    "resources",
+    "datasets",
+    "weights",
+    "training",
+    "evaluation",
+    "tables",
+    "cost",
+)
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """One cell's place in one table. ``factor`` is the table's varied value: the LoRa rank
+    (table3), ε_pt (table4), whether the automated LR is on (table5, a bool), α (table6), or None."""
+
+    table: str
+    cell_id: str
+    arch: str
+    eps_pt: float
+    dataset: str
+    method: str
+    variant: str | None
+    seed: int
+    factor: Any = None
+
+
+@dataclass(frozen=True)
+class Grid:
+    cells: dict[str, dict[str, Any]]
+    entries: list[TableEntry]
+
+    def cells_of(self, table: str) -> list[str]:
+        """The unique cell ids one table uses, in entry order."""
+        return list(dict.fromkeys(e.cell_id for e in self.entries if e.table == table))
+
+    @property
+    def tables(self) -> list[str]:
+        return list(dict.fromkeys(e.table for e in self.entries))
+
+    @property
+    def datasets(self) -> list[str]:
+        return sorted({spec["dataset"] for spec in self.cells.values()})
+
+    @property
+    def weights(self) -> list[tuple[str, float]]:
+        """The (arch, ε_pt) pairs of the backbones the cells start from."""
+        return sorted({(spec["arch"], spec["eps_pt"]) for spec in self.cells.values()})
+
+
+# ---- loading and checking ----------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a workflow configuration file and check it (``check_config``)."""
+    path = Path(path)
+    try:
+        with open(path) as handle:
+            config = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found; pass an existing file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    return check_config(config)
+
+
+def check_config(config: Any) -> dict[str, Any]:
+    """Checks the JSON schema cannot express: every table's datasets are declared, weights
+    sources match the backbones, table names exist. Returns the config unchanged."""
+    if not isinstance(config, Mapping):
+        raise ConfigError("the workflow config must be a mapping of keys (protocol, tables, ...)")
+    _reject_unknown(config, TOP_KEYS, "")
+    protocol_choices(config.get("protocol", "paper"))  # raises on an unknown protocol
+    seeds(config)
+    tables = config.get("tables") or {}
+    if not isinstance(tables, Mapping):
+        raise ConfigError("'tables' must be a mapping of table names (table1, ...) to settings")
+    _reject_unknown(tables, TABLE_KEYS, "tables.")
+    datasets = config.get("datasets") or {}
+    for name, table in tables.items():
+        _reject_unknown(table or {}, TABLE_KEYS[name], f"tables.{name}.")
+        for dataset in (table or {}).get("datasets", []):
+            if dataset not in datasets:
+                raise ConfigError(
+                    f"'tables.{name}.datasets' names {dataset!r}, which 'datasets' does not "
+                    f"declare; add 'datasets.{dataset}' or remove it from the table"
+                )
+    for referenced in (tables.get("table8") or {}).get("tables", []):
+        if referenced not in MAIN_TABLES:
+            raise ConfigError(
+                f"'tables.table8.tables' names {referenced!r}; allowed: {', '.join(MAIN_TABLES)}"
+            )
+        if referenced not in tables:
+            raise ConfigError(
+                f"'tables.table8.tables' names {referenced!r}, which 'tables' does not configure"
+            )
+    for name, dataset in datasets.items():
+        _check_dataset(name, dataset)
+    evaluation = config.get("evaluation") or {}
+    _reject_unknown(evaluation, ("autoattack", "n", "autoattack_seeds"), "evaluation.")
+    unknown_seeds = set(evaluation.get("autoattack_seeds") or []) - set(seeds(config))
+    if unknown_seeds:
+        raise ConfigError(
+            f"'evaluation.autoattack_seeds' names seeds {sorted(unknown_seeds)} that 'seeds' "
+            "does not list; use configured seeds or null (every seed)"
+        )
+    _check_weights(config, tables)
+    return dict(config)
+
+
+def _reject_unknown(mapping: Mapping[str, Any], allowed: Iterable[str], prefix: str) -> None:
+    allowed = tuple(allowed)
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"unknown key '{prefix}{key}'; allowed: {', '.join(allowed)}")
+
+
+def _check_dataset(name: str, dataset: Any) -> None:
+    if not isinstance(dataset, Mapping) or "source" not in dataset:
+        raise ConfigError(f"'datasets.{name}' needs a 'source' (a SPEC dataset key or synthetic)")
+    if dataset["source"] == "synthetic":
+        for key in ("num_classes", "train", "test", "image_size", "seed"):
+            if key not in dataset:
+                raise ConfigError(f"synthetic dataset 'datasets.{name}' lacks '{key}'; add it")
+    elif dataset["source"] != name:
+        raise ConfigError(
+            f"'datasets.{name}.source' is {dataset['source']!r}; a real dataset's key must equal "
+            f"its source (e.g. 'datasets.cifar10: {{source: cifar10}}') or use 'synthetic'"
+        )
+
+
+def _check_weights(config: Mapping[str, Any], tables: Mapping[str, Any]) -> None:
+    source = weights_source(config)
+    allowed = PRETRAIN_ARCHS if source == "pretrain" else REAL_ARCHS
+    for name, table in tables.items():
+        arch = _table_setting(name, table or {}, "arch")
+        if arch is not None and arch not in allowed:
+            raise ConfigError(
+                f"'tables.{name}.arch' is {arch!r} but 'weights.source' is {source!r}, which "
+                f"provides {', '.join(allowed)}; change one of them"
+            )
+
+
+def weights_source(config: Mapping[str, Any]) -> str:
+    """``download`` (Salman et al. ResNets) or ``pretrain`` (the tiny demo backbone)."""
+    source = (config.get("weights") or {}).get("source", "download")
+    if source not in ("download", "pretrain"):
+        raise ConfigError(f"invalid 'weights.source' {source!r}; allowed: download, pretrain")
+    return source
+
+
+def seeds(config: Mapping[str, Any]) -> list[int]:
+    values = config.get("seeds", [0, 6, 66])
+    if (
+        not isinstance(values, list)
+        or not values
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in values)
+        or len(set(values)) != len(values)
+    ):
+        raise ConfigError(f"'seeds' must be a list of distinct integers >= 0, got {values!r}")
+    return list(values)
+
+
+def reported_checkpoint(config: Mapping[str, Any]) -> str:
+    """The checkpoint the tables report: the protocol's selection unless training overrides it."""
+    training = config.get("training") or {}
+    return (
+        training.get("selection") or protocol_choices(config.get("protocol", "paper"))["selection"]
+    )
+
+
+def train_checkpoints(config: Mapping[str, Any]) -> list[str]:
+    """The checkpoints every training run writes: best_test only when the test set is
+    evaluated each epoch."""
+    training = config.get("training") or {}
+    test_each_epoch = training.get(
+        "test_each_epoch", protocol_choices(config.get("protocol", "paper"))["test_each_epoch"]
+    )
+    return (["best_test"] if test_each_epoch else []) + ["best_val", "final"]
+
+
+# ---- expansion ---------------------------------------------------------------------------------
+
+
+def _table_setting(table: str, settings: Mapping[str, Any], key: str) -> Any:
+    return settings.get(key, TABLE_DEFAULTS[table].get(key))
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _number(value: Any) -> int | float:
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+def _variants(table: str, settings: Mapping[str, Any]) -> list[tuple[str, str | None, Any]]:
+    """(method, variant, factor) triples a table asks for on each dataset × ε_pt × seed."""
+    if table in ("table1", "table2", "table4", "figures"):
+        return [(m, None, None) for m in _table_setting(table, settings, "methods")]
+    if table == "table3":
+        ranks = [int(r) for r in _table_setting(table, settings, "ranks")]
+        return [("autolora", None if r == DEFAULT_LORA_RANK else f"r{r}", r) for r in ranks]
+    if table == "table5":
+        return [("twins", None, False), ("twins", "autolr", True)]
+    if table == "table6":
+        alphas = [_number(a) for a in _table_setting(table, settings, "alphas")]
+        return [
+            ("autolora", None if a == DEFAULT_ALPHA else f"alpha{format_number(a)}", a)
+            for a in alphas
+        ]
+    raise ConfigError(f"unknown table {table!r}")  # pragma: no cover - guarded by check_config
+
+
+def _spec(
+    config: Mapping[str, Any], identity: dict[str, Any], extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    spec = dict(identity)
+    spec["overrides"] = {**(config.get("training") or {}), **extra}
+    hyper = (config["datasets"][identity["dataset"]] or {}).get("hyper")
+    if hyper is not None:
+        spec["hyper"] = hyper
+    return spec
+
+
+def _merge(cells: dict[str, dict[str, Any]], key: str, spec: dict[str, Any]) -> None:
+    """Add a cell, or merge its overrides into the same cell already needed by another table."""
+    if key not in cells:
+        cells[key] = spec
+        return
+    merged = cells[key]["overrides"]
+    for name, value in spec["overrides"].items():
+        if name in merged and merged[name] != value:
+            raise ConfigError(
+                f"cell {key} gets two values for '{name}' ({merged[name]!r}, {value!r}) from "
+                "different tables; make the tables agree"
+            )
+        merged[name] = value
+
+
+def expand_grid(config: Mapping[str, Any]) -> Grid:
+    """The unique cells and the table entries of a checked workflow configuration."""
+    config = check_config(config)
+    protocol = config.get("protocol", "paper")
+    tables = config.get("tables") or {}
+    cells: dict[str, dict[str, Any]] = {}
+    entries: list[TableEntry] = []
+    for table, settings in tables.items():
+        if table == "table8":
+            continue
+        settings = settings or {}
+        arch = _table_setting(table, settings, "arch")
+        extra = {}
+        if table == "figures":
+            extra["grad_similarity_batches"] = int(
+                _table_setting(table, settings, "grad_similarity_batches")
+            )
+        for eps_pt in _as_list(_table_setting(table, settings, "eps_pt")):
+            eps_pt = _number(eps_pt)
+            for dataset in settings.get("datasets", []):
+                for method, variant, factor in _variants(table, settings):
+                    if table == "table4":
+                        factor = eps_pt
+                    cell_extra = extra if method in GRAD_SIMILARITY_METHODS else {}
+                    for seed in seeds(config):
+                        identity = {
+                            "protocol": protocol,
+                            "arch": arch,
+                            "eps_pt": eps_pt,
+                            "dataset": dataset,
+                            "method": method,
+                            "variant": variant,
+                            "seed": seed,
+                        }
+                        key = cell_id(identity)
+                        _merge(cells, key, _spec(config, identity, cell_extra))
+                        entries.append(
+                            TableEntry(table, key, **_entry_identity(identity), factor=factor)
+                        )
+    referenced = (tables.get("table8") or {}).get("tables", TABLE_DEFAULTS["table8"]["tables"])
+    if "table8" in tables:
+        main = [e for e in entries if e.table in referenced]
+        entries.extend(
+            TableEntry("table8", e.cell_id, **_entry_identity(e.__dict__), factor=None)
+            for e in main
+        )
+    for key, spec in cells.items():
+        resolved = resolve_cell(spec)  # every hyper-parameter checked before any job starts
+        if resolved.cell_id != key:  # pragma: no cover - both come from autolora.cells.cell_id
+            raise ConfigError(f"cell {key} resolves to a different id {resolved.cell_id}")
+    return Grid(cells=cells, entries=entries)
+
+
+def _entry_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("arch", "eps_pt", "dataset", "method", "variant", "seed")
+    return {key: identity[key] for key in keys}

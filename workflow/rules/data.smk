@@ -1,0 +1,60 @@
+# Prepared datasets under resources/data/<dataset>/ (format: docs/internals.md). Real datasets are
+# downloaded on the submit host (compute nodes often have no internet), checksum-verified and
+# prepared once; synthetic ones are generated. The prepared folder is written beside its final
+# name and moved into place whole; cells only read it.
+
+
+rule download_dataset:
+    output:
+        directory(f"{RESOURCES}/downloads/{{dataset}}"),
+    log:
+        f"{RESOURCES}/logs/download_dataset/{{dataset}}.log",
+    wildcard_constraints:
+        dataset=_alternatives(REAL_DATASETS),
+    localrule: True
+    conda:
+        CONDA_ENV
+    threads: 1
+    shell:
+        "autolora data download --dataset {wildcards.dataset} --dest {output} > {log} 2>&1"
+
+
+rule prepare_dataset:
+    input:
+        rules.download_dataset.output,
+    output:
+        directory(f"{RESOURCES}/data/{{dataset}}"),
+    log:
+        f"{RESOURCES}/logs/prepare_dataset/{{dataset}}.log",
+    wildcard_constraints:
+        dataset=_alternatives(REAL_DATASETS),
+    conda:
+        CONDA_ENV
+    threads: 4
+    resources:
+        mem_mb=16000,
+        runtime=120,
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+    shell:
+        "autolora data prepare --dataset {wildcards.dataset} --source {input} "
+        "--out {output} > {log} 2>&1"
+
+
+rule synthesize_dataset:
+    output:
+        directory(f"{RESOURCES}/data/{{dataset}}"),
+    log:
+        f"{RESOURCES}/logs/synthesize_dataset/{{dataset}}.log",
+    wildcard_constraints:
+        dataset=_alternatives(SYNTHETIC_DATASETS),
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        options=synthetic_options,
+    shell:
+        "autolora data synthesize --out {output} {params.options} > {log} 2>&1"

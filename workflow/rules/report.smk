@@ -1,0 +1,80 @@
+# `autolora aggregate` (layout in src/autolora/commands/aggregate.py): tables (CSV, Markdown,
+# LaTeX), p-values, figures, the paper comparison and its claims, the provenance index read by
+# `autolora audit`, the missing cells, and the reproduction report.
+
+
+rule resolve_config:
+    output:
+        f"{REPORT}/config.resolved.yaml",
+    log:
+        f"{REPORT}/logs/resolve_config.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    threads: 1
+    params:
+        # JSON is YAML; a change of any setting reruns the aggregation.
+        config=json.dumps(config, sort_keys=True),
+    shell:
+        "printf '%s\\n' {params.config:q} > {output} 2> {log}"
+
+
+rule aggregate:
+    input:
+        config=rules.resolve_config.output,
+        paper="config/paper_results.csv",
+        evaluations=cell_evaluations(),
+        histories=cell_histories(),
+    output:
+        tables=report(
+            directory(f"{REPORT}/tables"),
+            patterns=["{name}.csv"],
+            caption="../report/tables.rst",
+            category="Tables",
+            labels={"table": "{name}"},
+        ),
+        figures=report(
+            directory(f"{REPORT}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+            labels={"figure": "{name}"},
+        ),
+        provenance=directory(f"{REPORT}/provenance"),
+        comparison=report(
+            f"{REPORT}/comparison.csv",
+            caption="../report/comparison.rst",
+            category="Paper vs. reproduction",
+            labels={"document": "numbers"},
+        ),
+        claims=report(
+            f"{REPORT}/claims.csv",
+            caption="../report/claims.rst",
+            category="Paper vs. reproduction",
+            labels={"document": "claims"},
+        ),
+        missing=f"{REPORT}/missing.txt",
+        markdown=f"{REPORT}/report.md",
+        html=report(
+            f"{REPORT}/report.html",
+            caption="../report/reproduction.rst",
+            category="Reproduction report",
+            labels={"document": "paper vs. reproduction"},
+        ),
+    log:
+        f"{REPORT}/logs/aggregate.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        # results/<protocol>/config.resolved.yaml -> results, results/<protocol>
+        results=lambda wildcards, input: os.path.dirname(
+            os.path.dirname(input.config[0])
+        ),
+        out_dir=lambda wildcards, input: os.path.dirname(input.config[0]),
+    shell:
+        "autolora aggregate --config {input.config} --results {params.results} "
+        "--paper {input.paper} --out {params.out_dir} > {log} 2>&1"
