@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint clean-demo slurm-up slurm-down
+.PHONY: install test demo lint slurm-up slurm-down
 
 install: $(STAMP)
 
@@ -27,3 +27,11 @@ test: install
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m autolora.demo
+
+# A single-node SLURM on localhost (root), to try `snakemake --profile slurm` by hand.
+slurm-up:
+	scripts/slurm-local install
+	scripts/slurm-local start
+
+slurm-down:
+	scripts/slurm-local stop
