@@ -286,13 +286,31 @@ def test_autoattack_only_on_the_configured_seeds():
     config = {**SMALL, "seeds": [0, 1], "evaluation": {"autoattack_seeds": [0]}}
     grid = expand_grid(config)
     model = costmodel.CostModel.from_config(config)
+    aa_cells = grid.autoattack_cells(config)
+    assert aa_cells == {key for key in grid.cells if key.endswith("seed0")} and len(aa_cells) == 1
     with_aa, without_aa = (
-        costmodel.evaluate_minutes(grid.cells[key], config, model) for key in sorted(grid.cells)
+        costmodel.evaluate_minutes(grid.cells[key], config, model, autoattack=key in aa_cells)
+        for key in sorted(grid.cells)
     )
     assert with_aa == pytest.approx(10_000 * 2.0 * (2 / 500 + 1 / 10) / 60)
     assert without_aa == pytest.approx(10_000 * 2.0 * (2 / 500) / 60)
-    assert costmodel.runs_autoattack(config, 0) and not costmodel.runs_autoattack(config, 1)
-    assert not costmodel.runs_autoattack({"evaluation": {"autoattack": False}}, 0)
+    assert not grid.autoattack_cells({**config, "evaluation": {"autoattack": False}})
+
+
+def test_autoattack_by_default_only_on_the_tables_that_report_it():
+    config = load_config(PAPER_CONFIG)
+    grid = expand_grid(config)
+    aa_cells = grid.autoattack_cells(config)
+    # Tables 1 and 2: 3 methods x 2 backbones x 6 datasets x 3 seeds; the ablation-only cells
+    # of Tables 3-6 report SA and PGD-10 in the paper and skip AutoAttack.
+    assert len(aa_cells) == 3 * 2 * 6 * 3
+    assert aa_cells == set(grid.cells_of("table1")) | set(grid.cells_of("table2"))
+    table5 = expand_grid({**config, "evaluation": {"autoattack_tables": ["table5"]}})
+    assert table5.autoattack_cells({"evaluation": {"autoattack_tables": ["table5"]}}) == set(
+        table5.cells_of("table5")
+    )
+    with pytest.raises(ConfigError, match="evaluation.autoattack_tables"):
+        check_config({**config, "evaluation": {"autoattack_tables": ["table9"]}})
 
 
 def test_synthetic_dataset_sizes_come_from_the_config():

@@ -483,7 +483,8 @@ def project_grid(
     config = load_config(config_path)
     grid = expand_grid(config)
     n = (config.get("evaluation") or {}).get("n")
-    configured = estimate(grid.cells, config, n)
+    autoattack_cells = grid.autoattack_cells(config)
+    configured = estimate(grid.cells, config, n, autoattack_cells=autoattack_cells)
     lines = [
         f"projected GPU-hours of {config_path} ({len(grid.cells)} cells; the config's cost "
         f"section gives {configured.gpu_hours:.1f} h):"
@@ -498,7 +499,7 @@ def project_grid(
             **section,
             "method": {**(configured_cost.get("method") or {}), **section["method"]},
         }
-        projected = estimate(cells, {**config, "cost": cost}, n)
+        projected = estimate(cells, {**config, "cost": cost}, n, autoattack_cells=autoattack_cells)
         skipped = sorted({s["arch"] for s in grid.cells.values()} - set(section["backbone"]))
         projections.append(
             {

@@ -9,7 +9,7 @@ are upsampled to 224 inside the model, so every dataset costs the same per image
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,24 +104,18 @@ def evaluate_minutes(
     config: Mapping[str, Any],
     model: CostModel,
     n: int | None = None,
+    *,
+    autoattack: bool = True,
 ) -> float:
-    """Expected minutes of SA + PGD-10 (+ AutoAttack where the config runs it) on ``n`` test
-    images (None: all)."""
+    """Expected minutes of SA + PGD-10 (+ AutoAttack when ``autoattack`` and the cell enables it)
+    on ``n`` test images (None: all)."""
     cell = _resolved(spec)
     test = dataset_sizes(config, cell.dataset)[2]
     images = min(test, n) if n else test
     per_image_s = 2.0 / model.eval_images_per_s  # SA pass + PGD-10 pass
-    if cell.autoattack.enabled and runs_autoattack(config, cell.seed):
+    if autoattack and cell.autoattack.enabled:
         per_image_s += 1.0 / model.autoattack_images_per_s
     return model.factor("backbone", cell.arch) * images * per_image_s / 60.0
-
-
-def runs_autoattack(config: Mapping[str, Any], seed: int) -> bool:
-    """Whether the evaluation of a cell with this seed includes AutoAttack (config
-    ``evaluation.autoattack`` and ``evaluation.autoattack_seeds``)."""
-    evaluation = config.get("evaluation") or {}
-    seeds = evaluation.get("autoattack_seeds")
-    return bool(evaluation.get("autoattack", True)) and (seeds is None or seed in seeds)
 
 
 def time_limit_min(expected_min: float, model: CostModel) -> int:
@@ -143,13 +137,27 @@ class Estimate:
 
 
 def estimate(
-    cells: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any], n: int | None = None
+    cells: Mapping[str, Mapping[str, Any]],
+    config: Mapping[str, Any],
+    n: int | None = None,
+    *,
+    autoattack_cells: Collection[str] | None = None,
 ) -> Estimate:
-    """Expected GPU-hours of training and evaluating every cell once."""
+    """Expected GPU-hours of training and evaluating every cell once; AutoAttack is counted for
+    the cells in ``autoattack_cells`` (None: every cell)."""
     model = CostModel.from_config(config)
-    resolved = [resolve_cell(spec) for spec in cells.values()]
-    train = [train_minutes(cell, config, model) for cell in resolved]
-    evaluate = [evaluate_minutes(cell, config, model, n) for cell in resolved]
+    resolved = {key: resolve_cell(spec) for key, spec in cells.items()}
+    train = [train_minutes(cell, config, model) for cell in resolved.values()]
+    evaluate = [
+        evaluate_minutes(
+            cell,
+            config,
+            model,
+            n,
+            autoattack=autoattack_cells is None or key in autoattack_cells,
+        )
+        for key, cell in resolved.items()
+    ]
     return Estimate(
         cells=len(resolved),
         train_gpu_hours=sum(train) / 60.0,

@@ -22,6 +22,7 @@ PROTOCOL = config["protocol"]
 REPORT = f"{RESULTS}/{PROTOCOL}"
 REPORTED_CHECKPOINT = reported_checkpoint(config)
 COST = costmodel.CostModel.from_config(config)
+AUTOATTACK_CELLS = GRID.autoattack_cells(config)
 CELL = f"{RESULTS}/{{protocol}}/runs/{{arch}}-eps{{eps}}/{{dataset}}/{{method}}/seed{{seed}}"
 CONDA_ENV = "../../envs/autolora.yaml"
 
@@ -89,7 +90,13 @@ def train_runtime_min(wildcards):
 
 def evaluate_runtime_min(wildcards):
     n = config["evaluation"].get("n")
-    minutes = costmodel.evaluate_minutes(cell_spec(wildcards), config, COST, n)
+    minutes = costmodel.evaluate_minutes(
+        cell_spec(wildcards),
+        config,
+        COST,
+        n,
+        autoattack=cell_id(wildcards) in AUTOATTACK_CELLS,
+    )
     return costmodel.time_limit_min(minutes, COST)
 
 
@@ -111,7 +118,7 @@ def train_slurm_extra(wildcards):
 def evaluation_options(wildcards):
     n = config["evaluation"].get("n")
     options = [f"--n {int(n)}"] if n else []
-    if not costmodel.runs_autoattack(config, int(wildcards.seed)):
+    if cell_id(wildcards) not in AUTOATTACK_CELLS:
         options.append("--no-autoattack")
     return " ".join(options)
 

@@ -45,7 +45,7 @@ def format_plan(config: Mapping[str, Any]) -> str:
     grid = expand_grid(config)
     per_table = Counter(entry.table for entry in grid.entries)
     n = (config.get("evaluation") or {}).get("n")
-    cost = estimate(grid.cells, config, n)
+    cost = estimate(grid.cells, config, n, autoattack_cells=grid.autoattack_cells(config))
     jobs = planned_jobs(config, grid.cells)
     lines = [
         f"protocol {config.get('protocol', 'paper')}: {len(grid.cells)} unique cells "
