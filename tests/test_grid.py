@@ -295,6 +295,9 @@ def test_autoattack_only_on_the_configured_seeds():
     assert with_aa == pytest.approx(10_000 * 2.0 * (2 / 500 + 1 / 10) / 60)
     assert without_aa == pytest.approx(10_000 * 2.0 * (2 / 500) / 60)
     assert not grid.autoattack_cells({**config, "evaluation": {"autoattack": False}})
+    assert not grid.autoattack_cells({**config, "evaluation": {"autoattack_datasets": ["other"]}})
+    with pytest.raises(ConfigError, match="evaluation.autoattack_datasets"):
+        check_config({**config, "evaluation": {"autoattack_datasets": ["other"]}})
 
 
 def test_autoattack_by_default_only_on_the_tables_that_report_it():
@@ -315,9 +318,11 @@ def test_autoattack_by_default_only_on_the_tables_that_report_it():
 
 def test_synthetic_dataset_sizes_come_from_the_config():
     config = load_config(DEMO_CONFIG)
+    declared = config["datasets"]["synth-a"]
     train, validation, test = costmodel.dataset_sizes(config, "synth-a")
-    assert (train + validation, test) == (200, 60)
-    assert validation == 10  # 5% of 200
+    assert (train + validation, test) == (declared["train"], declared["test"])
+    # the released code's draw keeps int(0.95 N) for training
+    assert validation == declared["train"] - int(declared["train"] * 0.95)
 
 
 # ---- autolora plan -----------------------------------------------------------------------------

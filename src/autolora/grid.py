@@ -99,16 +99,20 @@ class Grid:
     def autoattack_cells(self, config: Mapping[str, Any]) -> set[str]:
         """The cells whose evaluation includes AutoAttack: those of a table in
         ``evaluation.autoattack_tables`` (default: Tables 1 and 2, the only ones that report
-        AA) with a seed in ``evaluation.autoattack_seeds`` (default: every seed)."""
+        AA), with a seed in ``evaluation.autoattack_seeds`` and a dataset in
+        ``evaluation.autoattack_datasets`` (default: every seed, every dataset)."""
         evaluation = config.get("evaluation") or {}
         if not evaluation.get("autoattack", True):
             return set()
         tables = evaluation.get("autoattack_tables") or AUTOATTACK_TABLES
         seeds = evaluation.get("autoattack_seeds")
+        datasets = evaluation.get("autoattack_datasets")
         return {
             e.cell_id
             for e in self.entries
-            if e.table in tables and (seeds is None or e.seed in seeds)
+            if e.table in tables
+            and (seeds is None or e.seed in seeds)
+            and (datasets is None or e.dataset in datasets)
         }
 
     @property
@@ -175,8 +179,16 @@ def check_config(config: Any) -> dict[str, Any]:
         _check_dataset(name, dataset)
     evaluation = config.get("evaluation") or {}
     _reject_unknown(
-        evaluation, ("autoattack", "n", "autoattack_seeds", "autoattack_tables"), "evaluation."
+        evaluation,
+        ("autoattack", "n", "autoattack_seeds", "autoattack_tables", "autoattack_datasets"),
+        "evaluation.",
     )
+    unknown_datasets = set(evaluation.get("autoattack_datasets") or []) - set(datasets)
+    if unknown_datasets:
+        raise ConfigError(
+            f"'evaluation.autoattack_datasets' names {sorted(unknown_datasets)}, which 'datasets' "
+            "does not declare; use declared datasets or null (every dataset)"
+        )
     for table in evaluation.get("autoattack_tables") or []:
         if table not in TABLE_KEYS:
             raise ConfigError(
