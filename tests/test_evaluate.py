@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from autolora.attacks import pgd
 from autolora.cli import main
 from autolora.data.prepared import PreparedDataset
+from autolora.data.synthetic import write_synthetic_dataset
 from autolora.errors import ConfigError, DataError
 from autolora.evaluate import evaluate_run
 from autolora.models import build_model
@@ -168,4 +169,20 @@ def test_user_mistakes_name_the_fix(run, tmp_path):
     save_weights(tampered / "final.safetensors", weights, metadata)
     with pytest.raises(DataError, match="sha256"):
         evaluate_run(tampered, run["data"], checkpoint="final", out=tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_evaluating_on_other_data_than_the_run_was_trained_on_is_refused(run, tmp_path):
+    # Same format, same classes, different images: a re-prepared or swapped dataset.
+    other = write_synthetic_dataset(
+        tmp_path / "other",
+        name="synth",
+        num_classes=NUM_CLASSES,
+        train_size=120,
+        test_size=40,
+        image_size=16,
+        seed=99,
+    )
+    with pytest.raises(DataError, match="dataset.json is not the dataset run"):
+        evaluate_run(run["run"], other, checkpoint="final", out=tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()

@@ -315,3 +315,38 @@ def test_cli_synthesize(tmp_path):
     assert cli.main([*args, "--test", "6", "--image-size", "8", "--seed", "5"]) == 0
     dataset = PreparedDataset.open(out)
     assert len(dataset) == 26 and dataset.name == "synth"
+
+
+def test_download_with_staging_keeps_finished_archives_when_a_later_one_fails(
+    tmp_path, server, monkeypatch
+):
+    import dataclasses
+    import socket
+
+    from autolora.data.sources import ArchiveFile, download_dataset
+
+    images_url, images_seen = server(PAYLOAD)
+    lists_payload = b"lists" * 1000
+    lists_url, _ = server(lists_payload)
+    with socket.socket() as sock:  # a port nobody listens on: the network drops mid-way
+        sock.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    dogs = CATALOGUE["dogs"]
+    files = (
+        ArchiveFile("images.tar", images_url + "images.tar", None),
+        ArchiveFile("lists.tar", dead_url + "lists.tar", None),
+    )
+    monkeypatch.setitem(CATALOGUE, "dogs", dataclasses.replace(dogs, files=files))
+    dest, staging = tmp_path / "downloads" / "dogs", tmp_path / "staging"
+    with pytest.raises(DataError, match="lists.tar"):
+        download_dataset("dogs", dest, staging_dir=staging, progress=False)
+    assert not dest.exists()  # the workflow's output folder stays absent after a failure
+    assert (staging / "images.tar").read_bytes() == PAYLOAD
+    fixed = (files[0], ArchiveFile("lists.tar", lists_url + "lists.tar", None))
+    monkeypatch.setitem(CATALOGUE, "dogs", dataclasses.replace(dogs, files=fixed))
+    paths = download_dataset("dogs", dest, staging_dir=staging, progress=False)
+    assert [p.name for p in paths] == ["images.tar", "lists.tar"]
+    assert (dest / "images.tar").read_bytes() == PAYLOAD
+    assert (dest / "lists.tar").read_bytes() == lists_payload
+    assert len(images_seen) == 1  # fetched once: the retry reused the staged archive
+    assert list(staging.iterdir()) == []

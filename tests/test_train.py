@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,25 @@ def test_device_side_augmentation_trains_bit_identically_to_the_cpu_path(inputs,
     a = load_file(str(cpu_path / "final.safetensors"))
     b = load_file(str(device_path / "final.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_runtime_change_resumes_instead_of_refusing_and_is_recorded(inputs, tmp_path):
+    """Workers, device and fast paths say how a run is computed, not what it is: a retry with
+    another runtime resumes the saved state, and each attempt records its own runtime."""
+    data, weights = inputs
+    out = tmp_path / "cell"
+    spec = make_spec("vanilla", epochs=2)
+    os.environ["AUTOLORA_FAULT_FAIL_AT"] = "2:1"
+    try:
+        with pytest.raises(RuntimeError, match="injected failure"):
+            train_cell(spec, data_dir=data, weights=weights, out_dir=out)
+    finally:
+        del os.environ["AUTOLORA_FAULT_FAIL_AT"]
+    retry = make_spec("vanilla", epochs=2, runtime={"num_workers": 1})
+    train_cell(retry, data_dir=data, weights=weights, out_dir=out)
+    record = json.loads((out / "run.json").read_text())
+    attempts = record["attempts"]
+    assert [a["resumed_from_epoch"] for a in attempts] == [None, 1]
+    assert [a["runtime"]["num_workers"] for a in attempts] == [0, 1]
+    with pytest.raises(ConfigError, match="different configuration"):
+        train_cell(make_spec("vanilla", epochs=3), data_dir=data, weights=weights, out_dir=out)

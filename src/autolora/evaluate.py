@@ -118,6 +118,28 @@ def load_run_record(run_dir: Path) -> dict[str, Any]:
     return record
 
 
+def check_same_data(run_record: dict, data_dir: Path, run_dir: Path) -> None:
+    """The prepared dataset must be the one the run was trained on: its ``dataset.json`` and
+    split files must hash to the run record's input entries, else the numbers would silently
+    describe other data."""
+    expected_places = {
+        "dataset": Path(),
+        "split_manifest": Path("splits"),
+        "split_info": Path("splits"),
+    }
+    for entry in run_record.get("inputs", []):
+        place = expected_places.get(entry.get("role"))
+        if place is None or entry.get("path") is None:
+            continue
+        path = data_dir / place / Path(entry["path"]).name
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            raise DataError(
+                f"{path} is not the {entry['role']} run {run_dir} was trained on (sha256 "
+                f"{entry['sha256'][:12]}... in its run.json): pass the prepared dataset of that "
+                "run as --data, or retrain the cell on this one"
+            )
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -168,6 +190,7 @@ def evaluate_run(
     run_autoattack = config.autoattack.enabled if autoattack is None else autoattack
     torch_device = resolve_device(device or config.runtime.device)
 
+    check_same_data(run_record, data_dir, run_dir)
     dataset = PreparedDataset.open(data_dir)
     test_view = dataset.split(config.split_scheme, "test")
     from autolora.methods import build_method

@@ -341,8 +341,8 @@ def _audit_chain(audit: Audit, chain: dict) -> None:
         2,
     )
     audit.say(
-        f"evaluated {record.get('n')} test images on {_machine(record)}; AutoAttack "
-        f"{(record.get('autoattack') or {}).get('version')}; finished {record.get('finished')}",
+        f"evaluated {record.get('n')} test images on {_machine(record)}; "
+        f"{_autoattack_words(record)}; finished {record.get('finished')}",
         2,
     )
     for item in chain["files"]:
@@ -374,6 +374,11 @@ def _describe_run(audit: Audit, run: dict, run_path: str, checkpoint: dict) -> N
             f"{_short(checkpoint.get('sha256'))}",
             2,
         )
+
+
+def _autoattack_words(record: dict) -> str:
+    version = (record.get("autoattack") or {}).get("version")
+    return f"AutoAttack {version}" if version else "no AutoAttack"
 
 
 def _machine(record: dict) -> str:

@@ -619,7 +619,7 @@ class CellTraining:
         if loaded is None:
             return False
         info, groups = loaded
-        if info["config"] != self.config_dict:
+        if _without_runtime(info["config"]) != _without_runtime(self.config_dict):
             raise ConfigError(
                 f"{self.state_dir} holds the resume state of a different configuration: delete "
                 f"{self.out_dir} (or its state/) to start over, or choose another --out"
@@ -780,6 +780,7 @@ class CellTraining:
             "resumed_at_batch": resumed_at_batch,
             "host": records.host(),
             "slurm": records.slurm_context(),
+            "runtime": self.config_dict["runtime"],
         }
         progress.attempts.append(attempt)
         if resumed:
@@ -863,6 +864,13 @@ def _progress_bar(iterable, *, total: int, description: str):
     return tqdm(iterable, total=total, desc=description, leave=False, file=sys.stderr)
 
 
+def _without_runtime(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """The configuration that defines a run's results. The ``runtime`` group (device, workers,
+    fast paths) says how it is computed: a resumed or finished run may differ there, and each
+    attempt records its own runtime in the run record."""
+    return {key: value for key, value in config_dict.items() if key != "runtime"}
+
+
 def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
     """The complete run record in ``out_dir`` if it is of ``config``; None if there is none;
     ConfigError if it is of another configuration."""
@@ -870,7 +878,9 @@ def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | No
     if not path.is_file():
         return None
     record = read_json(path)
-    if record.get("config") != _jsonable(config.to_dict()):
+    if _without_runtime(record.get("config") or {}) != _without_runtime(
+        _jsonable(config.to_dict())
+    ):
         raise ConfigError(
             f"{out_dir} holds a finished run of a different configuration "
             f"({record.get('cell_id')}): delete {out_dir} or choose another --out"

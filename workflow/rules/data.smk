@@ -15,8 +15,13 @@ rule download_dataset:
     conda:
         CONDA_ENV
     threads: 1
+    params:
+        # Partial and finished archives wait here, outside the output folder that Snakemake
+        # deletes when the job fails, so a retry resumes instead of starting over.
+        staging=lambda wildcards: f"{RESOURCES}/downloads/.staging/{wildcards.dataset}",
     shell:
-        "autolora data download --dataset {wildcards.dataset} --dest {output} > {log} 2>&1"
+        "autolora data download --dataset {wildcards.dataset} --dest {output} "
+        "--staging {params.staging} > {log} 2>&1"
 
 
 rule prepare_dataset:

@@ -29,10 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def default_index(root: str) -> Path:
-    """The only ``results/<protocol>/provenance`` folder under ``root``."""
+    """The only provenance folder under ``root``'s results (``results/<protocol>/provenance``, or
+    deeper for a config whose ``results`` is a subfolder, as the demo's ``results/demo``)."""
     from autolora.errors import ConfigError
 
-    found = sorted(Path(root).glob(f"{RESULTS}/*/provenance"))
+    found = sorted(p for p in Path(root).glob(f"{RESULTS}/**/provenance") if p.is_dir())
     if len(found) != 1:
         listed = ", ".join(str(p) for p in found) or "none"
         raise ConfigError(

@@ -15,6 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dataset", required=True, help="cifar10, cifar100, dtd, dogs, cub, caltech256"
     )
     download.add_argument("--dest", required=True, help="folder for the archive files")
+    download.add_argument(
+        "--staging",
+        default=None,
+        help="folder for partial and finished downloads until every archive is verified, then "
+        "moved to --dest (keeps progress when --dest is deleted after a failure)",
+    )
     prepare = actions.add_parser(
         "prepare", help="verify, extract and prepare a dataset with its splits"
     )
@@ -43,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 def run_download(args: argparse.Namespace) -> int:
     from autolora.data.sources import download_dataset
 
-    for path in download_dataset(args.dataset, args.dest):
+    for path in download_dataset(args.dataset, args.dest, staging_dir=args.staging):
         print(f"{path}: verified")
     return 0
 

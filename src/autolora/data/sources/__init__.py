@@ -150,19 +150,36 @@ def dataset_source(key: str) -> DatasetSource:
 
 
 def download_dataset(
-    key: str, dest_dir: str | os.PathLike, *, progress: bool | None = None
+    key: str,
+    dest_dir: str | os.PathLike,
+    *,
+    staging_dir: str | os.PathLike | None = None,
+    progress: bool | None = None,
 ) -> list[Path]:
-    """Download and verify every archive of dataset ``key`` into ``dest_dir``."""
+    """Download and verify every archive of dataset ``key`` into ``dest_dir``.
+
+    With ``staging_dir`` the archives (and their resumable ``.part`` files) live there until all
+    of them are verified, then move into ``dest_dir``: a workflow deletes a failed job's output
+    folder, and the staging folder keeps what was already fetched for the retry.
+    """
     source = dataset_source(key)
     dest_dir = Path(dest_dir)
-    paths = []
+    staging = Path(staging_dir) if staging_dir is not None else dest_dir
+    staged = []
     for archive in source.files:
         path = download(
-            archive.url, dest_dir / archive.name, checksum=archive.checksum, progress=progress
+            archive.url, staging / archive.name, checksum=archive.checksum, progress=progress
         )
         if archive.checksum is None:
             log.info("%s: no checksum is published; sha256 %s", path, sha256_file(path))
-        paths.append(path)
+        staged.append(path)
+    if staging == dest_dir:
+        return staged
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for path in staged:
+        os.replace(path, dest_dir / path.name)
+        paths.append(dest_dir / path.name)
     return paths
 
 
