@@ -65,14 +65,6 @@ def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return {key: json.loads(value) for key, value in raw.items() if key != "format"}
 
 
-def load_weights(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The state dict and metadata of a weights file written by :func:`save_weights`."""
-    metadata = read_weights_metadata(path)
-    return load_file(str(path), device=str(device)), metadata
-
-
 def optimizer_to_tensors(state_dict: dict) -> tuple[dict[str, Tensor], dict]:
     """Split an optimizer state dict into tensors (``state.<param>.<key>``) and the JSON rest."""
     tensors: dict[str, Tensor] = {}

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from autolora import records
-from autolora.attacks import autoattack_evaluation, pgd
+from autolora.attacks import autoattack_evaluation, eval_mode, pgd
 from autolora.errors import ConfigError, DataError
 from autolora.io import read_json, sha256_file, write_json
 
@@ -63,19 +63,17 @@ def clean_and_pgd_accuracy(
     steps: int,
 ) -> tuple[float, float, int]:
     """(SA, PGD robust accuracy, n): eval mode, PGD without random start (SPEC 3)."""
-    was_training = model.training
-    model.eval()
-    correct_clean = correct_adv = total = 0
-    try:
+    correct_clean = correct_adv = 0  # device tensors after the first batch: no per-batch sync
+    total = 0
+    with eval_mode(model):
         for x, y in batches:
             with torch.no_grad():
-                correct_clean += int((model(x).argmax(dim=1) == y).sum())
+                correct_clean = correct_clean + (model(x).argmax(dim=1) == y).sum()
             x_adv = pgd(model, x, y, eps=eps, step=step, steps=steps, random_start=False)
             with torch.no_grad():
-                correct_adv += int((model(x_adv).argmax(dim=1) == y).sum())
+                correct_adv = correct_adv + (model(x_adv).argmax(dim=1) == y).sum()
             total += int(y.shape[0])
-    finally:
-        model.train(was_training)
+    correct_clean, correct_adv = int(correct_clean), int(correct_adv)
     if total == 0:
         raise DataError("accuracy of an empty split requested: the split has no examples")
     return 100.0 * correct_clean / total, 100.0 * correct_adv / total, total
@@ -83,16 +81,12 @@ def clean_and_pgd_accuracy(
 
 def lora_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, int]:
     """(standard accuracy of the LoRa branch in percent, n), eval mode (SPEC 4.3)."""
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    try:
-        with torch.no_grad():
-            for x, y in batches:
-                correct += int((model(x, branch="lora").argmax(dim=1) == y).sum())
-                total += int(y.shape[0])
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for x, y in batches:
+            correct = correct + (model(x, branch="lora").argmax(dim=1) == y).sum()
+            total += int(y.shape[0])
+    correct = int(correct)
     if total == 0:
         raise DataError("LoRa accuracy of an empty training split requested")
     return 100.0 * correct / total, total

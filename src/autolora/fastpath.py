@@ -64,10 +64,6 @@ class FastPaths:
     def all_on(cls) -> FastPaths:
         return cls(channels_last=True, bf16=True, compile=True, cudnn_benchmark=True)
 
-    @property
-    def is_fp32(self) -> bool:
-        return not self.bf16
-
     def label(self) -> str:
         enabled = [spec.name for spec in fields(self) if getattr(self, spec.name)]
         return "+".join(enabled) if enabled else "plain fp32 eager"

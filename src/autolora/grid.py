@@ -92,10 +92,6 @@ class Grid:
         """The unique cell ids one table uses, in entry order."""
         return list(dict.fromkeys(e.cell_id for e in self.entries if e.table == table))
 
-    def tables_of_cell(self, cell_id: str) -> set[str]:
-        """The tables (and figures) one cell feeds."""
-        return {e.table for e in self.entries if e.cell_id == cell_id}
-
     def autoattack_cells(self, config: Mapping[str, Any]) -> set[str]:
         """The cells whose evaluation includes AutoAttack: those of a table in
         ``evaluation.autoattack_tables`` (default: Tables 1 and 2, the only ones that report

@@ -118,11 +118,6 @@ def shortcut_convs(arch: str) -> list[tuple[int, int, int]]:
     return convs
 
 
-def feature_dim(arch: str) -> int:
-    kind, _ = _stages(arch)
-    return STAGE_WIDTHS[-1] * (1 if kind == "basic" else BOTTLENECK_EXPANSION)
-
-
 def lora_parameter_count(arch: str, rank: int) -> int:
     """LoRa parameters: per block conv, A (r·k × C_in·k) + B (C_out·k × r·k) = r·k²·(C_in + C_out)."""
     return sum(rank * k * k * (c_in + c_out) for c_in, c_out, k in residual_block_convs(arch))

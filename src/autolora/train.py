@@ -241,7 +241,7 @@ def runtime_settings(config: CellConfig) -> Iterator[None]:
     # warn_only: a CUDA op without a deterministic kernel (e.g. the backward of the nearest
     # upsampling that PGD differentiates through) warns instead of stopping the run.
     torch.use_deterministic_algorithms(runtime.deterministic, warn_only=True)
-    configure_backends(FastPaths.from_runtime(config.to_dict()["runtime"]))
+    configure_backends(FastPaths.from_runtime(config.runtime))
     if runtime.deterministic:
         torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = runtime.deterministic
@@ -295,7 +295,7 @@ class CellTraining:
         self.command = command
         self.config_dict = _jsonable(config.to_dict())
         self.device = resolve_device(config.runtime.device)
-        self.fast_paths = FastPaths.from_runtime(self.config_dict["runtime"])
+        self.fast_paths = FastPaths.from_runtime(config.runtime)
         self.stop = StopFlag()
         self.fault_nan = FaultPoint.from_env(FAULT_NAN_ENV)
         self.fault_fail = FaultPoint.from_env(FAULT_FAIL_ENV)
@@ -476,9 +476,10 @@ class CellTraining:
                 raise RuntimeError(
                     f"injected failure ({FAULT_FAIL_ENV}) at epoch {epoch}, batch {batch + 1}"
                 )
+            # The step's metrics already hold the loss as a float (its one device sync).
+            value = result.metrics["loss"]
             if self.fault_nan and self.fault_nan.hits(epoch, batch + 1, attempt):
-                loss = loss * float("nan")
-            value = float(loss.detach())
+                loss, value = loss * float("nan"), float("nan")
             if not math.isfinite(value):
                 raise NonFiniteLoss(
                     f"non-finite loss ({value}) in epoch {epoch}, batch {batch + 1} of {iterations}: "
@@ -543,13 +544,15 @@ class CellTraining:
         row["test_sa"], row["test_pgd10"] = (
             self._robustness("test") if self.config.test_each_epoch else (None, None)
         )
+        weights_now = None  # one copy, shared when both best checkpoints improve at once
         for name, metric in CHECKPOINT_METRICS.items():
             value = row[metric]
             if value is not None and (
                 name not in progress.best or value > progress.best[name]["value"]
             ):
                 progress.best[name] = {"epoch": epoch, "value": value}
-                self.best_weights[name] = self._model_copy()
+                weights_now = weights_now if weights_now is not None else self._model_copy()
+                self.best_weights[name] = weights_now
                 self.best_dirty.add(name)
         row["reloaded_best"] = False
         if self.autolr is not None:

@@ -94,22 +94,27 @@ def _check_image(index: int, image: Any) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _write_images(directory: Path, images: Iterable[np.ndarray]) -> tuple[np.ndarray, list[str]]:
-    """Stream images into images.u8; return the [N, 3] index and each image's sha256."""
+def _write_images(
+    directory: Path, images: Iterable[np.ndarray]
+) -> tuple[np.ndarray, list[str], str]:
+    """Stream images into images.u8; return the [N, 3] index, each image's sha256 and the
+    file's sha256 (hashed while writing: the file can be gigabytes)."""
     rows: list[tuple[int, int, int]] = []
     digests: list[str] = []
+    file_digest = hashlib.sha256()
     offset = 0
     with open(directory / IMAGES_FILE, "wb") as handle:
         for index, image in enumerate(images):
             pixels = _check_image(index, image)
             data = pixels.tobytes()
             handle.write(data)
+            file_digest.update(data)
             rows.append((offset, pixels.shape[0], pixels.shape[1]))
             digests.append(hashlib.sha256(data).hexdigest())
             offset += len(data)
         handle.flush()
         os.fsync(handle.fileno())
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 3), digests
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 3), digests, file_digest.hexdigest()
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -191,7 +196,7 @@ def write_prepared_dataset(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        index, digests = _write_images(tmp, images)
+        index, digests, images_sha256 = _write_images(tmp, images)
         if len(digests) != len(labels):
             raise DataError(f"{len(digests)} images for {len(labels)} labels; give one per image")
         _write_npy(tmp / INDEX_FILE, index)
@@ -204,7 +209,9 @@ def write_prepared_dataset(
         for scheme, plan in splits.items():
             _write_scheme(tmp, scheme, plan)
         files = {
-            path.relative_to(tmp).as_posix(): sha256_file(path)
+            path.relative_to(tmp).as_posix(): (
+                images_sha256 if path.name == IMAGES_FILE else sha256_file(path)
+            )
             for path in sorted(tmp.rglob("*"))
             if path.is_file()
         }
