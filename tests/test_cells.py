@@ -368,3 +368,17 @@ def test_cells_and_protocol_do_not_import_torch_or_numpy():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_runtime_given_apart_from_the_spec_replaces_its_settings():
+    config = resolve_cell({"dataset": "cifar10", "method": "vanilla"})
+    faster = config.with_runtime({"bf16": True, "num_workers": 4})
+    assert (faster.runtime.bf16, faster.runtime.num_workers) == (True, 4)
+    assert faster.runtime.device == config.runtime.device
+    assert {k: v for k, v in faster.to_dict().items() if k != "runtime"} == {
+        k: v for k, v in config.to_dict().items() if k != "runtime"
+    }
+    with pytest.raises(ConfigError, match=r"runtime\.threads"):
+        config.with_runtime({"threads": 4})
+    with pytest.raises(ConfigError, match=r"runtime\.bf16"):
+        config.with_runtime({"bf16": "yes"})

@@ -15,9 +15,14 @@ from autolora.commands.plan import planned_jobs
 from autolora.errors import ConfigError
 from autolora.grid import (
     check_config,
+    evaluation_overrides,
     expand_grid,
+    identity_spec,
+    job_threads,
     load_config,
     reported_checkpoint,
+    result_config,
+    runtime,
     train_checkpoints,
 )
 
@@ -140,13 +145,32 @@ def test_training_overrides_reach_every_cell(paper_grid):
     assert all(s["overrides"]["runtime"] == {"num_workers": 8} for s in paper_grid.cells.values())
 
 
+def test_a_cells_identity_leaves_out_its_runtime_and_evaluation_settings(paper):
+    config = broken(paper, "training", {"epochs": 5, "runtime": {"bf16": True, "num_workers": 3}})
+    config["training"]["autoattack"] = {"batch_size": 100}
+    spec = expand_grid(config).cells["paper/runs/resnet18-eps4/dtd/twins/seed0"]
+    assert identity_spec(spec)["overrides"] == {"epochs": 5}
+    assert {k: v for k, v in identity_spec(spec).items() if k != "overrides"} == {
+        k: v for k, v in spec.items() if k != "overrides"
+    }
+    assert evaluation_overrides(spec) == {"batch_size": 100}
+    assert runtime(config) == {"bf16": True, "num_workers": 3} and job_threads(config) == 4
+    kept = result_config(config)
+    assert "cost" not in kept and kept["training"] == {
+        "epochs": 5,
+        "autoattack": {"batch_size": 100},
+    }
+    assert config["training"]["runtime"] and config["cost"]  # the config itself is unchanged
+
+
 def test_demo_grid():
     config = load_config(DEMO_CONFIG)
     grid = expand_grid(config)
     # table1: 2 datasets × 3 methods × 3 seeds; table3 adds r = 2 on one dataset × 3 seeds
     assert len(grid.cells) == 18 + 3
     spec = grid.cells["paper/runs/tiny-eps4/synth-a/twins/seed0"]
-    assert spec["hyper"]["twins"]["twins_gamma"] == 1.0
+    # only the cell's own method's settings: another method's change leaves its spec alone
+    assert spec["hyper"] == {"lr": 0.01, "weight_decay": 1.0e-4, "twins_gamma": 1.0}
     assert spec["overrides"]["epochs"] == 3
     assert planned_jobs(config, grid.cells) == {
         "synthesize_dataset": 2,
@@ -203,6 +227,10 @@ def broken(paper, path: str, value) -> dict:
         ("tables.table4.eps_pt", [3], "eps_pt"),
         ("evaluation", {"autoattack_seeds": [1]}, "evaluation.autoattack_seeds"),
         ("evaluation", {"aa": True}, "evaluation.aa"),
+        ("results", "", "'results' must name a folder"),
+        ("resources", "/", "'resources' is '/', the file system's root"),
+        ("results", "//.", "the file system's root"),
+        ("datasets.cifar10", {"source": "cifar10", "hyper": {"twinz": {}, "twins": {}}}, "twinz"),
     ],
 )
 def test_bad_config_names_the_key(paper, path, value, named):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from autolora.checkpoints import STATE_FILE as STATE_FILE_NAME
 from autolora.checkpoints import load_state, read_state_info
 from autolora.cli import main
 from autolora.data.loaders import make_loader
@@ -238,7 +240,27 @@ def test_a_fault_point_waits_at_a_batch_for_the_stop_signal(cell):
     assert_same_weights(out, cell["reference"])
 
 
-def test_a_signal_after_the_last_epoch_is_committed_lets_the_run_complete(cell):
+def test_a_signal_before_the_wait_point_is_held_until_it(cell):
+    out = cell["root"] / "wait-held"
+    process = subprocess.Popen(
+        command(cell, out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=environment(AUTOLORA_FAULT_WAIT_SIGNAL_AT="3:end"),
+        text=True,
+    )
+    wait_for_epoch(process, out / "state", 1)  # the handler is installed, epoch 3 is ahead
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=TIMEOUT_SECONDS)
+    assert process.returncode == 0, stderr  # it ran to the wait point, then completed
+    assert len(json.loads((out / "run.json").read_text())["attempts"]) == 1
+    assert_same_weights(out, cell["reference"])
+
+
+def test_a_retry_after_a_late_signal_restores_the_outputs_without_training(cell):
+    """SIGTERM after the last epoch's state is committed: the run completes (exit 0). A scheduler
+    that counts the job as failed deletes its outputs; the retry restores them from the cell's
+    completed/, byte for byte, and records the attempt, without training."""
     out = cell["root"] / "wait-end"
     process = start_waiting(cell, out, "3:end")
     assert read_state_info(out / "state")["epoch"] == 3
@@ -246,4 +268,96 @@ def test_a_signal_after_the_last_epoch_is_committed_lets_the_run_complete(cell):
     _, stderr = process.communicate(timeout=TIMEOUT_SECONDS)
     assert process.returncode == 0, stderr
     assert_same_weights(out, cell["reference"])
-    assert history_without_time(out) == history_without_time(cell["reference"])
+    outputs = ["run.json", "history.csv", *(f"{name}.safetensors" for name in CHECKPOINT_FILES)]
+    finished = {name: (out / name).read_bytes() for name in outputs}
+    for name in outputs:  # what Snakemake does with the outputs of a job it counts as failed
+        (out / name).unlink()
+
+    started = time.monotonic()
+    assert train_here(cell, out) == 0
+    seconds = time.monotonic() - started
+    for name in outputs[1:]:
+        assert (out / name).read_bytes() == finished[name], name
+    record = json.loads((out / "run.json").read_text())
+    before = json.loads(finished["run.json"])
+    assert record["attempts"][:-1] == before["attempts"]
+    restore = record["attempts"][-1]
+    assert restore["restored_outputs"] is True and restore["resumed_from_epoch"] == 3
+    assert {k: v for k, v in record.items() if k != "attempts"} == {
+        k: v for k, v in before.items() if k != "attempts"
+    }
+    log = (out / restore["log"]).read_text()
+    assert "outputs are restored" in log and "epoch 1:" not in log
+    assert not (out / "state").exists()
+    print(f"restored in {seconds:.1f} s")
+
+
+def test_a_second_trainer_refuses_and_a_dead_trainers_lock_does_not_block(cell, capsys):
+    out = cell["root"] / "locked"
+    first = start_waiting(cell, out, "1:2")  # holds the cell's lock while it waits
+    assert train_here(cell, out) == 2
+    error = capsys.readouterr().err
+    assert "being trained by another process" in error and f'"pid": {first.pid}' in error
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    assert train_here(cell, out) == 0  # the kernel released the dead process's lock
+    assert_same_weights(out, cell["reference"])
+
+
+def test_each_attempt_keeps_its_own_log(cell, monkeypatch):
+    out = cell["root"] / "logs"
+    monkeypatch.setenv("AUTOLORA_FAULT_FAIL_AT", "2:1:once")
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train_here(cell, out)
+    assert train_here(cell, out) == 0
+    attempts = json.loads((out / "run.json").read_text())["attempts"]
+    logs = [out / attempt["log"] for attempt in attempts]
+    assert len(set(logs)) == 2 and sorted((out / "logs").iterdir()) == sorted(logs)
+    failed, resumed = (log.read_text() for log in logs)
+    assert "injected failure" in failed and "Traceback" in failed
+    assert "resuming" in resumed and "injected failure" not in resumed
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs (root only: CI runs as root for its SLURM cluster)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_state_save_on_a_full_disk_leaves_nothing_behind_and_resumes_once_space_is_back(
+    cell, small_disk
+):
+    out = small_disk / "cell"
+    process = start_waiting(cell, out, "2:3:once")  # epoch 1's state is committed
+    state = out / "state"
+    info = read_state_info(state)
+    committed = sorted([STATE_FILE_NAME, *(entry["file"] for entry in info["files"].values())])
+    sizes = {
+        group: (state / entry["file"]).stat().st_size for group, entry in info["files"].items()
+    }
+    # Room for the new model file but not for the optimizer's: the save fails half-way.
+    room = sizes["model"] + sizes["optimizer"] // 2 + 16 * 4096
+    filler = small_disk / "filler"
+    with filler.open("wb") as handle:
+        os.posix_fallocate(handle.fileno(), 0, shutil.disk_usage(small_disk).free - room)
+    free_before = shutil.disk_usage(small_disk).free
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=TIMEOUT_SECONDS)
+    assert process.returncode not in (0, 75) and "No space left" in stderr, stderr[-2000:]
+    assert sorted(path.name for path in state.iterdir()) == committed
+    assert read_state_info(state) == info and load_state(state) is not None
+    assert shutil.disk_usage(small_disk).free >= free_before - 4 * 4096  # only log lines added
+
+    filler.unlink()
+    assert train_here(cell, out) == 0
+    assert_same_weights(out, cell["reference"])
+    record = json.loads((out / "run.json").read_text())
+    assert record["attempts"][1]["resumed_from_epoch"] == 1

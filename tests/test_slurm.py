@@ -8,7 +8,10 @@ One campaign, three workflow runs, shared by the tests of this module:
   stand-in on PATH: cell ``synth-b`` raises mid-epoch 2 (``AUTOLORA_FAULT_FAIL_AT``), and cell
   ``synth-c``, under a 3-minute time limit, stops after its first batch until the rule's
   ``--signal=TERM@120`` comes (``AUTOLORA_FAULT_WAIT_SIGNAL_AT``: a job still training when its
-  time runs out, on any machine, however fast or busy); its retry gets 30 minutes;
+  time runs out, on any machine, however fast or busy); its retry gets 30 minutes; cell
+  ``synth-d``, under the same limit, stops after its last epoch's state is committed until that
+  signal comes: it completes, but the job step, signalled too, fails the job, and Snakemake deletes
+  its outputs; its retry must restore them without training;
 - ``rerun``: the same SLURM command after the fault is removed.
 
 The two runs go side by side (local and SLURM) to keep the wall time down. Without a cluster the
@@ -18,6 +21,7 @@ module fails (the fixture raises), it never skips: CI must run these tests.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -31,7 +35,9 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 # The campaign fixture runs three workflows (a few minutes); a hung cluster fails, it does not hang.
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -46,9 +52,10 @@ RUN_TIMEOUT_S = 540
 EPOCHS = 2
 FAIL_AT = "2:2"  # epoch 2, batch 2: epoch 1 is committed, epoch 2 is lost
 WAIT_AT = "1:1"  # the slow cell waits after epoch 1, batch 1 for the time-limit signal
+LATE_WAIT_AT = f"{EPOCHS}:end"  # the late cell waits after its last epoch is committed
 CELL = "paper/runs/tiny-eps4/{dataset}/vanilla/seed0"
-PLAIN, FAULTY, SLOW = "synth-a", "synth-b", "synth-c"
-CELLS = {name: CELL.format(dataset=name) for name in (PLAIN, FAULTY, SLOW)}
+PLAIN, FAULTY, SLOW, LATE = "synth-a", "synth-b", "synth-c", "synth-d"
+CELLS = {name: CELL.format(dataset=name) for name in (PLAIN, FAULTY, SLOW, LATE)}
 
 # Local-cluster settings on top of the repository's profile: no accounting, so squeue; short
 # status intervals (the executor waits init-seconds, then backs off by 10 s per check that finds
@@ -68,10 +75,12 @@ SLURM_OVERRIDES = [
     "--latency-wait",
     "5",
 ]
-# The slow cell's first attempt gets 3 minutes: the rule's --signal=TERM@120 arrives after 60-90 s
-# (slurmctld checks time limits every 30 s), while it waits for it. Its retry, and every other job,
-# gets 30 minutes.
-SLOW_RUNTIME = f"train:runtime=3 if wildcards.dataset == '{SLOW}' and attempt == 1 else 30"
+# The first attempts of the slow and the late cell get 3 minutes: the rule's --signal=TERM@120
+# arrives after 60-90 s (slurmctld checks time limits every 30 s), while they wait for it. Their
+# retries, and every other job, get 30 minutes.
+SLOW_RUNTIME = (
+    f"train:runtime=3 if wildcards.dataset in ('{SLOW}', '{LATE}') and attempt == 1 else 30"
+)
 # One thread per job in both runs: the same arithmetic, so the same numbers.
 ONE_THREAD = ["--set-threads", "train=1", "evaluate=1", "pretrain_backbone=1"]
 
@@ -93,7 +102,12 @@ CONFIG = {
     "seeds": [0],
     "results": "results",
     "resources": "resources",
-    "datasets": {PLAIN: synthetic(11), FAULTY: synthetic(12), SLOW: synthetic(13)},
+    "datasets": {
+        PLAIN: synthetic(11),
+        FAULTY: synthetic(12),
+        SLOW: synthetic(13),
+        LATE: synthetic(14),
+    },
     "weights": {
         "source": "pretrain",
         "pretrain": {"epochs": 1, "train_size": 64, "test_size": 20, "attack_steps": 1},
@@ -109,7 +123,7 @@ CONFIG = {
         "table1": {
             "arch": "tiny",
             "eps_pt": 4,
-            "datasets": [PLAIN, FAULTY, SLOW],
+            "datasets": [PLAIN, FAULTY, SLOW, LATE],
             "methods": ["vanilla"],
         }
     },
@@ -137,13 +151,13 @@ done
 if [[ ${{1:-}} == train && $out == */{faulty} && -e {fault_flag} ]]; then
     export AUTOLORA_FAULT_FAIL_AT={fail_at}
 fi
-if [[ ${{1:-}} == train && $out == */{slow} && ! -e {slow_used} ]]; then
-    : >{slow_used}
-    # `autolora train` stops at this batch until a stop signal comes: SLURM's --signal=TERM@120.
-    export AUTOLORA_FAULT_WAIT_SIGNAL_AT={wait_at}
-    # The child ignores SIGTERM until `autolora train` installs its handler (an earlier signal
-    # would just kill it); a signal that comes before is passed on once the handler is there
-    # (SLURM signals every process of the job step, this one included).
+# Run `autolora train` with AUTOLORA_FAULT_WAIT_SIGNAL_AT=$1: it stops there until a stop signal
+# comes (SLURM's --signal=TERM@120). The child ignores SIGTERM until `autolora train` installs its
+# handler (an earlier signal would just kill it); a signal that comes before is passed on once the
+# handler is there (SLURM signals every process of the job step, this one included).
+wait_for_signal() {{
+    export AUTOLORA_FAULT_WAIT_SIGNAL_AT=$1
+    shift
     (trap '' TERM USR1 && exec "$real" "$@") &
     child=$!
     stopping=0
@@ -164,6 +178,14 @@ if [[ ${{1:-}} == train && $out == */{slow} && ! -e {slow_used} ]]; then
         status=$?
     done
     exit "$status"
+}}
+if [[ ${{1:-}} == train && $out == */{slow} && ! -e {slow_used} ]]; then
+    : >{slow_used}
+    wait_for_signal {wait_at} "$@"
+fi
+if [[ ${{1:-}} == train && $out == */{late} && ! -e {late_used} ]]; then
+    : >{late_used}
+    wait_for_signal {late_wait_at} "$@"
 fi
 exec "$real" "$@"
 """
@@ -293,7 +315,7 @@ def campaign(cluster_env, tmp_path_factory) -> Campaign:
     local_dir, slurm_dir = base / "local", base / "slurm"
     tools = base / "bin"
     tools.mkdir()
-    fault_flag, slow_used = base / "fault-on", base / "slow-used"
+    fault_flag, slow_used, late_used = base / "fault-on", base / "slow-used", base / "late-used"
     fault_flag.touch()
     wrapper = tools / "autolora"
     wrapper.write_text(
@@ -301,10 +323,13 @@ def campaign(cluster_env, tmp_path_factory) -> Campaign:
             real=BIN / "autolora",
             faulty=CELLS[FAULTY],
             slow=CELLS[SLOW],
+            late=CELLS[LATE],
             fault_flag=fault_flag,
             slow_used=slow_used,
+            late_used=late_used,
             fail_at=FAIL_AT,
             wait_at=WAIT_AT,
+            late_wait_at=LATE_WAIT_AT,
         )
     )
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
@@ -384,8 +409,8 @@ def cell_dir(run: WorkflowRun, name: str) -> Path:
 def test_keep_going_finishes_every_cell_but_the_faulty_one_and_the_rerun_completes(campaign):
     assert campaign.local.returncode == 0, campaign.local.tail()
     assert campaign.slurm.returncode != 0, "the injected fault should fail the first SLURM run"
-    assert set(campaign.run_records_before_rerun) == {PLAIN, SLOW}, campaign.slurm.tail()
-    assert campaign.evaluated_before_rerun == {PLAIN, SLOW}, campaign.slurm.tail()
+    assert set(campaign.run_records_before_rerun) == {PLAIN, SLOW, LATE}, campaign.slurm.tail()
+    assert campaign.evaluated_before_rerun == {PLAIN, SLOW, LATE}, campaign.slurm.tail()
     assert campaign.rerun.returncode == 0, campaign.rerun.tail()
     assert (campaign.rerun.workdir / "results" / "paper" / "report.md").exists()
     print(
@@ -429,7 +454,7 @@ def test_rerun_submits_only_the_failed_cell_and_its_dependants(campaign):
     assert len(train) == 1 and FAULTY in train[0], rerun_jobs
     assert len(evaluate) == 1 and FAULTY in evaluate[0], rerun_jobs
     assert {rule for rule, _, _ in rerun_jobs} == {"train", "evaluate", "aggregate"}, rerun_jobs
-    for name in (PLAIN, SLOW):  # finished cells are left alone
+    for name in (PLAIN, SLOW, LATE):  # finished cells are left alone
         record = cell_dir(campaign.rerun, name) / "run.json"
         assert record.read_bytes() == campaign.run_records_before_rerun[name], name
 
@@ -457,11 +482,10 @@ def test_time_limit_signal_saves_state_and_the_retry_resumes(campaign, cluster_e
     first_job, retry_job = train_job_ids(campaign.slurm.output, SLOW)
     assert [a["slurm"]["job_id"] for a in attempts] == [first_job, retry_job], attempts
     assert attempts[0]["resumed_from_epoch"] is None
-    # The first attempt waited after batch 1 for the signal and saved its position there (at
-    # batch 0 if the signal came while `autolora train` was still starting: the stand-in passes
-    # it on once the handler is installed, so the state is saved at the first batch boundary).
+    # The first attempt waited after batch 1 for the signal (one that came earlier is held until
+    # then) and saved its position there.
     resumed = attempts[1]
-    assert resumed["resumed_from_epoch"] == 0 and resumed["resumed_at_batch"] in (0, 1), attempts
+    assert resumed["resumed_from_epoch"] == 0 and resumed["resumed_at_batch"] == 1, attempts
     first = scontrol_job(cluster_env, first_job)
     assert first["TimeLimit"] == "00:03:00", first
     # The rule's --signal=TERM@120 stops it: `autolora train` saves its state and exits 75, the
@@ -474,20 +498,56 @@ def test_time_limit_signal_saves_state_and_the_retry_resumes(campaign, cluster_e
     )
 
 
+def test_a_job_signalled_after_its_last_epoch_is_retried_and_restores_its_outputs(
+    campaign, cluster_env
+):
+    """The time-limit signal reaches a job whose training has committed its last epoch: the run
+    completes, but the job step fails the job (Snakemake exits 1 on SIGTERM) and Snakemake deletes
+    its outputs. The retry restores them from the cell's completed/: no epoch trained twice, the
+    same checkpoint bytes, the extra attempt in run.json."""
+    cell = cell_dir(campaign.rerun, LATE)
+    first_job, retry_job = train_job_ids(campaign.slurm.output, LATE)
+    first = scontrol_job(cluster_env, first_job)
+    assert first["TimeLimit"] == "00:03:00" and first["JobState"] in {"FAILED", "TIMEOUT"}, first
+    assert scontrol_job(cluster_env, retry_job)["JobState"] == "COMPLETED"
+    record = read_json(cell / "run.json")
+    trained, restored = record["attempts"]
+    assert trained["slurm"]["job_id"] == first_job and not trained.get("restored_outputs")
+    assert restored["slurm"]["job_id"] == retry_job and restored["restored_outputs"] is True
+    assert restored["resumed_from_epoch"] == EPOCHS and record["epochs_run"] == EPOCHS
+    assert [int(row["epoch"]) for row in history(cell / "history.csv")] == list(
+        range(1, EPOCHS + 1)
+    )
+    local = cell_dir(campaign.local, LATE)
+    for name, entry in record["checkpoints"].items():
+        path = cell / f"{name}.safetensors"
+        # the bytes the training attempt wrote and recorded, with the local run's tensors
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], name
+        ours, theirs = load_file(str(path)), load_file(str(local / f"{name}.safetensors"))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    log = (cell / restored["log"]).read_text()
+    assert "outputs are restored" in log and "epoch 1:" not in log
+    print(f"restoring attempt's log:\n{log}")
+
+
 def test_run_and_evaluation_records_carry_the_slurm_job_and_node(campaign, cluster_env):
     jobs = submissions(campaign.slurm.output) + submissions(campaign.rerun.output)
     for name in CELLS:
         cell = cell_dir(campaign.rerun, name)
         record = read_json(cell / "run.json")
-        assert (
-            record["slurm"]["job_id"]
-            == train_job_ids(campaign.slurm.output + campaign.rerun.output, name)[-1]
-        )
+        train_jobs = train_job_ids(campaign.slurm.output + campaign.rerun.output, name)
+        assert record["attempts"][-1]["slurm"]["job_id"] == train_jobs[-1]
+        trained = [a for a in record["attempts"] if not a.get("restored_outputs")]
+        assert record["slurm"]["job_id"] == trained[-1]["slurm"]["job_id"]
         assert record["slurm"]["node"] == "localhost"
+        # the job's name as SLURM lists it, not the job step's (`python`)
+        job_name = scontrol_job(cluster_env, record["slurm"]["job_id"])["JobName"]
+        assert record["slurm"]["job_name"] == job_name != "python"
         for evaluation in cell.glob("eval-*.json"):
             slurm = read_json(evaluation)["slurm"]
             assert slurm["node"] == "localhost"
             assert ("evaluate", slurm["job_id"]) in {(r, j) for r, _, j in jobs}
+            assert slurm["job_name"] == scontrol_job(cluster_env, slurm["job_id"])["JobName"]
         local = read_json(cell_dir(campaign.local, name) / "run.json")
         assert local["slurm"] is None
     assert shutil.which("sbatch", path=cluster_env["PATH"])

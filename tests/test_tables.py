@@ -3,6 +3,7 @@ the paper comparison and `autolora aggregate` end to end."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from records_factory import metrics_of, write_cell
+from records_factory import metrics_of, read_json, write_cell
 from scipy.stats import t as t_distribution
 
 from autolora.cli import main
@@ -364,3 +365,46 @@ def test_aggregate_command_writes_every_output(root, grid):
     assert "dtd/autolora/seed66\tsnakemake results/" in (out / "missing.txt").read_text()
     comparison = pd.read_csv(out / "comparison.csv")
     assert {"ours", "paper", "difference"} <= set(comparison.columns)
+
+
+def test_aggregate_refuses_to_replace_tables_with_fewer_evaluations(root, grid, capsys):
+    populate(root, grid)
+    (root / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    command = ["aggregate", "--config", "config.yaml", "--out", "report", "--paper", str(PAPER_CSV)]
+    assert main([*command, "--results", "results"]) == 0
+    written = {p: p.read_bytes() for p in sorted((root / "report").rglob("*")) if p.is_file()}
+
+    (root / "elsewhere").mkdir()
+    assert main([*command, "--results", "elsewhere"]) == 2
+    error = capsys.readouterr().err
+    assert "refusing to replace" in error and "(54 evaluated values) with a table of 0" in error
+    assert "--allow-fewer" in error
+    assert {p: p.read_bytes() for p in written} == written  # nothing replaced
+
+    assert main([*command, "--results", "elsewhere", "--allow-fewer"]) == 0
+    display = pd.read_csv(root / "report" / "tables" / "table1.csv", index_col="row")
+    assert display.loc["cifar10/autolora", "PGD10"] == "—"
+
+
+def set_attempts(root, cell_id: str, attempts: list[dict]) -> None:
+    path = root / "results" / cell_id / "run.json"
+    record = read_json(path)
+    path.write_text(json.dumps({**record, "attempts": attempts}))
+
+
+def test_a_table_of_cells_trained_under_different_arithmetic_says_so(root, grid):
+    populate(root, grid)
+    assert not any("arithmetic" in note for note in build(grid)["table1"].footnotes())
+    cells = sorted({e.cell_id for e in grid.entries if e.table == "table1"})
+    set_attempts(root, cells[0], [{"runtime": {"bf16": True}}])
+    set_attempts(root, cells[1], [{"runtime": {"bf16": False}}, {"runtime": {"bf16": True}}])
+    # An attempt that only restored finished outputs trained nothing: it does not count.
+    restored = {"runtime": {"bf16": True}, "restored_outputs": True}
+    set_attempts(root, cells[2], [{"runtime": {"bf16": False}}, restored])
+    notes = [note for note in build(grid)["table1"].footnotes() if "arithmetic" in note]
+    assert notes == [
+        "Cells trained under different arithmetic (training.runtime.bf16), not strictly "
+        f"comparable: bf16 autocast: 1 cell(s) ({cells[0]}); bf16 and fp32 attempts: 1 cell(s) "
+        f"({cells[1]}); fp32: {len(cells) - 2} cell(s)."
+    ]
+    assert notes[0] in build(grid)["table8"].footnotes()

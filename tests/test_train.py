@@ -19,7 +19,7 @@ from autolora.data.prepared import PreparedDataset
 from autolora.data.synthetic import write_synthetic_dataset
 from autolora.errors import ConfigError
 from autolora.models import build_model
-from autolora.train import parse_spec, train_cell
+from autolora.train import parse_runtime, parse_spec, train_cell
 
 NUM_CLASSES = 4
 TRAIN_SIZE = 120  # 114 train + 6 validation images (5% held out)
@@ -317,3 +317,17 @@ def test_a_runtime_change_resumes_instead_of_refusing_and_is_recorded(inputs, tm
     assert [a["runtime"]["num_workers"] for a in attempts] == [0, 1]
     with pytest.raises(ConfigError, match="different configuration"):
         train_cell(make_spec("vanilla", epochs=3), data_dir=data, weights=weights, out_dir=out)
+
+
+def test_parse_runtime_checks_every_key(tmp_path):
+    assert parse_runtime('{"device": "cpu", "num_workers": 2}') == {
+        "device": "cpu",
+        "num_workers": 2,
+    }
+    path = tmp_path / "runtime.yaml"
+    path.write_text("bf16: true\n")
+    assert parse_runtime(str(path)) == {"bf16": True}
+    with pytest.raises(ConfigError, match=r"--runtime\.workers"):
+        parse_runtime('{"workers": 2}')
+    with pytest.raises(ConfigError, match="--runtime is not valid JSON"):
+        parse_runtime("{workers")

@@ -3,10 +3,11 @@ cost model, the SLURM profile, and a partial rerun on a real (tiny) run."""
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -62,12 +63,11 @@ def job_counts(output: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def paper_dry_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("paper")
-    (workdir / "config").mkdir()  # the workflow runs from a folder holding config/
-    shutil.copy(ROOT / "config" / "paper_results.csv", workdir / "config")
+    workdir = tmp_path_factory.mktemp("paper")  # the workflow finds its config/ itself
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    result = snakemake("-n", "--configfile", str(PAPER_CONFIG), workdir=workdir)
+    # --cores above the jobs' threads, so that the dry run shows each job's own
+    result = snakemake("-n", "--cores", "64", "--configfile", str(PAPER_CONFIG), workdir=workdir)
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -95,6 +95,9 @@ def test_train_and_evaluate_resources_come_from_the_cost_model(paper_dry_run):
     evaluate = next(j for j in jobs if j.startswith("evaluate:") and f"{cell}/eval-" in j)
     assert f"runtime={train_limit}," in train and "gpu=1" in train and "mem_mb=48000" in train
     assert f"runtime={eval_limit}," in evaluate and "gpu=1" in evaluate
+    # CPUs from the config: 8 data-loader workers + the main process.
+    assert "threads: 9" in train and "threads: 9" in evaluate
+    assert 'autolora_runtime={"num_workers":8}' in train
     assert "eval-best_test.json" in evaluate  # protocol paper reports the best-test checkpoint
 
 
@@ -133,6 +136,8 @@ def test_snakefmt_check_passes():
     [
         (lambda c: c["tables"]["table1"].update(method=["vanilla"]), "'method' was unexpected"),
         (lambda c: c["tables"]["table6"].update(datasets=["svhn"]), "tables.table6.datasets"),
+        (lambda c: c.update(results=""), "results"),
+        (lambda c: c.update(resources="//"), "resources"),
     ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, edit, named):
@@ -158,21 +163,28 @@ def test_slurm_profile():
 
 # ---- a real run of a tiny grid ------------------------------------------------------------------
 
+# Four cells (two datasets x two methods, one seed), with a space in both output roots: every path
+# reaches the shell quoted.
+RESULTS, RESOURCES = "out dir", "res dir"
+SYNTH = {
+    "source": "synthetic",
+    "num_classes": 10,  # standard AutoAttack needs 10 classes (9 targets)
+    "train": 60,
+    "test": 24,
+    "image_size": 8,
+    "hyper": {
+        "vanilla": {"lr": 0.01, "weight_decay": 1.0e-4},
+        "twins": {"lr": 0.01, "weight_decay": 1.0e-4, "twins_gamma": 1.0},
+    },
+}
 TINY = {
     "protocol": "paper",
-    "seeds": [0, 1],
-    "results": "results",
-    "resources": "resources",
+    "seeds": [0],
+    "results": RESULTS,
+    "resources": RESOURCES,
     "datasets": {
-        "synth": {
-            "source": "synthetic",
-            "num_classes": 10,  # standard AutoAttack needs 10 classes (9 targets)
-            "train": 60,
-            "test": 24,
-            "image_size": 8,
-            "seed": 5,
-            "hyper": {"vanilla": {"lr": 0.01, "weight_decay": 1.0e-4}},
-        }
+        "synth-a": {**copy.deepcopy(SYNTH), "seed": 5},
+        "synth-b": {**copy.deepcopy(SYNTH), "seed": 6},
     },
     "weights": {
         "source": "pretrain",
@@ -186,54 +198,122 @@ TINY = {
     },
     "evaluation": {"autoattack": False, "n": 8},  # SA and PGD-10 only: a fast test
     "tables": {
-        "table1": {"arch": "tiny", "eps_pt": 4, "datasets": ["synth"], "methods": ["vanilla"]}
+        "table1": {
+            "arch": "tiny",
+            "eps_pt": 4,
+            "datasets": ["synth-a", "synth-b"],
+            "methods": ["vanilla", "twins"],
+        }
     },
 }
-REQUIRED_VERBS = ("train", "evaluate", "aggregate", "pretrain", "data")
+CELL = f"{RESULTS}/paper/runs/tiny-eps4/synth-b/twins/seed0"
 
 
-def verbs_available() -> bool:
-    commands = ROOT / "src" / "autolora" / "commands"
-    return all((commands / f"{verb}.py").is_file() for verb in REQUIRED_VERBS)
+def write_config(workdir: Path, config: dict, name: str = "tiny.yaml") -> str:
+    path = workdir / name
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def edited(**changes) -> dict:
+    """TINY with (dotted key -> value) changes."""
+    config = copy.deepcopy(TINY)
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished_grid(tmp_path_factory) -> Path:
+    """The tiny grid run to the end from an empty folder (no config/ there: the workflow finds
+    its own files)."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    config = write_config(workdir, TINY)
+    run = snakemake("--configfile", config, "--cores", "2", workdir=workdir, timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return workdir
+
+
+def dry_run(workdir: Path, config: dict, *args: str) -> str:
+    path = write_config(workdir, config, "edited.yaml")
+    result = snakemake("-n", "--configfile", path, *args, workdir=workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout + result.stderr
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not verbs_available(), reason="the autolora verbs are not all present yet")
-def test_deleting_one_evaluation_reruns_only_it_and_the_aggregation(tmp_path):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY))
-    (tmp_path / "config").mkdir()  # the workflow runs from a folder holding config/
-    shutil.copy(ROOT / "config" / "paper_results.csv", tmp_path / "config")
-    run = snakemake(
-        "--configfile",
-        str(config),
-        "--cores",
-        "2",
-        "--set-threads",
-        "train=1",
-        "evaluate=1",
-        workdir=tmp_path,
-        timeout=600,
+def test_paths_with_spaces_reach_the_shell_quoted(finished_grid):
+    assert (finished_grid / RESULTS / "paper" / "report.md").is_file()
+    assert (finished_grid / RESOURCES / "data" / "synth-a" / "dataset.json").is_file()
+    # nothing beside the two roots, the config and Snakemake's own folder (an unquoted path
+    # would have left a file named after its first word here)
+    assert sorted(p.name for p in finished_grid.iterdir()) == sorted(
+        [".snakemake", RESULTS, RESOURCES, "tiny.yaml"]
     )
-    assert run.returncode == 0, run.stderr[-4000:]
-    cell = tmp_path / "results/paper/runs/tiny-eps4/synth/vanilla/seed1"
-    assert (tmp_path / "results/paper/report.md").is_file()
 
-    up_to_date = snakemake("-n", "--configfile", str(config), workdir=tmp_path)
+
+@pytest.mark.slow
+def test_a_finished_cell_keeps_its_outputs_once_and_one_log_per_attempt(finished_grid):
+    cell = finished_grid / CELL
+    record = json.loads((cell / "run.json").read_text())
+    for name in ("run.json", "history.csv", "best_test.safetensors", "final.safetensors"):
+        # the declared outputs are hard links to the kept copies: no second copy on disk
+        assert os.path.samefile(cell / name, cell / "completed" / name), name
+    [attempt] = record["attempts"]
+    assert (cell / attempt["log"]).is_file() and attempt["log"].startswith("logs/")
+    assert "trained" in (cell / "train.log").read_text()
+    assert not (cell / "state").exists()
+
+
+@pytest.mark.slow
+def test_changing_the_runtime_reruns_nothing(finished_grid):
+    runtime = {"device": "cpu", "num_workers": 1, "bf16": True, "channels_last": True}
+    config = edited(**{"training.runtime": runtime, "cost": {"train_images_per_s": 5}})
+    output = dry_run(finished_grid, config)
+    assert "Nothing to be done" in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_changing_one_cells_identity_reruns_exactly_that_cell(finished_grid):
+    config = edited(**{"datasets.synth-b.hyper.twins.lr": 0.02})
+    output = dry_run(finished_grid, config)
+    assert job_counts(output) == {
+        "train": 1,
+        "evaluate": 1,
+        "resolve_config": 1,
+        "aggregate": 1,
+        "all": 1,
+    }
+    train = next(j for j in output.split("\nrule ") if j.startswith("train:"))
+    assert f"{CELL}/run.json" in train and "params have changed" in train.lower()
+
+
+@pytest.mark.slow
+def test_deleting_one_evaluation_reruns_only_it_and_the_aggregation(finished_grid):
+    config = str(finished_grid / "tiny.yaml")
+    up_to_date = snakemake("-n", "--configfile", config, workdir=finished_grid)
     assert "Nothing to be done" in up_to_date.stdout + up_to_date.stderr
 
-    (cell / "eval-best_test.json").unlink()
-    rerun = snakemake("-n", "--configfile", str(config), workdir=tmp_path)
-    assert job_counts(rerun.stdout + rerun.stderr) == {"evaluate": 1, "aggregate": 1, "all": 1}
-    assert "synth/vanilla/seed1/eval-best_test.json" in rerun.stdout
+    evaluation = finished_grid / CELL / "eval-best_test.json"
+    saved = evaluation.read_bytes()
+    evaluation.unlink()
+    try:
+        rerun = snakemake("-n", "--configfile", config, workdir=finished_grid)
+        assert job_counts(rerun.stdout + rerun.stderr) == {
+            "evaluate": 1,
+            "aggregate": 1,
+            "all": 1,
+        }
+        assert f"{CELL}/eval-best_test.json" in rerun.stdout
+    finally:
+        evaluation.write_bytes(saved)
 
     forced = snakemake(
-        "-n",
-        "--configfile",
-        str(config),
-        "--forcerun",
-        "results/paper/runs/tiny-eps4/synth/vanilla/seed1/run.json",
-        workdir=tmp_path,
+        "-n", "--configfile", config, "--forcerun", f"{CELL}/run.json", workdir=finished_grid
     )
     assert job_counts(forced.stdout + forced.stderr) == {
         "train": 1,
@@ -241,4 +321,19 @@ def test_deleting_one_evaluation_reruns_only_it_and_the_aggregation(tmp_path):
         "aggregate": 1,
         "all": 1,
     }
-    shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)
+
+
+def test_a_run_without_autolora_on_the_path_stops_before_any_job(tmp_path):
+    config = write_config(tmp_path, TINY)
+    env = dict(os.environ, PATH="/usr/bin:/bin")
+    result = subprocess.run(
+        [*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", config, "--cores", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "`autolora` is not on the PATH" in output and "source .venv/bin/activate" in output
+    assert not (tmp_path / RESOURCES).exists() and not (tmp_path / RESULTS).exists()

@@ -160,6 +160,15 @@ class CellConfig:
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self))
 
+    def with_runtime(self, runtime: Mapping[str, Any] | None) -> CellConfig:
+        """This config with the settings of ``runtime`` (checked by :func:`runtime_values`)
+        replacing those of its ``runtime`` group; the others are kept."""
+        if not runtime:
+            return self
+        return dataclasses.replace(
+            self, runtime=dataclasses.replace(self.runtime, **runtime_values(runtime))
+        )
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CellConfig:
         """Rebuild a config written by ``to_dict`` (validating every value again)."""
@@ -313,6 +322,17 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "runtime.cudnn_benchmark": _bool,
     "runtime.gpu_augment": _bool,
 }
+
+
+def runtime_values(runtime: Any, where: str = "runtime") -> dict[str, Any]:
+    """A ``runtime`` mapping (device, workers, fast paths, ...) checked key by key. The runtime
+    says how a cell is computed, not what it is: it is given to a job apart from the cell's spec,
+    so that changing it reruns nothing (``autolora train --runtime``)."""
+    if not isinstance(runtime, Mapping):
+        raise _invalid(where, runtime, "a mapping of runtime settings (device, num_workers, ...)")
+    names = {item.name for item in dataclasses.fields(RuntimeConfig)}
+    _reject_unknown(runtime, names, prefix=f"{where}.")
+    return {key: VALIDATORS[f"runtime.{key}"](f"{where}.{key}", v) for key, v in runtime.items()}
 
 
 def _check_value(name: str, value: Any, shown_key: str) -> Any:

@@ -10,7 +10,11 @@ Resume state, a folder (``<cell>/state/``)::
 
 ``state.json`` is the commit point: tensor files are written first under fresh names, then
 ``state.json`` is replaced atomically, then files it no longer names are deleted. A crash at any
-moment leaves the previous state or the new one, never a mix.
+moment leaves the previous state or the new one, never a mix. A save that fails (a full disk)
+deletes the files it wrote before raising, and every save first deletes what a killed one left
+(files ``state.json`` does not name, temporary files), so that the next attempt finds the space
+it needs and resumes from the previous state. One writer at a time: the cell's lock
+(``autolora.cellfolder``) guarantees it.
 """
 
 from __future__ import annotations
@@ -103,21 +107,35 @@ def save_state(
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     previous = read_state_info(state_dir) or {}
+    _delete_unnamed(state_dir, previous.get("files", {}))
     files: dict[str, dict[str, str]] = {}
     token = uuid.uuid4().hex[:12]
-    for group, group_tensors in tensors.items():
-        if group_tensors is None:
-            if group in previous.get("files", {}):
-                files[group] = previous["files"][group]
-            continue
-        name = f"{group}-{token}.safetensors"
-        with atomic_path(state_dir / name) as tmp:
-            save_file(_storable(group_tensors), str(tmp))
-        files[group] = {"file": name, "sha256": sha256_file(state_dir / name)}
-    write_json(state_dir / STATE_FILE, {**info, "format": STATE_FORMAT, "files": files})
+    written: list[Path] = []
+    try:
+        for group, group_tensors in tensors.items():
+            if group_tensors is None:
+                if group in previous.get("files", {}):
+                    files[group] = previous["files"][group]
+                continue
+            path = state_dir / f"{group}-{token}.safetensors"
+            written.append(path)
+            with atomic_path(path) as tmp:
+                save_file(_storable(group_tensors), str(tmp))
+            files[group] = {"file": path.name, "sha256": sha256_file(path)}
+        write_json(state_dir / STATE_FILE, {**info, "format": STATE_FORMAT, "files": files})
+    except BaseException:
+        for path in written:  # not committed: the previous state stays, and so does the space
+            path.unlink(missing_ok=True)
+        raise
+    _delete_unnamed(state_dir, files)
+
+
+def _delete_unnamed(state_dir: Path, files: dict[str, dict[str, str]]) -> None:
+    """Delete tensor and temporary files of ``state_dir`` that the state ``files`` do not name."""
     keep = {entry["file"] for entry in files.values()} | {STATE_FILE}
     for path in state_dir.iterdir():
-        if path.name not in keep and path.suffix == ".safetensors":
+        stray = path.suffix == ".safetensors" or path.name.endswith(".tmp")
+        if stray and path.name not in keep:
             path.unlink(missing_ok=True)
 
 

@@ -30,7 +30,9 @@ def repository_root() -> Path:
 
 
 def snakemake_command(cores: int, extra: list[str]) -> list[str]:
-    # One thread per training/evaluation job, so `cores` jobs run side by side on the CPU.
+    # One thread per training/evaluation job (the demo config's runtime asks for that too), so
+    # `cores` jobs run side by side on the CPU; the backbone's pre-training, which every other
+    # job waits for, gets two.
     return [
         sys.executable,
         "-m",
@@ -42,6 +44,7 @@ def snakemake_command(cores: int, extra: list[str]) -> list[str]:
         "--set-threads",
         "train=1",
         "evaluate=1",
+        "pretrain_backbone=2",
         "--rerun-incomplete",
         "--show-failed-logs",
         "--quiet",

@@ -6,6 +6,7 @@ numbers and for the AutoLoRa λ pass. All accuracies are in percent.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -142,13 +143,16 @@ def evaluate_run(
     out: str | os.PathLike,
     n: int | None = None,
     autoattack: bool | None = None,
+    autoattack_batch_size: int | None = None,
     device: str | None = None,
+    runtime: dict[str, Any] | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's checkpoint on the test split (first ``n`` examples) and write the record.
 
-    ``n`` and ``autoattack`` default to the cell's ``autoattack`` settings; ``device`` to its
-    ``runtime.device``.
+    ``n``, ``autoattack`` and ``autoattack_batch_size`` default to the cell's ``autoattack``
+    settings; ``runtime`` (device, workers) replaces the settings of the run's, and ``device``
+    the device.
     """
     from safetensors.torch import load_file
 
@@ -161,7 +165,14 @@ def evaluate_run(
     started, clock = records.timestamp(), time.monotonic()
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     run_record = load_run_record(run_dir)
-    config = CellConfig.from_dict(run_record["config"])
+    config = CellConfig.from_dict(run_record["config"]).with_runtime(runtime)
+    if autoattack_batch_size is not None:
+        if autoattack_batch_size < 1:
+            raise ConfigError(f"--autoattack-batch-size must be >= 1, got {autoattack_batch_size}")
+        config = dataclasses.replace(
+            config,
+            autoattack=dataclasses.replace(config.autoattack, batch_size=autoattack_batch_size),
+        )
     name = resolve_checkpoint_name(checkpoint, config)
     checkpoint_entry = run_record["checkpoints"].get(name)
     if checkpoint_entry is None:

@@ -8,6 +8,7 @@ imports this module while it builds the DAG.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,15 @@ TABLE_DEFAULTS: dict[str, dict[str, Any]] = {
         "grad_similarity_batches": 10,
     },
 }
+# Settings of `training` that do not define a cell's training result, kept out of its identity
+# (the train job's spec, a Snakemake param whose change retrains the cell): the runtime (device,
+# workers, fast paths, determinism) says how it is computed and reaches the job apart from the
+# spec; AutoAttack's settings are read by the evaluation only, whose options they become.
+RUNTIME_KEY = "runtime"
+EVALUATION_ONLY_KEYS = ("autoattack",)
+# Top-level keys that change no number of any table: the cost model (time limits, memory).
+UNUSED_BY_RESULTS = ("cost",)
+FOLDER_KEYS = ("results", "resources")
 TOP_KEYS = (
     "protocol",
     "seeds",
@@ -197,7 +207,18 @@ def check_config(config: Any) -> dict[str, Any]:
             "does not list; use configured seeds or null (every seed)"
         )
     _check_weights(config, tables)
+    for key in FOLDER_KEYS:
+        _check_folder(key, config.get(key, key))
     return dict(config)
+
+
+def _check_folder(key: str, value: Any) -> None:
+    """An output root must name a folder below the working directory or elsewhere, not the file
+    system's root: '' would put every output at /<protocol>/..."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"'{key}' must name a folder (e.g. {key}), got {value!r}")
+    if value.startswith("/") and not os.path.normpath(value).lstrip("/"):
+        raise ConfigError(f"'{key}' is {value!r}, the file system's root: name a folder below it")
 
 
 def _reject_unknown(mapping: Mapping[str, Any], allowed: Iterable[str], prefix: str) -> None:
@@ -210,6 +231,9 @@ def _reject_unknown(mapping: Mapping[str, Any], allowed: Iterable[str], prefix: 
 def _check_dataset(name: str, dataset: Any) -> None:
     if not isinstance(dataset, Mapping) or "source" not in dataset:
         raise ConfigError(f"'datasets.{name}' needs a 'source' (a SPEC dataset key or synthetic)")
+    hyper = dataset.get("hyper")
+    if _per_method(hyper):
+        _reject_unknown(hyper, METHODS, f"datasets.{name}.hyper.")
     if dataset["source"] == "synthetic":
         for key in ("num_classes", "train", "test", "image_size", "seed"):
             if key not in dataset:
@@ -251,6 +275,41 @@ def seeds(config: Mapping[str, Any]) -> list[int]:
     ):
         raise ConfigError(f"'seeds' must be a list of distinct integers >= 0, got {values!r}")
     return list(values)
+
+
+def identity_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A cell's spec as its train job gets it: without the runtime and the evaluation-only
+    settings, which do not change its training (a change of this spec retrains the cell)."""
+    overrides = spec.get("overrides") or {}
+    dropped = (RUNTIME_KEY, *EVALUATION_ONLY_KEYS)
+    return {
+        **spec,
+        "overrides": {key: value for key, value in overrides.items() if key not in dropped},
+    }
+
+
+def evaluation_overrides(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The evaluation-only settings of a cell's spec (``autoattack``: enabled, n, batch_size)."""
+    return dict((spec.get("overrides") or {}).get("autoattack") or {})
+
+
+def runtime(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``training.runtime``: how every cell is computed (device, workers, fast paths)."""
+    return dict((config.get("training") or {}).get(RUNTIME_KEY) or {})
+
+
+def job_threads(config: Mapping[str, Any]) -> int:
+    """CPUs of a training or evaluation job: its data-loader workers plus the main process."""
+    return int(runtime(config).get("num_workers", 0)) + 1
+
+
+def result_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config without what changes no number (``training.runtime``, ``cost``): what the
+    tables are built from, so that changing only those reruns nothing."""
+    kept = {key: value for key, value in config.items() if key not in UNUSED_BY_RESULTS}
+    if isinstance(kept.get("training"), Mapping):
+        kept["training"] = {k: v for k, v in kept["training"].items() if k != RUNTIME_KEY}
+    return kept
 
 
 def reported_checkpoint(config: Mapping[str, Any]) -> str:
@@ -311,9 +370,18 @@ def _spec(
     spec = dict(identity)
     spec["overrides"] = {**(config.get("training") or {}), **extra}
     hyper = (config["datasets"][identity["dataset"]] or {}).get("hyper")
+    if _per_method(hyper):
+        # Only the cell's own method's settings are part of its identity: a new TWINS learning
+        # rate must not retrain the vanilla cells of the dataset.
+        hyper = hyper.get(identity["method"])
     if hyper is not None:
         spec["hyper"] = hyper
     return spec
+
+
+def _per_method(hyper: Any) -> bool:
+    """Whether ``hyper`` is the per-method form ``{vanilla: {...}, twins: {...}}``."""
+    return isinstance(hyper, Mapping) and bool(set(hyper) & set(METHODS))
 
 
 def _merge(cells: dict[str, dict[str, Any]], key: str, spec: dict[str, Any]) -> None:

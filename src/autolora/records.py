@@ -100,7 +100,27 @@ def slurm_context(environ: dict[str, str] | None = None) -> dict[str, str] | Non
         return None
     context = {key: environ[var] for key, var in SLURM_VARIABLES.items() if var in environ}
     context.setdefault("node", environ.get("SLURM_JOB_NODELIST", socket.gethostname()))
+    name = slurm_job_name(environ["SLURM_JOB_ID"])
+    if name is not None:
+        context["job_name"] = name
     return context
+
+
+def slurm_job_name(job_id: str) -> str | None:
+    """The job's name as SLURM lists it, or None when SLURM cannot be asked. Inside a job step
+    ``SLURM_JOB_NAME`` is the step's name: Snakemake's job step clears it and its inner srun sets
+    it to the command (``python``)."""
+    try:
+        done = subprocess.run(
+            ["squeue", "--noheader", "--jobs", job_id, "--format", "%j"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    name = done.stdout.strip()
+    return name if done.returncode == 0 and name and "\n" not in name else None
 
 
 def device_name(device: Any) -> str:

@@ -36,6 +36,8 @@ PROPOSED = "autolora"
 MISSING = "—"
 INCOMPLETE_MARK = "†"
 NOT_COMPUTED = "n/a"
+ARITHMETIC_LABELS = {"bf16": "bf16 autocast", "fp32": "fp32", "bf16+fp32": "bf16 and fp32 attempts"}
+ARITHMETIC_CELLS_LISTED = 6  # cells named per kind in the arithmetic note; more are counted
 DEFAULT_RANK = 8
 DEFAULT_ALPHA = 1.0
 RATIO_ROW = "param_ratio"
@@ -152,6 +154,7 @@ class EvaluationStore:
         self.results_root = Path(results_root)
         self.checkpoint = checkpoint
         self._records: dict[str, dict | None] = {}
+        self._arithmetic: dict[str, str | None] = {}
 
     def path(self, cell_id: str) -> Path:
         return self.results_root / cell_id / f"eval-{self.checkpoint}.json"
@@ -177,6 +180,42 @@ class EvaluationStore:
         if problem:
             raise DataError(f"{path}: {problem}; delete it and rerun `snakemake {path}`")
         return record
+
+    def arithmetic(self, cell_id: str) -> str | None:
+        """How the cell's training steps computed (:func:`training_arithmetic` of its run record),
+        or None when the cell has no readable run record."""
+        if cell_id not in self._arithmetic:
+            path = self.results_root / cell_id / "run.json"
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                record = {}
+            self._arithmetic[cell_id] = training_arithmetic(record)
+        return self._arithmetic[cell_id]
+
+
+def evaluated_values_in(values_csv: str | Path) -> int:
+    """:attr:`Table.evaluated_values` of a table as written to ``<table>_values.csv``."""
+    frame = pd.read_csv(values_csv, dtype=str, keep_default_na=False)
+    if "seeds" not in frame.columns:
+        return 0
+    return sum(
+        1
+        for seeds in frame["seeds"]
+        for item in seeds.split(";")
+        if item and not item.endswith("=")
+    )
+
+
+def training_arithmetic(run_record: dict) -> str | None:
+    """``bf16`` (bf16 autocast, ``runtime.bf16``), ``fp32``, or ``bf16+fp32`` when the attempts
+    that trained the cell differed; None when the record lists no training attempt."""
+    kinds = {
+        "bf16" if (attempt.get("runtime") or {}).get("bf16") else "fp32"
+        for attempt in run_record.get("attempts") or []
+        if not attempt.get("restored_outputs")
+    }
+    return "+".join(sorted(kinds)) or None
 
 
 def _evaluation_problem(record: Any, cell_id: str, checkpoint: str) -> str | None:
@@ -588,6 +627,7 @@ class Table:
     results_root: str = "results"
     checkpoint: str = "best_test"
     arch: str = ""
+    arithmetic: dict[str, str] = field(default_factory=dict)  # evaluated cell -> how it trained
 
     @property
     def rows(self) -> list[str]:
@@ -646,6 +686,11 @@ class Table:
             )
         return pd.DataFrame(lines)
 
+    @property
+    def evaluated_values(self) -> int:
+        """How many per-seed values from evaluation records the table's numbers use."""
+        return sum(1 for n in self.numbers for s in n.seeds if s.status == "ok")
+
     def eval_target(self, cell_id: str) -> str:
         return f"{self.results_root.rstrip('/')}/{cell_id}/eval-{self.checkpoint}.json"
 
@@ -673,6 +718,9 @@ class Table:
         )
         if any(n.kind == "p_value" and n.n and math.isnan(n.value) for n in self.numbers):
             notes.append(f"{NOT_COMPUTED} (p-value): undefined, both groups have zero variance.")
+        arithmetic_note = self.arithmetic_note()
+        if arithmetic_note:
+            notes.append(arithmetic_note)
         if self.missing_cells:
             notes.append(
                 f"{MISSING} / missing seeds: {len(self.missing_cells)} cell(s) have no "
@@ -681,6 +729,23 @@ class Table:
             )
             notes += [f"  {c}: snakemake {self.eval_target(c)}" for c in self.missing_cells]
         return notes
+
+    def arithmetic_note(self) -> str | None:
+        """A note when the table's cells were trained under different arithmetic (bf16 autocast
+        and fp32, ``training.runtime.bf16``): their numbers are not strictly comparable."""
+        groups: dict[str, list[str]] = {}
+        for cell, kind in sorted(self.arithmetic.items()):
+            groups.setdefault(kind, []).append(cell)
+        if len(groups) < 2:
+            return None
+        parts = []
+        for kind, cells in sorted(groups.items()):
+            listed = f" ({', '.join(cells)})" if len(cells) <= ARITHMETIC_CELLS_LISTED else ""
+            parts.append(f"{ARITHMETIC_LABELS.get(kind, kind)}: {len(cells)} cell(s){listed}")
+        return (
+            "Cells trained under different arithmetic (training.runtime.bf16), not strictly "
+            "comparable: " + "; ".join(parts) + "."
+        )
 
     # ---- rendering
 
@@ -779,7 +844,12 @@ def build_tables(
         archs = {e.arch for e in used or []}
         arch = archs.pop() if len(archs) == 1 else ""
         title = TABLE_TITLES[name] + (f" ({ARCH_LABELS.get(arch, arch)})" if arch else "")
-        tables.append(Table(name, title, numbers, notes, str(results_root), checkpoint, arch))
+        evaluated = {s.cell_id for n in numbers for s in n.seeds if s.status == "ok"}
+        arithmetic = {cell: store.arithmetic(cell) for cell in evaluated}
+        arithmetic = {cell: kind for cell, kind in arithmetic.items() if kind is not None}
+        tables.append(
+            Table(name, title, numbers, notes, str(results_root), checkpoint, arch, arithmetic)
+        )
     return tables
 
 

@@ -6,6 +6,18 @@ set is evaluated each epoch), ``final.safetensors``, ``history.csv`` and, writte
 completion marker, ``run.json``. While the run is unfinished ``state/`` holds its resume state
 (``autolora.checkpoints``); the best checkpoints live there until the run completes.
 
+Completion is durable and idempotent (``autolora.cellfolder``): the finished outputs are written
+into ``completed/`` (its ``run.json`` last: the commit point), the resume state is then dropped,
+and the outputs are put in place as hard links. A later attempt on a completed cell (a retry after
+a scheduler counted the finished job as failed and deleted its outputs) verifies the kept files
+against their sha256, restores the outputs and records the attempt in ``run.json``, without
+training. Attempts take the cell's lock (a second trainer of the cell refuses) and log to their
+own file in ``logs/``.
+
+Runtime: ``--runtime`` (device, workers, fast paths, determinism) is merged into the cell's
+``runtime`` group. It is not part of the run's identity: a run resumes or is complete under any
+runtime, and each attempt records its own.
+
 Randomness: every stream is derived from the cell seed (:func:`derive_seed`): model init (head,
 LoRa A), the PGD random starts of each epoch (an explicit ``torch.Generator``), the data order and
 augmentation (the loaders derive theirs from (seed, epoch, stream, position)), the gradient
@@ -34,8 +46,9 @@ the loss of epoch E, batch B (both 1-based) NaN; ``AUTOLORA_FAULT_FAIL_AT=E:B`` 
 RuntimeError there; ``AUTOLORA_FAULT_SIGNAL_AT=E:B`` sends the process SIGUSR1 after that
 batch's step (a deterministic stand-in for SLURM's signal); ``AUTOLORA_FAULT_WAIT_SIGNAL_AT=E:B``
 blocks after that batch's step until a stop signal arrives (a job that is still running when the
-scheduler's signal comes, however fast the machine), and ``E:end`` blocks after epoch E's state is
-committed. A third field ``:once`` fires only in a run's first attempt (not on resume).
+scheduler's signal comes, however fast or slow the machine: a signal that comes earlier is held
+until that point), and ``E:end`` blocks after epoch E's state is committed. A third field ``:once``
+fires only in a run's first attempt (not on resume).
 """
 
 from __future__ import annotations
@@ -60,16 +73,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from autolora import checkpoints, records
-from autolora.cells import CellConfig, resolve_cell
+from autolora import cellfolder, checkpoints, records
+from autolora.cells import CellConfig, resolve_cell, runtime_values
 from autolora.data.gpu_augment import DeviceAugmenter, device_batches, make_device_loader
 from autolora.data.loaders import make_loader
 from autolora.data.prepared import PreparedDataset
 from autolora.data.transforms import TransformSpec
-from autolora.errors import ConfigError, DataError
+from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.evaluate import batches_on, clean_and_pgd_accuracy, lora_accuracy
 from autolora.fastpath import FastPaths, configure_backends, prepare_model, training_autocast
-from autolora.io import atomic_write, read_json, write_json
+from autolora.io import atomic_write, read_json, sha256_file, write_json
 from autolora.methods import Method, MethodSettings, build_method
 from autolora.models import build_model, load_backbone_state
 from autolora.protocol import PROTOCOL_CHOICES, protocol_choices
@@ -101,7 +114,7 @@ class NonFiniteLoss(Exception):
 
 @dataclass
 class TrainResult:
-    status: str  # "complete" | "already_complete"
+    status: str  # "complete" | "already_complete" | "restored"
     record: dict[str, Any]
 
 
@@ -137,29 +150,41 @@ def method_settings(config: CellConfig) -> MethodSettings:
 
 def parse_spec(text: str) -> tuple[dict[str, Any], Path | None]:
     """A cell spec from JSON text or a .json/.yaml file; returns (spec, file or None)."""
+    return _parse_mapping(text, "--spec", "the cell spec")
+
+
+def parse_runtime(text: str) -> dict[str, Any]:
+    """Runtime settings (``autolora.cells.RuntimeConfig`` keys) from JSON text or a file."""
+    runtime, _ = _parse_mapping(text, "--runtime", "runtime settings")
+    return runtime_values(runtime, "--runtime")
+
+
+def _parse_mapping(text: str, option: str, what: str) -> tuple[dict[str, Any], Path | None]:
     stripped = text.strip()
     if stripped.startswith("{"):
         try:
-            spec = json.loads(stripped)
+            value = json.loads(stripped)
         except ValueError as error:
             raise ConfigError(
-                f"--spec is not valid JSON ({error}): pass JSON text or a file"
+                f"{option} is not valid JSON ({error}): pass JSON text or a file"
             ) from None
-        return spec, None
+        return value, None
     path = Path(text)
     if not path.is_file():
-        raise ConfigError(f"--spec {text!r} is neither JSON text nor an existing .json/.yaml file")
+        raise ConfigError(
+            f"{option} {text!r} is neither JSON text nor an existing .json/.yaml file"
+        )
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        spec = yaml.safe_load(path.read_text())
+        value = yaml.safe_load(path.read_text())
     elif path.suffix == ".json":
-        spec = read_json(path)
+        value = read_json(path)
     else:
-        raise ConfigError(f"--spec file {path} must end in .json, .yaml or .yml")
-    if not isinstance(spec, dict):
-        raise ConfigError(f"--spec file {path} must hold a mapping (the cell spec)")
-    return spec, path
+        raise ConfigError(f"{option} file {path} must end in .json, .yaml or .yml")
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option} file {path} must hold a mapping ({what})")
+    return value, path
 
 
 def _jsonable(value: Any) -> Any:
@@ -300,8 +325,10 @@ class CellTraining:
         out_dir: Path,
         spec_file: Path | None,
         command: str,
+        log_path: Path | None = None,
     ) -> None:
         self.config = config
+        self.log_path = log_path
         self.spec = spec
         self.data_dir = data_dir
         self.weights_path = weights
@@ -317,6 +344,9 @@ class CellTraining:
         self.fault_fail = FaultPoint.from_env(FAULT_FAIL_ENV)
         self.fault_signal = FaultPoint.from_env(FAULT_SIGNAL_ENV)
         self.fault_wait_signal = FaultPoint.from_env(FAULT_WAIT_SIGNAL_ENV, allow_end=True)
+        # Until that fault point is reached a stop signal is only recorded: the run stops there,
+        # whether the signal came before or while it waits.
+        self.deferring_stop = False
         self.progress = Progress(lr=config.lr)
         self.best_weights: dict[str, dict[str, Tensor]] = {}
         self.best_dirty: set[str] = set()
@@ -470,7 +500,7 @@ class CellTraining:
         batches = _progress_bar(batches, total=iterations - start, description=f"epoch {epoch}")
         self.model.train()
         for batch, (x, y) in enumerate(batches, start=start):
-            if self.stop:
+            if self.stop and not self.deferring_stop:
                 in_epoch = {
                     "epoch": epoch,
                     "next_batch": batch,
@@ -508,7 +538,7 @@ class CellTraining:
             if self.fault_signal and self.fault_signal.hits(epoch, batch + 1, attempt):
                 os.kill(os.getpid(), signal.SIGUSR1)
             if self.fault_wait_signal and self.fault_wait_signal.hits(epoch, batch + 1, attempt):
-                self.stop.wait(f"epoch {epoch}, batch {batch + 1}")
+                self._wait_for_stop(f"epoch {epoch}, batch {batch + 1}")
             n = float(x.shape[0])
             sums["examples"] += n
             for name, metric in result.metrics.items():
@@ -596,7 +626,26 @@ class CellTraining:
         logger.info(_epoch_line(row))
         wait = self.fault_wait_signal
         if wait and wait.hits(epoch, None, len(progress.attempts)):
-            self.stop.wait(f"end of epoch {epoch}, its state committed")
+            self._wait_for_stop(f"end of epoch {epoch}, its state committed")
+
+    def _wait_point_ahead(self) -> bool:
+        """Whether this attempt still has to pass its AUTOLORA_FAULT_WAIT_SIGNAL_AT point."""
+        fault, progress = self.fault_wait_signal, self.progress
+        if not fault or (fault.once and len(progress.attempts) != 1):
+            return False
+        if fault.epoch <= progress.epoch:
+            return False
+        position = progress.in_epoch
+        return not (
+            position is not None
+            and fault.epoch == position["epoch"]
+            and fault.batch is not None
+            and fault.batch <= position["next_batch"]
+        )
+
+    def _wait_for_stop(self, where: str) -> None:
+        self.stop.wait(where)
+        self.deferring_stop = False
 
     # -- state --
 
@@ -713,13 +762,14 @@ class CellTraining:
             "metric": None,
             "value": None,
         }
+        kept = self.out_dir / cellfolder.COMPLETED_DIR
         checkpoint_records = {}
         outputs = []
         for name, entry in entries.items():
-            path = self.out_dir / f"{name}.safetensors"
+            file_name = f"{name}.safetensors"
             metadata = self._weights_metadata(name, entry["epoch"], entry["metric"], entry["value"])
-            checkpoints.save_weights(path, entry["weights"], metadata)
-            output = records.file_entry(name, path)
+            checkpoints.save_weights(kept / file_name, entry["weights"], metadata)
+            output = _output_entry(name, kept / file_name, self.out_dir / file_name)
             outputs.append(output)
             checkpoint_records[name] = {
                 "epoch": entry["epoch"],
@@ -729,9 +779,8 @@ class CellTraining:
                 "path": output["path"],
                 "sha256": output["sha256"],
             }
-        history_path = self.out_dir / HISTORY_FILE
-        write_history(history_path, progress.history)
-        outputs.append(records.file_entry("history", history_path))
+        write_history(kept / HISTORY_FILE, progress.history)
+        outputs.append(_output_entry("history", kept / HISTORY_FILE, self.out_dir / HISTORY_FILE))
         record = {
             "kind": "training_run",
             "cell": self.config.identity,
@@ -755,8 +804,15 @@ class CellTraining:
             "stop_reason": progress.stop_reason,
             "seconds_this_attempt": round(time.monotonic() - started_at, 3),
         }
-        write_json(self.out_dir / RUN_RECORD, _jsonable(record))
+        write_json(kept / RUN_RECORD, _jsonable(record))  # the run is complete from here on
         checkpoints.clear_state(self.state_dir)
+        cellfolder.publish(self.out_dir, [*_output_names(record), RUN_RECORD])
+        logger.info(
+            "%s: complete after %d epochs (%s)",
+            self.config.cell_id,
+            progress.epoch,
+            progress.stop_reason,
+        )
         return record
 
     def _inputs(self) -> list[dict[str, Any]]:
@@ -787,9 +843,10 @@ class CellTraining:
             self._build()
             resumed = self._restore()
             self._start_attempt(resumed)
+            self.deferring_stop = self._wait_point_ahead()
             while self.progress.stop_reason is None:
                 self._run_epoch(self.progress.epoch + 1)
-                if self.stop and self.progress.stop_reason is None:
+                if self.stop and not self.deferring_stop and self.progress.stop_reason is None:
                     raise TrainingInterrupted(
                         f"received {self.stop.name}; state after epoch {self.progress.epoch} "
                         f"saved to {self.state_dir}; rerun the same command to resume"
@@ -806,6 +863,7 @@ class CellTraining:
             "host": records.host(),
             "slurm": records.slurm_context(),
             "runtime": self.config_dict["runtime"],
+            "log": _relative_log(self.out_dir, self.log_path),
         }
         progress.attempts.append(attempt)
         if resumed:
@@ -896,20 +954,95 @@ def _without_runtime(config_dict: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in config_dict.items() if key != "runtime"}
 
 
-def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
-    """The complete run record in ``out_dir`` if it is of ``config``; None if there is none;
-    ConfigError if it is of another configuration."""
-    path = out_dir / RUN_RECORD
-    if not path.is_file():
-        return None
-    record = read_json(path)
+def _relative_log(out_dir: Path, log_path: Path | None) -> str | None:
+    return None if log_path is None else str(log_path.relative_to(out_dir))
+
+
+def _output_entry(role: str, kept: Path, declared: Path) -> dict[str, str]:
+    """The record's entry of an output: its declared path, and the sha256 of the kept file that
+    the declared one is a link to (or a copy of)."""
+    return {"role": role, "path": records.record_path(declared), "sha256": sha256_file(kept)}
+
+
+def _output_names(record: dict[str, Any]) -> list[str]:
+    return [Path(entry["path"]).name for entry in record["outputs"]]
+
+
+def _check_same_run(record: dict[str, Any], config: CellConfig, out_dir: Path) -> None:
     if _without_runtime(record.get("config") or {}) != _without_runtime(
         _jsonable(config.to_dict())
     ):
         raise ConfigError(
             f"{out_dir} holds a finished run of a different configuration "
-            f"({record.get('cell_id')}): delete {out_dir} or choose another --out"
+            f"({record.get('cell_id')}): delete {out_dir} to train the cell again with the new "
+            "settings, or choose another --out"
         )
+
+
+def changed_outputs(out_dir: Path, record: dict[str, Any]) -> list[str]:
+    """The outputs a run record names that are missing or differ from their sha256."""
+    changed = []
+    for entry in record.get("outputs") or []:
+        output = out_dir / Path(entry["path"]).name
+        if not output.is_file() or sha256_file(output) != entry["sha256"]:
+            changed.append(output.name)
+    return changed
+
+
+def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
+    """The run record in ``out_dir`` if it is of ``config``; None if there is none; ConfigError
+    if it is of another configuration."""
+    path = out_dir / RUN_RECORD
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    _check_same_run(record, config, out_dir)
+    return record
+
+
+def completed_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
+    """The finished run kept in ``out_dir/completed/`` (every file checked against its sha256),
+    or None when the run never completed; ConfigError if it is of another configuration."""
+    kept = out_dir / cellfolder.COMPLETED_DIR
+    path = kept / RUN_RECORD
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    _check_same_run(record, config, out_dir)
+    for entry in record["outputs"]:
+        file = kept / Path(entry["path"]).name
+        if not file.is_file() or sha256_file(file) != entry["sha256"]:
+            raise ChecksumError(
+                f"{file} is missing or does not match its sha256 in {path}: the finished run "
+                f"cannot be restored; delete {out_dir} to train the cell again"
+            )
+    return record
+
+
+def restore_completed_run(
+    out_dir: Path, record: dict[str, Any], config: CellConfig, log_path: Path | None
+) -> dict[str, Any]:
+    """Put the kept outputs of a finished run back in place, recording this attempt."""
+    attempt = {
+        "started": records.timestamp(),
+        "resumed_from_epoch": record.get("epochs_run"),
+        "resumed_at_batch": None,
+        "host": records.host(),
+        "slurm": records.slurm_context(),
+        "runtime": _jsonable(config.to_dict())["runtime"],
+        "log": _relative_log(out_dir, log_path),
+        "restored_outputs": True,
+    }
+    record = {**record, "attempts": [*record.get("attempts", []), attempt]}
+    write_json(out_dir / cellfolder.COMPLETED_DIR / RUN_RECORD, record)
+    checkpoints.clear_state(out_dir / STATE_DIR)  # left over if killed right after completing
+    cellfolder.publish(out_dir, [*_output_names(record), RUN_RECORD])
+    logger.info(
+        "%s: training had completed (%d epochs); its outputs are restored from %s",
+        config.cell_id,
+        record.get("epochs_run"),
+        out_dir / cellfolder.COMPLETED_DIR,
+    )
     return record
 
 
@@ -919,26 +1052,41 @@ def train_cell(
     data_dir: str | os.PathLike,
     weights: str | os.PathLike,
     out_dir: str | os.PathLike,
+    runtime: dict[str, Any] | None = None,
     spec_file: str | os.PathLike | None = None,
     command: str | None = None,
 ) -> TrainResult:
-    """Train one cell into ``out_dir`` (resuming its state if present). Raises
-    TrainingInterrupted after a stop signal and NonFiniteLoss on a NaN/inf loss."""
-    config = resolve_cell(spec)
+    """Train one cell into ``out_dir`` (resuming its state if present, restoring its outputs if
+    it completed before). ``runtime`` replaces settings of the spec's runtime group. Raises
+    TrainingInterrupted after a stop signal, NonFiniteLoss on a NaN/inf loss, CellBusy while
+    another process trains the cell."""
+    config = resolve_cell(spec).with_runtime(runtime)
     out_dir = Path(out_dir)
-    existing = check_existing_run(out_dir, config)
-    if existing is not None:
-        checkpoints.clear_state(out_dir / STATE_DIR)  # left over if killed right after run.json
-        return TrainResult("already_complete", existing)
-    training = CellTraining(
-        config,
-        spec,
-        data_dir=Path(data_dir),
-        weights=Path(weights),
-        out_dir=out_dir,
-        spec_file=None if spec_file is None else Path(spec_file),
-        command=command if command is not None else records.command_line(),
-    )
-    with runtime_settings(config):
-        record = training.run()
-    return TrainResult("complete", record)
+    with cellfolder.locked(out_dir), cellfolder.attempt_log(out_dir) as log_path:
+        existing = check_existing_run(out_dir, config)
+        changed = [] if existing is None else changed_outputs(out_dir, existing)
+        if existing is not None and not changed:
+            checkpoints.clear_state(out_dir / STATE_DIR)  # left over if killed after completing
+            return TrainResult("already_complete", existing)
+        kept = completed_run(out_dir, config)
+        if kept is not None:
+            return TrainResult("restored", restore_completed_run(out_dir, kept, config, log_path))
+        if existing is not None:
+            raise DataError(
+                f"{out_dir}: {', '.join(changed)} of the finished run are missing or changed and "
+                f"there is no kept copy to restore them from: delete {out_dir / RUN_RECORD} to "
+                "train the cell again"
+            )
+        training = CellTraining(
+            config,
+            spec,
+            data_dir=Path(data_dir),
+            weights=Path(weights),
+            out_dir=out_dir,
+            spec_file=None if spec_file is None else Path(spec_file),
+            command=command if command is not None else records.command_line(),
+            log_path=log_path,
+        )
+        with runtime_settings(config):
+            record = training.run()
+        return TrainResult("complete", record)

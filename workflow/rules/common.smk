@@ -1,18 +1,25 @@
 import json
 import os
 import re
+import shutil
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from autolora import costmodel
-from autolora.errors import AutoloraError
-from autolora.grid import expand_grid, reported_checkpoint, train_checkpoints
+try:
+    from autolora import costmodel, grid
+    from autolora.errors import AutoloraError
+except ImportError as error:
+    raise WorkflowError(
+        f"the autolora package cannot be imported ({error}): run Snakemake from the project's "
+        "environment (`source .venv/bin/activate`, or `make install` first)"
+    ) from None
 
 validate(config, schema="../../config/schema.yaml")
 
 try:
-    GRID = expand_grid(config)
+    GRID = grid.expand_grid(config)
 except AutoloraError as error:
     raise WorkflowError(f"invalid workflow config: {error}") from None
 
@@ -20,11 +27,15 @@ RESULTS = config["results"]
 RESOURCES = config["resources"]
 PROTOCOL = config["protocol"]
 REPORT = f"{RESULTS}/{PROTOCOL}"
-REPORTED_CHECKPOINT = reported_checkpoint(config)
+REPORTED_CHECKPOINT = grid.reported_checkpoint(config)
 COST = costmodel.CostModel.from_config(config)
 AUTOATTACK_CELLS = GRID.autoattack_cells(config)
 CELL = f"{RESULTS}/{{protocol}}/runs/{{arch}}-eps{{eps}}/{{dataset}}/{{method}}/seed{{seed}}"
 CONDA_ENV = "../../envs/autolora.yaml"
+# How cells are computed (device, workers, fast paths): not a param, so changing it reruns nothing.
+RUNTIME_JSON = json.dumps(grid.runtime(config), sort_keys=True, separators=(",", ":"))
+# CPUs of a training or evaluation job: the data-loader workers plus the main process.
+JOB_THREADS = grid.job_threads(config)
 
 
 def _alternatives(names):
@@ -68,8 +79,17 @@ def cell_spec(wildcards):
 
 
 def cell_spec_json(wildcards):
-    """The cell spec as the train command's --spec; a change of it reruns the cell."""
-    return json.dumps(cell_spec(wildcards), sort_keys=True, separators=(",", ":"))
+    """The cell's identity as the train command's --spec, a param: a change of it reruns the
+    cell. The runtime and the evaluation-only settings are not in it (grid.identity_spec).
+    """
+    spec = grid.identity_spec(cell_spec(wildcards))
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def runtime_json(wildcards):
+    """The runtime as the train/evaluate command's --runtime: a resource, not a param, so that a
+    new runtime applies to the jobs still to run and retrains nothing."""
+    return RUNTIME_JSON
 
 
 def cell_evaluations():
@@ -116,10 +136,14 @@ def train_slurm_extra(wildcards):
 
 
 def evaluation_options(wildcards):
-    n = config["evaluation"].get("n")
+    """The evaluation's settings (a param: a change of them re-evaluates the cell)."""
+    autoattack = grid.evaluation_overrides(cell_spec(wildcards))
+    n = config["evaluation"].get("n") or autoattack.get("n")
     options = [f"--n {int(n)}"] if n else []
-    if cell_id(wildcards) not in AUTOATTACK_CELLS:
+    if cell_id(wildcards) not in AUTOATTACK_CELLS or autoattack.get("enabled") is False:
         options.append("--no-autoattack")
+    elif "batch_size" in autoattack:
+        options.append(f"--autoattack-batch-size {int(autoattack['batch_size'])}")
     return " ".join(options)
 
 
@@ -136,3 +160,28 @@ def synthetic_options(wildcards):
         f"--num-classes {spec['num_classes']} --train {spec['train']} --test {spec['test']} "
         f"--image-size {spec['image_size']} --seed {spec['seed']} --name {wildcards.dataset}"
     )
+
+
+# ---- start-up checks -------------------------------------------------------------------------
+
+
+def check_tools():
+    """Every job runs `autolora`: without it on the PATH each would fail on its own."""
+    deployment = workflow.deployment_settings.deployment_method
+    if any(method.name == "CONDA" for method in deployment):
+        return  # the jobs' conda environment provides it
+    if shutil.which("autolora") is None:
+        beside = os.path.join(os.path.dirname(sys.executable), "autolora")
+        hint = (
+            f"export PATH={os.path.dirname(sys.executable)}:$PATH"
+            if os.path.exists(beside)
+            else "make install"
+        )
+        raise WorkflowError(
+            "`autolora` is not on the PATH, so every job would fail: activate the project's "
+            f"environment (`source .venv/bin/activate`) or `{hint}`, then rerun"
+        )
+
+
+onstart:
+    check_tools()

@@ -20,8 +20,8 @@ rule download_dataset:
         # deletes when the job fails, so a retry resumes instead of starting over.
         staging=lambda wildcards: f"{RESOURCES}/downloads/.staging/{wildcards.dataset}",
     shell:
-        "autolora data download --dataset {wildcards.dataset} --dest {output} "
-        "--staging {params.staging} > {log} 2>&1"
+        "autolora data download --dataset {wildcards.dataset} --dest {output:q} "
+        "--staging {params.staging:q} > {log:q} 2>&1"
 
 
 rule prepare_dataset:
@@ -42,8 +42,8 @@ rule prepare_dataset:
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
-        "autolora data prepare --dataset {wildcards.dataset} --source {input} "
-        "--out {output} > {log} 2>&1"
+        "autolora data prepare --dataset {wildcards.dataset} --source {input:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule synthesize_dataset:
@@ -62,4 +62,4 @@ rule synthesize_dataset:
     params:
         options=synthetic_options,
     shell:
-        "autolora data synthesize --out {output} {params.options} > {log} 2>&1"
+        "autolora data synthesize --out {output:q} {params.options} > {log:q} 2>&1"

@@ -12,15 +12,16 @@ rule evaluate:
         f"{CELL}/eval-{{checkpoint}}.log",
     conda:
         CONDA_ENV
-    threads: 4
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=cell_mem_mb,
         runtime=evaluate_runtime_min,
+        autolora_runtime=runtime_json,
     params:
         run_dir=lambda wildcards, input: os.path.dirname(input.run),
         options=evaluation_options,
     shell:
-        "OMP_NUM_THREADS={threads} autolora evaluate --run {params.run_dir} "
-        "--data {input.data} --checkpoint {wildcards.checkpoint} {params.options} "
-        "--out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} autolora evaluate --run {params.run_dir:q} "
+        "--data {input.data:q} --checkpoint {wildcards.checkpoint} {params.options} "
+        "--runtime {resources.autolora_runtime:q} --out {output:q} > {log:q} 2>&1"

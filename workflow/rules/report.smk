@@ -13,16 +13,17 @@ rule resolve_config:
         CONDA_ENV
     threads: 1
     params:
-        # JSON is YAML; a change of any setting reruns the aggregation.
-        config=json.dumps(config, sort_keys=True),
+        # JSON is YAML. A change of any setting that can change a number reruns the aggregation;
+        # the runtime and the cost model cannot (grid.result_config), and are left out.
+        config=json.dumps(grid.result_config(config), sort_keys=True),
     shell:
-        "printf '%s\\n' {params.config:q} > {output} 2> {log}"
+        "printf '%s\\n' {params.config:q} > {output:q} 2> {log:q}"
 
 
 rule aggregate:
     input:
         config=rules.resolve_config.output,
-        paper="config/paper_results.csv",
+        paper=workflow.source_path("../../config/paper_results.csv"),
         evaluations=cell_evaluations(),
         histories=cell_histories(),
     output:
@@ -76,5 +77,5 @@ rule aggregate:
         ),
         out_dir=lambda wildcards, input: os.path.dirname(input.config[0]),
     shell:
-        "autolora aggregate --config {input.config} --results {params.results} "
-        "--paper {input.paper} --out {params.out_dir} > {log} 2>&1"
+        "autolora aggregate --config {input.config:q} --results {params.results:q} "
+        "--paper {input.paper:q} --out {params.out_dir:q} > {log:q} 2>&1"

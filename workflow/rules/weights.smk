@@ -16,7 +16,7 @@ rule download_weights:
     threads: 1
     shell:
         "autolora weights download --arch {wildcards.arch} --eps {wildcards.eps} "
-        "--dest {output} > {log} 2>&1"
+        "--dest {output:q} > {log:q} 2>&1"
 
 
 rule convert_weights:
@@ -35,8 +35,8 @@ rule convert_weights:
         mem_mb=8000,
         runtime=20,
     shell:
-        "autolora weights convert --src {input} --arch {wildcards.arch} --eps {wildcards.eps} "
-        "--out {output} > {log} 2>&1"
+        "autolora weights convert --src {input:q} --arch {wildcards.arch} --eps {wildcards.eps} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule pretrain_backbone:
@@ -48,7 +48,7 @@ rule pretrain_backbone:
         arch="tiny",
     conda:
         CONDA_ENV
-    threads: 2
+    threads: JOB_THREADS
     resources:
         mem_mb=2000,
         runtime=30,
@@ -56,4 +56,4 @@ rule pretrain_backbone:
         options=pretrain_options(),
     shell:
         "autolora pretrain --arch {wildcards.arch} --threads {threads} "
-        "--eps {wildcards.eps} --out {output} {params.options} > {log} 2>&1"
+        "--eps {wildcards.eps} --out {output:q} {params.options} > {log:q} 2>&1"

@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PAPER_RESULTS,
         help=f"the paper's numbers (default {DEFAULT_PAPER_RESULTS})",
     )
+    parser.add_argument(
+        "--allow-fewer",
+        action="store_true",
+        help="replace existing tables in --out even with tables built from fewer evaluations",
+    )
 
 
 def table8_sources(config: Mapping[str, Any]) -> list[str]:
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=dict(config.get("training") or {}),
         seeds=grid_module.seeds(config),
         config_path=str(args.config),
+        allow_fewer=args.allow_fewer,
     )
     missing = outputs["missing"]
     with atomic_write(out / "missing.txt") as handle:
@@ -80,6 +86,25 @@ def run(args: argparse.Namespace) -> int:
         f"{len(missing)} missing cell(s); report {out / 'report.md'}"
     )
     return 0
+
+
+def check_not_fewer(tables, out_dir: Path, results_root: str | Path) -> None:
+    """DataError when a table would replace one in ``out_dir`` that used more evaluations (an
+    aggregation pointed at the wrong results folder must not overwrite complete tables)."""
+    from autolora.errors import DataError
+    from autolora.tables import evaluated_values_in
+
+    for table in tables:
+        existing = out_dir / "tables" / f"{table.name}_values.csv"
+        if not existing.is_file():
+            continue
+        before, now = evaluated_values_in(existing), table.evaluated_values
+        if now < before:
+            raise DataError(
+                f"refusing to replace {existing.parent / table.name}.* ({before} evaluated "
+                f"values) with a table of {now}: {results_root} lacks evaluation records the "
+                "existing tables used (check --results); pass --allow-fewer to replace them"
+            )
 
 
 def aggregate(
@@ -97,8 +122,11 @@ def aggregate(
     seeds: list[int],
     config_path: str = "",
     root: str | Path = ".",
+    allow_fewer: bool = False,
 ) -> dict[str, Any]:
-    """Everything `aggregate` writes, from table entries; returns what was written."""
+    """Everything `aggregate` writes, from table entries; returns what was written. Refuses
+    (DataError, nothing written) to replace a table in ``out_dir`` with one built from fewer
+    evaluations unless ``allow_fewer``."""
     from autolora.compare import (
         claims_frame,
         comparison_frame,
@@ -114,8 +142,6 @@ def aggregate(
 
     out_dir = Path(out_dir)
     entries = list(entries)
-    for folder in ("tables", "figures", "provenance"):  # declared outputs even when empty
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
     tables = build_tables(
         [e for e in entries if e.table not in ("table8", "figures")],
         results_root,
@@ -123,6 +149,10 @@ def aggregate(
         table8_sources=table8,
         welch=welch,
     )
+    if not allow_fewer:
+        check_not_fewer(tables, out_dir, results_root)
+    for folder in ("tables", "figures", "provenance"):  # declared outputs even when empty
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
     table_files: dict[str, list[Path]] = {}
     for table in tables:
         files = {

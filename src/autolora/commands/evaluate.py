@@ -23,12 +23,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-autoattack", action="store_true", help="skip AutoAttack (SA and PGD-10 only)"
     )
+    parser.add_argument(
+        "--autoattack-batch-size",
+        type=int,
+        default=None,
+        help="AutoAttack's batch size (default: the cell's autoattack.batch_size)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: config)")
+    parser.add_argument(
+        "--runtime",
+        default=None,
+        help="runtime settings (device, num_workers, ...) as JSON text or a .json/.yaml file, "
+        "replacing those the run was trained with",
+    )
     parser.add_argument("--out", required=True, help="evaluation record (JSON) to write")
 
 
 def run(args: argparse.Namespace) -> int:
     from autolora.evaluate import evaluate_run
+    from autolora.train import parse_runtime
 
     record = evaluate_run(
         args.run_dir,
@@ -37,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         n=args.n,
         autoattack=False if args.no_autoattack else None,
+        autoattack_batch_size=args.autoattack_batch_size,
         device=args.device,
+        runtime=None if args.runtime is None else parse_runtime(args.runtime),
     )
     metrics = record["metrics"]
     aa = "-" if metrics["AA"] is None else f"{metrics['AA']:.2f}"

@@ -7,7 +7,10 @@ import logging
 import sys
 
 NAME = "train"
-HELP = "train one cell: checkpoints, history.csv and run.json in --out (resumes its state/)"
+HELP = (
+    "train one cell: checkpoints, history.csv and run.json in --out (resumes its state/, "
+    "restores a completed run's outputs from completed/)"
+)
 
 logger = logging.getLogger(__name__)
 
@@ -19,15 +22,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--weights", required=True, help="backbone weights (safetensors, torchvision key names)"
     )
     parser.add_argument("--out", required=True, help="the cell's output directory")
+    parser.add_argument(
+        "--runtime",
+        default=None,
+        help="runtime settings (device, num_workers, deterministic, fast paths) as JSON text or "
+        "a .json/.yaml file, merged into the spec's; not part of the cell's identity",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from autolora import train
 
     spec, spec_file = train.parse_spec(args.spec)
+    runtime = None if args.runtime is None else train.parse_runtime(args.runtime)
     try:
         result = train.train_cell(
-            spec, data_dir=args.data, weights=args.weights, out_dir=args.out, spec_file=spec_file
+            spec,
+            data_dir=args.data,
+            weights=args.weights,
+            out_dir=args.out,
+            runtime=runtime,
+            spec_file=spec_file,
         )
     except train.TrainingInterrupted as stop:
         print(f"autolora train: {stop}", file=sys.stderr)
@@ -37,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         return train.EXIT_NON_FINITE
     if result.status == "already_complete":
         print(f"{args.out}: already complete ({result.record['cell_id']})")
+    elif result.status == "restored":
+        print(
+            f"{args.out}: training had completed ({result.record['cell_id']}, "
+            f"{result.record['epochs_run']} epochs); outputs restored from its completed/"
+        )
     else:
         record = result.record
         print(

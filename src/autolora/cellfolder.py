@@ -1,0 +1,142 @@
+"""A training cell's folder across attempts: the lock of its trainer, one log per attempt, and the
+completed run's outputs kept where Snakemake does not delete them.
+
+Layout (besides the declared outputs ``run.json``, ``history.csv``, ``<checkpoint>.safetensors``
+and the resume state ``state/``, see ``autolora.train``)::
+
+    train.lock      flock-ed by the `autolora train` that works on the cell; names its holder
+    logs/           train-<UTC time>-<pid>.log: one log per attempt, never deleted by Snakemake
+    completed/      the finished run's outputs as training wrote them, run.json last (the commit
+                    point); the declared outputs are hard links to these files
+
+Snakemake deletes a job's declared outputs when it counts the job as failed, even after the
+training finished (a time-limit signal that reaches the job step late). ``completed/`` is not a
+declared output: a retry restores the outputs from it in seconds (``autolora.train``). Hard links
+cost no disk space; on a file system without them the files are copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from autolora import records
+from autolora.errors import AutoloraError
+from autolora.io import atomic_path
+
+LOCK_FILE = "train.lock"
+LOGS_DIR = "logs"
+COMPLETED_DIR = "completed"
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+# errno values of a file system that cannot hard-link (then the outputs are copied).
+NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+NO_FLOCK = {errno.ENOLCK, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL}
+
+logger = logging.getLogger(__name__)
+
+
+class CellBusy(AutoloraError):
+    """Another process trains this cell."""
+
+
+@contextlib.contextmanager
+def locked(out_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the cell's lock for the block, or raise CellBusy when another process holds it.
+
+    An flock on ``train.lock``: the kernel releases it when its holder exits in any way (crash,
+    SIGKILL, node reboot for a local file system), so a dead trainer's lock never blocks; the
+    file stays and only names the last holder.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            raise CellBusy(
+                f"{out_dir} is being trained by another process ({holder}): let it finish, or "
+                "stop it; two trainers of one cell would overwrite each other's state"
+            ) from None
+        except OSError as error:
+            if error.errno not in NO_FLOCK:
+                raise
+            logger.warning("%s: file locks are not supported here; the cell is not locked", path)
+        holder = {"pid": os.getpid(), "host": records.host(), "started": records.timestamp()}
+        slurm_job = os.environ.get("SLURM_JOB_ID")
+        if slurm_job:
+            holder["slurm_job_id"] = slurm_job
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder, sort_keys=True) + "\n").encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def attempt_log(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Log this attempt (every record of the ``autolora`` loggers, and how it ended) to its own
+    file in ``logs/``; yields the file's path."""
+    logs = Path(out_dir) / LOGS_DIR
+    logs.mkdir(parents=True, exist_ok=True)
+    stamp = records.timestamp().replace("-", "").replace(":", "")
+    path = logs / f"train-{stamp}-{os.getpid()}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO))
+    try:
+        logger.info(
+            "attempt on %s (pid %d): %s", records.host(), os.getpid(), records.command_line()
+        )
+        yield path
+    except BaseException as error:
+        expected = isinstance(error, AutoloraError | KeyboardInterrupt | SystemExit)
+        logger.error("attempt ended: %s: %s", type(error).__name__, error, exc_info=not expected)
+        raise
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Make ``target`` the same file as ``source`` (a hard link; a copy where the file system has
+    none), atomically: ``target`` is the old file or the new one, never a partial one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        os.link(source, temporary)
+    except OSError as error:
+        if error.errno not in NO_HARD_LINKS:
+            raise
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+        return
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def publish(out_dir: str | os.PathLike, names: Sequence[str]) -> None:
+    """Put the files ``names`` of ``completed/`` in place as the cell's outputs, in order (the run
+    record last, so that it appears only when everything it names is there)."""
+    out_dir = Path(out_dir)
+    for name in names:
+        link_or_copy(out_dir / COMPLETED_DIR / name, out_dir / name)
