@@ -522,9 +522,14 @@ def test_autolora_loss_reaches_the_lora_matrices_of_the_blocks_lora_blocks_names
             if isinstance(module, LoRaConv2d):
                 module.lora_B.normal_(0, 0.01)
     method.set_lambdas(0.5, 3.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    optimizer = torch.optim.SGD(
+        method.trainable_parameters(model), lr=0.1, momentum=0.9, weight_decay=1e-4
+    )
     x, y = make_batch(2, seed=4)
     x = torch.nn.functional.interpolate(x, size=32)
     method.training_step(model, x, y, generator=seeded()).loss.backward()
+    optimizer.step()
     reached = set()
     for name, module in model.backbone.named_modules():
         if isinstance(module, LoRaConv2d):
@@ -537,6 +542,11 @@ def test_autolora_loss_reaches_the_lora_matrices_of_the_blocks_lora_blocks_names
     every = {n.rpartition(".")[0] for n, m in blocks.named_modules() if isinstance(m, LoRaConv2d)}
     assert reached == (last if lora_blocks == "last" else every)
     assert len(every) > len(last)
+    # an SGD step with weight decay leaves the matrices without a gradient exactly as they were
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            block = name.rsplit(".", 2)[0].removeprefix("backbone.")
+            assert torch.equal(p, before[name]) == (block not in reached), name
 
 
 # Learning

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from autolora import attacks
 from autolora.errors import ConfigError
+from autolora.models import LORA_BLOCKS
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class MethodSettings:
             raise ConfigError(
                 f"kl_divisor must be a batch size >= 1 or None, got {self.kl_divisor}"
             )
-        if self.lora_blocks not in ("last", "all"):
-            raise ConfigError(f"lora_blocks must be 'last' or 'all', got {self.lora_blocks!r}")
+        if self.lora_blocks not in LORA_BLOCKS:
+            raise ConfigError(f"lora_blocks must be one of {LORA_BLOCKS}, got {self.lora_blocks!r}")
         if self.twins_gamma_on not in ("fixed", "adaptive"):
             raise ConfigError(
                 f"twins_gamma_on must be 'fixed' or 'adaptive', got {self.twins_gamma_on!r}"

@@ -336,7 +336,7 @@ def parameter_counts(arch: str, lora_rank: int, lora_blocks: str) -> dict[str, A
     )
     created = count_lora_parameters(with_lora)
     if total_difference != created:  # LoRa must be the only thing the branch adds
-        raise AssertionError(f"{arch}: LoRa adds {total_difference} parameters, counted {created}")
+        raise RuntimeError(f"{arch}: LoRa adds {total_difference} parameters, counted {created}")
     return {
         "arch": arch,
         "lora_rank": lora_rank,
