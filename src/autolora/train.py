@@ -32,7 +32,8 @@ saved state (normally the last finished epoch) is kept.
 Fault injection, for tests of this loop and of the workflow: ``AUTOLORA_FAULT_NAN_AT=E:B`` makes
 the loss of epoch E, batch B (both 1-based) NaN; ``AUTOLORA_FAULT_FAIL_AT=E:B`` raises
 RuntimeError there; ``AUTOLORA_FAULT_SIGNAL_AT=E:B`` sends the process SIGUSR1 after that
-batch's step (a deterministic stand-in for SLURM's signal). A third field ``:once`` fires only in a
+batch's step (a deterministic stand-in for SLURM's signal; ``AUTOLORA_FAULT_SIGNAL=SIGTERM`` sends
+SIGTERM instead). A third field ``:once`` fires only in a
 run's first attempt (not on resume).
 """
 
@@ -81,6 +82,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 FAULT_NAN_ENV = "AUTOLORA_FAULT_NAN_AT"
 FAULT_FAIL_ENV = "AUTOLORA_FAULT_FAIL_AT"
 FAULT_SIGNAL_ENV = "AUTOLORA_FAULT_SIGNAL_AT"
+FAULT_SIGNAL_NAME_ENV = "AUTOLORA_FAULT_SIGNAL"
 RUN_RECORD = "run.json"
 HISTORY_FILE = "history.csv"
 STATE_DIR = "state"
@@ -192,6 +194,19 @@ class FaultPoint:
         return (epoch, batch) == (self.epoch, self.batch) and (attempt == 1 or not self.once)
 
 
+def fault_signal_from_env() -> signal.Signals:
+    """The signal ``AUTOLORA_FAULT_SIGNAL_AT`` sends: SIGUSR1 unless ``AUTOLORA_FAULT_SIGNAL``
+    names another stop signal."""
+    name = os.environ.get(FAULT_SIGNAL_NAME_ENV) or "SIGUSR1"
+    allowed = {s.name: s for s in STOP_SIGNALS}
+    if name not in allowed:
+        raise ConfigError(
+            f"environment variable {FAULT_SIGNAL_NAME_ENV}={name!r}: expected one of "
+            f"{', '.join(sorted(allowed))}"
+        )
+    return allowed[name]
+
+
 class StopFlag:
     """Records the first SIGTERM/SIGUSR1 while installed."""
 
@@ -300,6 +315,7 @@ class CellTraining:
         self.fault_nan = FaultPoint.from_env(FAULT_NAN_ENV)
         self.fault_fail = FaultPoint.from_env(FAULT_FAIL_ENV)
         self.fault_signal = FaultPoint.from_env(FAULT_SIGNAL_ENV)
+        self.fault_signal_number = fault_signal_from_env()
         self.progress = Progress(lr=config.lr)
         self.best_weights: dict[str, dict[str, Tensor]] = {}
         self.best_dirty: set[str] = set()
@@ -489,7 +505,7 @@ class CellTraining:
             loss.backward()
             self.optimizer.step()
             if self.fault_signal and self.fault_signal.hits(epoch, batch + 1, attempt):
-                os.kill(os.getpid(), signal.SIGUSR1)
+                os.kill(os.getpid(), self.fault_signal_number)
             n = float(x.shape[0])
             sums["examples"] += n
             for name, metric in result.metrics.items():
