@@ -5,6 +5,7 @@ recorded, and --prepare makes pyautoattack ready to travel."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -185,7 +187,7 @@ def test_an_essential_step_that_errs_stops_the_rest():
 
     outcomes = run_plan(steps, budget_s=100, execute=execute, clock=clock)
     assert [o.status for o in outcomes] == ["error", "skipped"]
-    assert "did not complete (no CUDA)" in outcomes[1].note
+    assert outcomes[1].note == "not run: step env did not complete"
 
 
 def test_a_step_process_that_errs_dies_or_hangs_is_recorded(tmp_path):
@@ -199,6 +201,49 @@ def test_a_step_process_that_errs_dies_or_hangs_is_recorded(tmp_path):
     assert crash.record["figures"] == {"before_the_crash": 1}
     hang = execute(INJECTED["hang"], 1)  # never returns by itself: stopped at its limit
     assert hang.status == "timeout"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has exited
+
+
+def test_a_step_process_dies_with_its_runner(tmp_path):
+    """The worker has its own session (so its group can be killed at its limit); when the runner
+    itself is killed (the device tool's time limit), the worker must not run on."""
+    runner = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from pathlib import Path; from autolora.gpucheck.plan import INJECTED; "
+         "from autolora.gpucheck.runner import ContextFactory, ProcessExecutor; "
+         "ProcessExecutor(ContextFactory(dry_run=True, repo=Path(sys.argv[1]), "
+         "work_root=Path(sys.argv[2])))(INJECTED['hang'], 600)", str(REPO), str(tmp_path)],
+    )  # fmt: skip
+    result = tmp_path / "injected-hang" / "result.json"
+    pid = None
+    while pid is None:  # until the worker has started and recorded its pid
+        assert runner.poll() is None
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            pid = json.loads(result.read_text())["figures"].get("pid")
+        time.sleep(0.02)
+    runner.kill()
+    runner.wait()
+    while _alive(pid):  # PR_SET_PDEATHSIG: the kernel kills it once its parent is gone
+        time.sleep(0.05)
+
+
+def test_bench_arguments_of_every_plan_step_parse():
+    from autolora.cli import build_parser
+
+    parser = build_parser()
+    for step in PLAN:
+        for dry_run in (False, True):
+            args = step.options(dry_run).get("args")
+            if args:
+                parsed = parser.parse_args(["bench", *args, "--json", "x.json", "--budget-s", "1"])
+                assert parsed.device == ("cpu" if dry_run else "cuda"), step.name
 
 
 def test_select_puts_injected_steps_second_and_refuses_unknown_names():

@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="add a step that fails this way (tests that the run goes on)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per step")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="run the steps on this device instead (default: cuda; cpu with --dry-run); e.g. "
+        "--device cpu without --dry-run tries the GPU sizes on the CPU (slow)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,4 +100,5 @@ def run(args: argparse.Namespace) -> int:
         isolation=args.isolation,
         inject=args.inject_failure,
         threads=args.threads,
+        device=args.device,
     )

@@ -71,6 +71,7 @@ def run_check(
     isolation: str | None = None,
     inject: Sequence[str] = (),
     threads: int | None = None,
+    device: str | None = None,
 ) -> int:
     """Run the check; 0 when every step that ran passed, 1 otherwise."""
     steps = select(PLAN, only=only, skip=skip, inject=inject)
@@ -80,7 +81,9 @@ def run_check(
     folder = output_folder(out, repo)
     work_root = Path(work) if work else Path(tempfile.mkdtemp(prefix="autolora-gpu-check-"))
     work_root.mkdir(parents=True, exist_ok=True)
-    contexts = ContextFactory(dry_run=dry_run, repo=repo, work_root=work_root, threads=threads)
+    contexts = ContextFactory(
+        dry_run=dry_run, repo=repo, work_root=work_root, threads=threads, device=device
+    )
     if isolation == "inline":
         if threads:
             import torch
@@ -89,9 +92,11 @@ def run_check(
         executor = InlineExecutor(contexts)
     else:
         executor = ProcessExecutor(contexts)
-    mode = "dry run (CPU, tiny sizes)" if dry_run else "GPU"
+    mode = "dry run (tiny sizes)" if dry_run else "full sizes"
+    mode += f" on {contexts.device}"
     meta = {
         "mode": "dry-run" if dry_run else "gpu",
+        "device": contexts.device,
         "budget_s": budget_s,
         "isolation": isolation,
         "python": sys.executable,
@@ -115,7 +120,8 @@ def run_check(
         device = environment.record.get("headline") if environment else ""
         title = (
             f"gpu-check {mode}: {passed}/{ran} steps passed, {len(outcomes) - ran} skipped, "
-            f"{console.clock() - console.started:.0f} of {budget_s:.0f} s; {device}"
+            f"{console.clock() - console.started:.0f} of {budget_s:.0f} s"
+            + (f"; {device}" if device else "")
         )
         return [*report_lines(outcomes), "", *summary_table(outcomes, title)]
 
@@ -130,7 +136,7 @@ def run_check(
         )
 
     def on_start(step, timeout_s: float) -> None:
-        console.say(f"{step.name}: started, up to {timeout_s:.0f} s: {step.what}")
+        console.say(f"{step.name}: started, up to {timeout_s:.0f} s")
 
     def on_outcome(outcomes: list[Outcome]) -> None:
         outcome = outcomes[-1]

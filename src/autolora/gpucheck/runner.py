@@ -56,7 +56,7 @@ class StepContext:
     name: str
     options: dict[str, Any]
     dry_run: bool
-    device: str  # "cuda" on the GPU, "cpu" in the dry run
+    device: str  # "cuda" on the GPU, "cpu" in the dry run (``--device`` overrides)
     repo: Path  # repository root (config/ files)
     work: Path  # this step's folder
     work_root: Path  # every step's folder (a step may read an earlier step's files)
@@ -163,9 +163,16 @@ class ContextFactory:
     """Builds each step's context (and folder) for one run."""
 
     def __init__(
-        self, *, dry_run: bool, repo: Path, work_root: Path, threads: int | None = None
+        self,
+        *,
+        dry_run: bool,
+        repo: Path,
+        work_root: Path,
+        threads: int | None = None,
+        device: str | None = None,
     ) -> None:
         self.dry_run, self.repo, self.work_root, self.threads = dry_run, repo, work_root, threads
+        self.device = device or ("cpu" if dry_run else "cuda")
 
     def __call__(self, step: Step, timeout_s: float) -> StepContext:
         work = self.work_root / step.name
@@ -174,7 +181,7 @@ class ContextFactory:
             name=step.name,
             options=step.options(self.dry_run),
             dry_run=self.dry_run,
-            device="cpu" if self.dry_run else "cuda",
+            device=self.device,
             repo=self.repo,
             work=work,
             work_root=self.work_root,
@@ -225,6 +232,7 @@ class ProcessExecutor:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own group: DataLoader workers die with it
+                env={**os.environ, "AUTOLORA_GPU_CHECK_PARENT": str(os.getpid())},
             )
             timed_out = False
             try:
@@ -286,7 +294,7 @@ def run_plan(
             outcome.seconds = clock() - began
             outcomes.append(outcome)
             if step.essential and outcome.status in (ERROR, CRASHED, TIMEOUT):
-                stop_reason = f"not run: step {step.name} did not complete ({outcome.note})"
+                stop_reason = f"not run: step {step.name} did not complete"
         if on_outcome:
             on_outcome(outcomes)
     return outcomes

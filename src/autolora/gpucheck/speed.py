@@ -31,7 +31,10 @@ WAIT_FRACTION_LIMIT = 0.05  # the GPU "waits" when more than 5 % of a step's tim
 def bench(context: StepContext) -> None:
     options, record = context.options, context.record
     json_path = context.work / BENCH_JSON
-    argv = ["bench", *options["args"], "--json", str(json_path)]
+    args = list(options["args"])
+    if "--device" in args:  # the run's device (``--device`` of the check may override it)
+        args[args.index("--device") + 1] = context.device
+    argv = ["bench", *args, "--json", str(json_path)]
     equivalence = "--equivalence" in argv
     if not equivalence:
         budget = max(0.0, context.seconds_left() - options["unit_margin_s"])
@@ -208,7 +211,7 @@ def projection(context: StepContext) -> None:
     )
     for entry in result["projections"]:
         record.line(
-            f"{entry['fast_path']}: {entry['gpu_hours']:.0f} GPU-hours for {entry['cells']} "
+            f"{entry['fast_path']}: {entry['gpu_hours']:.3g} GPU-hours for {entry['cells']} "
             f"cells (train {entry['train_gpu_hours']:.0f}, evaluate "
             f"{entry['evaluate_gpu_hours']:.0f}); longest cell "
             f"{entry['longest_train_min'] / 60:.1f} h"
@@ -222,8 +225,8 @@ def projection(context: StepContext) -> None:
         required=False,
     )
     record.headline(
-        "; ".join(f"{e['fast_path']} {e['gpu_hours']:.0f} h" for e in result["projections"])
-        + f" (config's cost: {result['configured_gpu_hours']:.0f} h) for "
+        "; ".join(f"{e['fast_path']} {e['gpu_hours']:.3g} h" for e in result["projections"])
+        + f" (config's cost: {result['configured_gpu_hours']:.3g} h) for "
         f"{result['projections'][0]['cells']} cells"
     )
 
