@@ -70,6 +70,7 @@ def test_dry_run_figures(dry_run):
         for method in ("vanilla", "twins", "autolora"):
             # "the device" is the CPU: the same computation, exactly; another start differs
             assert figures[method]["fp32"]["loss_rel_error"] == 0.0
+            assert figures[method]["fp32_without_attack"]["loss_rel_error"] == 0.0
             assert figures[method]["fp32"]["grad_cosine"] == pytest.approx(1.0, abs=1e-12)
             assert figures[method]["random_start_deviation"] > 0
     assert steps["cuda-step-32to224"]["figures"]["case"] == "tiny 16px->32 b4"
