@@ -235,6 +235,16 @@ def test_a_step_process_dies_with_its_runner(tmp_path):
         time.sleep(0.05)
 
 
+def test_every_step_has_the_same_options_on_the_gpu_and_in_the_dry_run():
+    """The dry run walks the GPU run's code with the same option keys (a key only the GPU run
+    read would first fail on the GPU)."""
+    for step in PLAN:
+        assert set(step.gpu) == set(step.dry), step.name
+        for key, value in step.gpu.items():
+            if isinstance(value, dict):
+                assert set(value) == set(step.dry[key]) or not step.dry[key] or not value, key
+
+
 def test_bench_arguments_of_every_plan_step_parse():
     from autolora.cli import build_parser
 

@@ -135,7 +135,12 @@ PLAN: tuple[Step, ...] = (
             False,
             data={"train": 64, "test": 16},
             pretrain={"epochs": 1, "train_size": 64, "test_size": 16, "attack_steps": 1},
-            fast_runtime={"gpu_augment": True, "channels_last": True},
+            fast_runtime={
+                "gpu_augment": True,
+                "channels_last": True,
+                "bf16": False,
+                "cudnn_benchmark": True,
+            },
         ),
     ),
     Step(
@@ -180,7 +185,8 @@ PLAN: tuple[Step, ...] = (
             "batches": 8,
             "warmup": 1,
             "repeats": 3,
-            "config": "config/config.yaml",  # its training.runtime.num_workers
+            "num_workers": None,  # None: training.runtime.num_workers of the config (8)
+            "config": "config/config.yaml",
             "fast": ["channels_last", "bf16"],
             "datasets": [
                 {"name": "resized-224", "augmentation": "resized_crop", "image_size": 224},
@@ -199,6 +205,7 @@ PLAN: tuple[Step, ...] = (
             "warmup": 0,
             "repeats": 1,
             "num_workers": 0,
+            "config": "config/demo.yaml",
             "fast": ["channels_last"],
             "datasets": [
                 {"name": "resized-32", "augmentation": "resized_crop", "image_size": 32},

@@ -297,7 +297,7 @@ def data_path(context: StepContext) -> None:
     options, record = context.options, context.record
     device = torch.device(context.device)
     batch_size, count = options["batch_size"], options["batches"]
-    workers = options.get("num_workers")
+    workers = options["num_workers"]
     if workers is None:
         config = load_config(context.repo / options["config"])
         workers = int(((config.get("training") or {}).get("runtime") or {}).get("num_workers", 0))
