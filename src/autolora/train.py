@@ -35,7 +35,8 @@ RuntimeError there; ``AUTOLORA_FAULT_SIGNAL_AT=E:B`` sends the process SIGUSR1 a
 batch's step (a deterministic stand-in for SLURM's signal; ``AUTOLORA_FAULT_SIGNAL=SIGTERM`` sends
 SIGTERM instead); ``AUTOLORA_FAULT_WAIT_SIGNAL_AT=E:B`` blocks after that batch's step until a
 stop signal arrives (a job that is still running when the scheduler's signal comes, however fast
-the machine), and ``E:end`` blocks after epoch E's state is committed. A third field ``:once`` fires only in a run's first attempt (not on resume).
+the machine), and ``E:end`` blocks after epoch E's state is committed. A third field ``:once``
+fires only in a run's first attempt (not on resume).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ travel with the working tree (the device tool's ``carry``).
 
 The GPU machine's image has torch, torchvision, numpy, PyYAML, safetensors, pandas and SciPy but
 not ``pyautoattack``, and cannot reach a package registry. ``pyautoattack`` is pure Python; its
-wheel is 42 MB because of an example model, so only its modules and metadata are copied, from the
-pinned version installed here or else from its wheel on PyPI, into ``.gpu-check/site`` (git-ignored),
-which ``scripts/gpu-check`` puts on ``PYTHONPATH``. ``MANIFEST.json`` lists every file's sha256.
+wheel is 42 MB because of an example model, so only its modules and metadata are copied, from
+the pinned version installed here or else from its wheel on PyPI, into ``.gpu-check/site``
+(git-ignored), which ``scripts/gpu-check`` puts on ``PYTHONPATH``. ``MANIFEST.json`` lists every
+file's sha256.
 """
 
 from __future__ import annotations

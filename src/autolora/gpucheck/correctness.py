@@ -226,10 +226,10 @@ def attacks_agreement(context: StepContext) -> None:
             "robust_accuracy_device": robust_device,
         },
     )
+    in_box = 0 <= float(adv_device.min()) <= float(adv_device.max()) <= 1
     record.check(
         "PGD-10 on the device stays in the eps-ball and [0, 1]",
-        distance <= bench.EPS + 1e-6 and float(adv_device.min()) >= 0 and float(adv_device.max()) <= 1,
-        value=distance, limit=f"<= {bench.EPS:.6f}",
+        distance <= bench.EPS + 1e-6 and in_box, value=distance, limit=f"<= {bench.EPS:.6f}",
     )  # fmt: skip
     record.check(
         "PGD-10 robust accuracy: device vs CPU",
@@ -454,12 +454,12 @@ def demo_cell(context: StepContext) -> None:
         },
     )
     measured = metrics.get("metrics") or {}
+    identical = (record.data["figures"].get("resume_vs_uninterrupted") or {}).get("identical")
     record.headline(
-        f"exits {codes['uninterrupted']}/{codes['sigterm']}/{codes['resume']}/"
-        f"{codes['evaluate']}/{codes['fast_paths']} (train/SIGTERM/resume/evaluate/fast); "
-        f"SA {_fmt(measured.get('SA'))} PGD-10 {_fmt(measured.get('PGD10'))} "
-        f"AA {_fmt(measured.get('AA'))}; resume identical: "
-        f"{(record.data['figures'].get('resume_vs_uninterrupted') or {}).get('identical')}"
+        f"exit {codes['uninterrupted']}/{codes['sigterm']}/{codes['resume']}/"
+        f"{codes['evaluate']}/{codes['fast_paths']} (train/TERM/resume/eval/fast); resume "
+        f"identical {identical}; SA {_fmt(measured.get('SA'))} PGD-10 "
+        f"{_fmt(measured.get('PGD10'))} AA {_fmt(measured.get('AA'))}"
     )
 
 

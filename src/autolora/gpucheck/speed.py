@@ -225,9 +225,9 @@ def projection(context: StepContext) -> None:
         required=False,
     )
     record.headline(
-        "; ".join(f"{e['fast_path']} {e['gpu_hours']:.3g} h" for e in result["projections"])
-        + f" (config's cost: {result['configured_gpu_hours']:.3g} h) for "
-        f"{result['projections'][0]['cells']} cells"
+        f"{result['projections'][0]['cells']} cells: "
+        + "; ".join(f"{e['fast_path']} {e['gpu_hours']:.3g} h" for e in result["projections"])
+        + f" (config's cost: {result['configured_gpu_hours']:.3g} h)"
     )
 
 
