@@ -211,9 +211,9 @@ def projection(context: StepContext) -> None:
     )
     for entry in result["projections"]:
         record.line(
-            f"{entry['fast_path']}: {entry['gpu_hours']:.3g} GPU-hours for {entry['cells']} "
-            f"cells (train {entry['train_gpu_hours']:.0f}, evaluate "
-            f"{entry['evaluate_gpu_hours']:.0f}); longest cell "
+            f"{entry['fast_path']}: {_hours(entry['gpu_hours'])} GPU-hours for {entry['cells']} "
+            f"cells (train {_hours(entry['train_gpu_hours'])}, evaluate "
+            f"{_hours(entry['evaluate_gpu_hours'])}); longest cell "
             f"{entry['longest_train_min'] / 60:.1f} h"
         )
         for line in bench_module.format_cost_section(entry["cost"]).splitlines():
@@ -226,9 +226,13 @@ def projection(context: StepContext) -> None:
     )
     record.headline(
         f"{result['projections'][0]['cells']} cells: "
-        + "; ".join(f"{e['fast_path']} {e['gpu_hours']:.3g} h" for e in result["projections"])
-        + f" (config's cost: {result['configured_gpu_hours']:.3g} h)"
+        + "; ".join(f"{e['fast_path']} {_hours(e['gpu_hours'])} h" for e in result["projections"])
+        + f" (config's cost: {_hours(result['configured_gpu_hours'])} h)"
     )
+
+
+def _hours(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 # ---- the data path ------------------------------------------------------------------------------
