@@ -56,8 +56,8 @@ TABLE_TITLES = {
     "table1": "Table 1: SA / PGD-10 / AA (%) per dataset and method",
     "table2": "Table 2: SA / PGD-10 / AA (%) per dataset and method",
     "table3": (
-        "Table 3: AutoLoRa with LoRa rank r; parameter ratio = LoRa / FE parameters (%), "
-        "created (param_ratio) and used by the LoRa forward (param_ratio_used)"
+        "Table 3: AutoLoRa with LoRa rank r; parameter ratio = LoRa / FE parameters (%): "
+        "created (param_ratio) and, under lora_blocks last, used (param_ratio_used)"
     ),
     "table4": "Table 4: pre-training ε_pt (/255) of the backbone",
     "table5": "Table 5: TWINS without / with the automated LR scheduler",
