@@ -44,10 +44,11 @@ saved state (normally the last finished epoch) is kept.
 Fault injection, for tests of this loop and of the workflow: ``AUTOLORA_FAULT_NAN_AT=E:B`` makes
 the loss of epoch E, batch B (both 1-based) NaN; ``AUTOLORA_FAULT_FAIL_AT=E:B`` raises
 RuntimeError there; ``AUTOLORA_FAULT_SIGNAL_AT=E:B`` sends the process SIGUSR1 after that
-batch's step (a deterministic stand-in for SLURM's signal); ``AUTOLORA_FAULT_WAIT_SIGNAL_AT=E:B``
-blocks after that batch's step until a stop signal arrives (a job that is still running when the
-scheduler's signal comes, however fast or slow the machine: a signal that comes earlier is held
-until that point), and ``E:end`` blocks after epoch E's state is committed. A third field ``:once``
+batch's step (a deterministic stand-in for SLURM's signal; ``AUTOLORA_FAULT_SIGNAL=SIGTERM`` sends
+SIGTERM instead); ``AUTOLORA_FAULT_WAIT_SIGNAL_AT=E:B`` blocks after that batch's step until a
+stop signal arrives (a job that is still running when the scheduler's signal comes, however fast
+or slow the machine: a signal that comes earlier is held until that point), and ``E:end`` blocks
+after epoch E's state is committed. A third field ``:once``
 fires only in a run's first attempt (not on resume).
 """
 
@@ -84,7 +85,12 @@ from autolora.evaluate import batches_on, clean_and_pgd_accuracy, lora_accuracy
 from autolora.fastpath import FastPaths, configure_backends, prepare_model, training_autocast
 from autolora.io import atomic_write, read_json, sha256_file, write_json
 from autolora.methods import Method, MethodSettings, build_method
-from autolora.models import build_model, load_backbone_state
+from autolora.models import (
+    build_model,
+    count_lora_parameters,
+    count_used_lora_parameters,
+    load_backbone_state,
+)
 from autolora.protocol import PROTOCOL_CHOICES, protocol_choices
 from autolora.schedules import AutoLR, lambda_weights, multistep_lr
 
@@ -96,6 +102,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 FAULT_NAN_ENV = "AUTOLORA_FAULT_NAN_AT"
 FAULT_FAIL_ENV = "AUTOLORA_FAULT_FAIL_AT"
 FAULT_SIGNAL_ENV = "AUTOLORA_FAULT_SIGNAL_AT"
+FAULT_SIGNAL_NAME_ENV = "AUTOLORA_FAULT_SIGNAL"
 FAULT_WAIT_SIGNAL_ENV = "AUTOLORA_FAULT_WAIT_SIGNAL_AT"
 SIGNAL_POLL_S = 0.2  # how often a fault point waiting for a stop signal looks at the flag
 RUN_RECORD = "run.json"
@@ -136,7 +143,7 @@ def resolve_device(name: str) -> torch.device:
 def method_settings(config: CellConfig) -> MethodSettings:
     optional = {
         key: getattr(config, key)
-        for key in ("beta", "twins_gamma", "lora_rank")
+        for key in ("beta", "twins_gamma", "lora_rank", "lora_blocks", "twins_gamma_on")
         if getattr(config, key) is not None
     }
     return MethodSettings(
@@ -223,6 +230,19 @@ class FaultPoint:
 
     def hits(self, epoch: int, batch: int | None, attempt: int) -> bool:
         return (epoch, batch) == (self.epoch, self.batch) and (attempt == 1 or not self.once)
+
+
+def fault_signal_from_env() -> signal.Signals:
+    """The signal ``AUTOLORA_FAULT_SIGNAL_AT`` sends: SIGUSR1 unless ``AUTOLORA_FAULT_SIGNAL``
+    names another stop signal."""
+    name = os.environ.get(FAULT_SIGNAL_NAME_ENV) or "SIGUSR1"
+    allowed = {s.name: s for s in STOP_SIGNALS}
+    if name not in allowed:
+        raise ConfigError(
+            f"environment variable {FAULT_SIGNAL_NAME_ENV}={name!r}: expected one of "
+            f"{', '.join(sorted(allowed))}"
+        )
+    return allowed[name]
 
 
 class StopFlag:
@@ -343,6 +363,7 @@ class CellTraining:
         self.fault_nan = FaultPoint.from_env(FAULT_NAN_ENV)
         self.fault_fail = FaultPoint.from_env(FAULT_FAIL_ENV)
         self.fault_signal = FaultPoint.from_env(FAULT_SIGNAL_ENV)
+        self.fault_signal_number = fault_signal_from_env()
         self.fault_wait_signal = FaultPoint.from_env(FAULT_WAIT_SIGNAL_ENV, allow_end=True)
         # Until that fault point is reached a stop signal is only recorded: the run stops there,
         # whether the signal came before or while it waits.
@@ -536,7 +557,7 @@ class CellTraining:
             loss.backward()
             self.optimizer.step()
             if self.fault_signal and self.fault_signal.hits(epoch, batch + 1, attempt):
-                os.kill(os.getpid(), signal.SIGUSR1)
+                os.kill(os.getpid(), self.fault_signal_number)
             if self.fault_wait_signal and self.fault_wait_signal.hits(epoch, batch + 1, attempt):
                 self._wait_for_stop(f"epoch {epoch}, batch {batch + 1}")
             n = float(x.shape[0])
@@ -792,6 +813,7 @@ class CellTraining:
                 "choices": protocol_record(self.config),
                 "defaults": protocol_choices(self.config.protocol),
             },
+            "lora": self._lora_record(),
             **records.environment(self.device),
             "started": progress.started,
             "finished": records.timestamp(),
@@ -814,6 +836,19 @@ class CellTraining:
             progress.stop_reason,
         )
         return record
+
+    def _lora_record(self) -> dict[str, Any] | None:
+        """Where the LoRa update acted and how many LoRa parameters it used (SPEC 4.3); None
+        for a model without the LoRa branch."""
+        if self.model.lora_rank is None:
+            return None
+        return {
+            "rank": self.model.lora_rank,
+            "lora_blocks": self.model.lora_blocks,
+            "update_blocks": self.model.lora_update_blocks(),
+            "parameters_created": count_lora_parameters(self.model),
+            "parameters_used": count_used_lora_parameters(self.model),
+        }
 
     def _inputs(self) -> list[dict[str, Any]]:
         if self.spec_file is not None:
@@ -877,15 +912,9 @@ class CellTraining:
 
 
 def protocol_record(config: CellConfig) -> dict[str, Any]:
-    """Every protocol choice as resolved for this cell (overrides included)."""
-    resolved = {
-        "eps": config.attack.eps,
-        "step": config.attack.step,
-        "split_scheme": config.split_scheme,
-        "selection": config.selection,
-        "kl_divisor": config.kl_divisor,
-        "test_each_epoch": config.test_each_epoch,
-    }
+    """Every protocol choice as resolved for this cell (overrides included; None where the
+    cell's method does not read the choice)."""
+    resolved = config.protocol_record()
     return {key: resolved[key] for key in PROTOCOL_CHOICES}
 
 
