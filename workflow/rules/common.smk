@@ -168,8 +168,8 @@ def synthetic_options(wildcards):
 def check_tools():
     """Every job runs `autolora`: without it on the PATH each would fail on its own."""
     deployment = workflow.deployment_settings.deployment_method
-    if any(method.name == "CONDA" for method in deployment):
-        return  # the jobs' conda environment provides it
+    if any(method.name in ("CONDA", "APPTAINER") for method in deployment):
+        return  # the jobs' environment or container provides it
     if shutil.which("autolora") is None:
         beside = os.path.join(os.path.dirname(sys.executable), "autolora")
         hint = (
