@@ -167,7 +167,11 @@ def test_converted_checkpoint_reproduces_the_torchvision_model(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), net((x - mean) / std))
 
-    assert record["source"] == {"file": src.name, "sha256": sha256(src.read_bytes())}
+    assert record["source"] == {
+        "file": src.name,
+        "sha256": sha256(src.read_bytes()),
+        "catalogue_file": "resnet18_linf_eps4.0.ckpt",
+    }
     assert record["sha256"] == sha256(out.read_bytes())
     assert (record["arch"], record["eps_pt"]) == ("resnet18", 4)
     assert weights.record_path(out).is_file()
