@@ -62,7 +62,7 @@ def no_space_error(path: str | os.PathLike, error: OSError) -> StorageError:
     """The one-line message for a full disk or an exceeded quota while writing ``path``."""
     return StorageError(
         f"no space left to write {path} ({os.strerror(error.errno)}): free space on its file "
-        "system (or raise the quota) and rerun the same command; the file was left as it was "
+        f"system (or raise the quota) and rerun the same command; {path} was left as it was "
         "and no partial copy remains"
     )
 

@@ -306,6 +306,14 @@ class Audit:
         """Distinct files whose bytes were hashed."""
         return len(self._hashes)
 
+    def load_json(self, path: str, indent: int = 2) -> Any:
+        """The JSON of a file on the chain, or None (and a problem) when it is unreadable."""
+        try:
+            return read_json(self.root / path)
+        except (OSError, DataError) as error:
+            self.problem(f"{path}: unreadable ({error})", indent)
+            return None
+
     def first_time(self, key: str) -> bool:
         if key in self._done:
             return False
@@ -436,7 +444,9 @@ def _audit_chain(audit: Audit, chain: dict) -> None:
     evaluation = chain["evaluation"]
     if not audit.check_file("evaluation record", evaluation["path"], evaluation["sha256"], 2):
         return
-    record = read_json(audit.root / evaluation["path"])
+    record = audit.load_json(evaluation["path"])
+    if record is None:
+        return
     checkpoint = chain.get("checkpoint") or {}
     audit.say(
         f"checkpoint {checkpoint.get('name')!r}: epoch {checkpoint.get('epoch')}, selected by "
@@ -457,7 +467,9 @@ def _audit_chain(audit: Audit, chain: dict) -> None:
             _audit_backbone(audit, item["path"], item["sha256"], 3)
     run_path = (chain.get("run_record") or {}).get("path")
     if run_path and (audit.root / run_path).is_file():
-        _describe_run(audit, read_json(audit.root / run_path), run_path, checkpoint)
+        run = audit.load_json(run_path)
+        if run is not None:
+            _describe_run(audit, run, run_path, checkpoint)
 
 
 def _describe_run(audit: Audit, run: dict, run_path: str, checkpoint: dict) -> None:
@@ -490,7 +502,9 @@ def _audit_dataset(audit: Audit, metadata_path: str, indent: int) -> None:
     if not audit.first_time(f"dataset:{metadata_path}"):
         audit.say("its data files: verified above", indent)
         return
-    metadata = read_json(audit.root / metadata_path)
+    metadata = audit.load_json(metadata_path, indent)
+    if metadata is None:
+        return
     folder = Path(metadata_path).parent
     files = metadata.get("files") or {}
     if not files:
@@ -543,7 +557,9 @@ def _audit_backbone(audit: Audit, weights_path: str, trained_sha256: str, indent
     if not (audit.root / record_file).is_file():
         audit.problem(f"{record_file}: missing (the record of backbone {weights_path})", indent)
         return
-    record = read_json(audit.root / record_file)
+    record = audit.load_json(record_file, indent)
+    if record is None:
+        return
     if record.get("sha256") != trained_sha256:
         audit.problem(
             f"{record_file}: records sha256 {_short(record.get('sha256'))} for the backbone, the "
@@ -597,8 +613,8 @@ def _machine(record: dict) -> str:
 
 def _check_seed_value(audit: Audit, chain: dict, number: dict, seed: dict) -> None:
     path = audit.root / chain["evaluation"]["path"]
-    if not path.is_file():
-        return
+    if not path.is_file() or audit._sha256(path) != chain["evaluation"]["sha256"]:
+        return  # reported as changed or missing above
     recorded = (read_json(path).get("metrics") or {}).get(number["metric"])
     if not same_value(recorded, seed["value"]):
         audit.problem(

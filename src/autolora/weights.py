@@ -356,7 +356,9 @@ def write_backbone(
     **extra: Any,
 ) -> dict[str, Any]:
     """Write a backbone (safetensors) and its record beside it; returns the record. Every
-    consumer checks the backbone against the record's sha256 before using it."""
+    consumer checks the backbone against the record's sha256 before using it. ``eps_pt`` is
+    stored as a float, so that 4 and 4.0 give the same bytes."""
+    eps_pt = float(eps_pt)
     sha = save_backbone(
         state,
         out,

@@ -39,7 +39,9 @@ from autolora.errors import ChecksumError, DataError
 from autolora.io import (
     atomic_path,
     atomic_write,
+    is_no_space,
     make_temporary_dir,
+    no_space_error,
     parse_json,
     read_json,
     sha256_bytes,
@@ -247,8 +249,10 @@ def write_prepared_dataset(
         }
         write_json(tmp / METADATA_FILE, metadata)
         _move_into_place(tmp, out_dir, overwrite)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_no_space(error):
+            raise no_space_error(out_dir, error) from None
         raise
     return out_dir
 
