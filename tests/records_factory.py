@@ -20,6 +20,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from autolora.cells import cell_id as make_cell_id
+from autolora.data.sources import CATALOGUE as DATASETS
 from autolora.grid import TableEntry
 from autolora.io import sha256_file, write_json
 from autolora.records import seal
@@ -68,9 +69,13 @@ def shared_inputs(root: Path, dataset: str, arch: str, eps_pt: float) -> list[di
         labels = data / "labels.npy"
         np.save(labels, np.array([0, 1, 2, 3], dtype=np.int64))
         files = {"labels.npy": sha256_file(labels), "splits/paper.csv": sha256_file(manifest)}
+        if dataset in DATASETS:  # the published archives it would have been prepared from
+            sources = [{"file": a.name, **a.checksum.as_record()} for a in DATASETS[dataset].files]
+        else:
+            sources = [{"generator": "records_factory"}]
         write_json(
             data / "dataset.json",
-            {"format": 1, "name": dataset, "num_classes": 10, "sources": [], "files": files},
+            {"format": 1, "name": dataset, "num_classes": 10, "sources": sources, "files": files},
         )
     weights = root / "resources" / "weights" / f"{arch}-eps{eps_pt}.safetensors"
     if not weights.exists():
