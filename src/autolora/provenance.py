@@ -608,7 +608,9 @@ def _machine(record: dict) -> str:
     where = (
         f"SLURM job {slurm.get('job_id')} on node {slurm.get('node')}" if slurm else "outside SLURM"
     )
-    return f"host {record.get('host')}, device {record.get('device')}, {where}"
+    threads = (record.get("threads") or {}).get("intra_op")
+    torch_threads = f", {threads} torch thread(s)" if threads else ""
+    return f"host {record.get('host')}, device {record.get('device')}{torch_threads}, {where}"
 
 
 def _check_seed_value(audit: Audit, chain: dict, number: dict, seed: dict) -> None:

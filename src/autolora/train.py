@@ -160,7 +160,7 @@ def parse_spec(text: str) -> tuple[dict[str, Any], Path | None]:
 
         spec = yaml.safe_load(path.read_text())
     elif path.suffix == ".json":
-        spec = read_json(path)
+        spec = read_json(path, f"fix the --spec file {path} (a JSON mapping)")
     else:
         raise ConfigError(f"--spec file {path} must end in .json, .yaml or .yml")
     if not isinstance(spec, dict):
