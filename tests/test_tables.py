@@ -3,7 +3,6 @@ the paper comparison and `autolora aggregate` end to end."""
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
@@ -25,6 +24,8 @@ from autolora.compare import (
 )
 from autolora.errors import DataError
 from autolora.grid import expand_grid
+from autolora.io import write_json
+from autolora.records import seal
 from autolora.tables import RATIO_ROW, RATIO_USED_ROW, build_tables, ratio_number
 
 PAPER_CSV = Path(__file__).parents[1] / "config" / "paper_results.csv"
@@ -410,8 +411,7 @@ def test_aggregate_refuses_to_replace_tables_with_fewer_evaluations(root, grid, 
 
 def set_attempts(root, cell_id: str, attempts: list[dict]) -> None:
     path = root / "results" / cell_id / "run.json"
-    record = read_json(path)
-    path.write_text(json.dumps({**record, "attempts": attempts}))
+    write_json(path, seal({**read_json(path), "attempts": attempts}))
 
 
 def test_a_table_of_cells_trained_under_different_arithmetic_says_so(root, grid):

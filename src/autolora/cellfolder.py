@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -85,12 +86,11 @@ def locked(out_dir: str | os.PathLike) -> Iterator[None]:
 
 @contextlib.contextmanager
 def attempt_log(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Log this attempt (every record of the ``autolora`` loggers, and how it ended) to its own
-    file in ``logs/``; yields the file's path."""
+    """Log this attempt (every log record at INFO and above, and how it ended) to its own file in
+    ``logs/``; yields the file's path."""
     logs = Path(out_dir) / LOGS_DIR
     logs.mkdir(parents=True, exist_ok=True)
-    stamp = records.timestamp().replace("-", "").replace(":", "")
-    path = logs / f"train-{stamp}-{os.getpid()}.log"
+    path = _new_log_file(logs)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.INFO)
@@ -111,6 +111,19 @@ def attempt_log(out_dir: str | os.PathLike) -> Iterator[Path]:
         root.removeHandler(handler)
         root.setLevel(level)
         handler.close()
+
+
+def _new_log_file(logs: Path) -> Path:
+    """A new, empty ``train-<UTC time>-<pid>[-<n>].log`` (n when the name is taken already)."""
+    stem = f"train-{records.timestamp().replace('-', '').replace(':', '')}-{os.getpid()}"
+    for number in itertools.count(1):
+        path = logs / (f"{stem}.log" if number == 1 else f"{stem}-{number}.log")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -38,6 +38,14 @@ Fast paths (``runtime.channels_last``, ``bf16``, ``compile``, ``cudnn_benchmark`
 ``runtime.deterministic`` turns on ``torch.use_deterministic_algorithms`` (warn-only: a CUDA op
 without a deterministic kernel warns) and turns cuDNN autotuning off.
 
+Verification at the point of use: before anything is trained, every input file is checked
+against its record: the prepared data files the run reads against ``dataset.json`` (hashed as they
+are read; ``images.u8`` in one streaming pass), the backbone against the record beside it and, for
+a downloaded checkpoint, the published or pinned hash in ``config/weights.lock``. A ``--data``
+whose dataset is not the spec's, or weights of another arch / ε_pt, are refused. The run record's
+``verified`` lists every file checked and the seconds it took. A finished cell's outputs are
+checked against its run record before "already complete" is reported.
+
 Non-finite loss: the run stops with a message naming epoch and batch (exit code 3); the last
 saved state (normally the last finished epoch) is kept.
 
@@ -83,7 +91,7 @@ from autolora.data.transforms import TransformSpec
 from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.evaluate import batches_on, clean_and_pgd_accuracy, lora_accuracy
 from autolora.fastpath import FastPaths, configure_backends, prepare_model, training_autocast
-from autolora.io import atomic_write, read_json, sha256_file, write_json
+from autolora.io import read_json, sha256_file, write_json, write_text
 from autolora.methods import Method, MethodSettings, build_method
 from autolora.models import (
     build_model,
@@ -93,6 +101,8 @@ from autolora.models import (
 )
 from autolora.protocol import PROTOCOL_CHOICES, protocol_choices
 from autolora.schedules import AutoLR, lambda_weights, multistep_lr
+from autolora.weights import DEFAULT_LOCK, load_verified_backbone
+from autolora.weights import record_path as weights_record_path
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +196,7 @@ def _parse_mapping(text: str, option: str, what: str) -> tuple[dict[str, Any], P
 
         value = yaml.safe_load(path.read_text())
     elif path.suffix == ".json":
-        value = read_json(path)
+        value = read_json(path, f"fix the {option} file {path} (a JSON mapping)")
     else:
         raise ConfigError(f"{option} file {path} must end in .json, .yaml or .yml")
     if not isinstance(value, dict):
@@ -346,9 +356,13 @@ class CellTraining:
         spec_file: Path | None,
         command: str,
         log_path: Path | None = None,
+        weights_lock: Path = DEFAULT_LOCK,
     ) -> None:
         self.config = config
         self.log_path = log_path
+        self.weights_lock = weights_lock
+        self.verified: list[dict[str, Any]] = []
+        self.verification_seconds = 0.0
         self.spec = spec
         self.data_dir = data_dir
         self.weights_path = weights
@@ -376,7 +390,17 @@ class CellTraining:
 
     def _open_data(self) -> None:
         config = self.config
-        self.dataset = PreparedDataset.open(self.data_dir)
+        self.dataset = PreparedDataset.open(self.data_dir, verify=config.split_scheme)
+        check_dataset_name(self.dataset, config, self.data_dir)
+        self.verified += [
+            {
+                "path": records.record_path(self.data_dir / item["file"]),
+                "sha256": item["sha256"],
+                "checked_against": records.record_path(self.data_dir / "dataset.json"),
+            }
+            for item in self.dataset.verified
+        ]
+        self.verification_seconds += self.dataset.verification_seconds
         self.split_info = self.dataset.split_info(config.split_scheme)
         self.views = {
             name: self.dataset.split(config.split_scheme, name) for name in ("train", "val", "test")
@@ -391,13 +415,17 @@ class CellTraining:
     def _build(self) -> None:
         config = self.config
         self.method: Method = build_method(config.method, method_settings(config))
-        if not self.weights_path.is_file():
-            raise DataError(
-                f"weights file {self.weights_path} does not exist: convert or download it"
-            )
-        from safetensors.torch import load_file
-
-        backbone_state = load_file(str(self.weights_path))
+        backbone_state, verified, seconds = load_verified_backbone(
+            self.weights_path, arch=config.arch, eps_pt=config.eps_pt, lock_path=self.weights_lock
+        )
+        self.verified += [
+            {
+                **item,
+                "path": item["path"] if item.get("source") else records.record_path(item["path"]),
+            }
+            for item in verified
+        ]
+        self.verification_seconds += seconds
         torch.manual_seed(derive_seed(config.seed, "init"))  # head and LoRa A init
         self.model = build_model(
             config.arch,
@@ -789,8 +817,8 @@ class CellTraining:
         for name, entry in entries.items():
             file_name = f"{name}.safetensors"
             metadata = self._weights_metadata(name, entry["epoch"], entry["metric"], entry["value"])
-            checkpoints.save_weights(kept / file_name, entry["weights"], metadata)
-            output = _output_entry(name, kept / file_name, self.out_dir / file_name)
+            sha256 = checkpoints.save_weights(kept / file_name, entry["weights"], metadata)
+            output = _output_entry(name, self.out_dir / file_name, sha256)
             outputs.append(output)
             checkpoint_records[name] = {
                 "epoch": entry["epoch"],
@@ -800,8 +828,8 @@ class CellTraining:
                 "path": output["path"],
                 "sha256": output["sha256"],
             }
-        write_history(kept / HISTORY_FILE, progress.history)
-        outputs.append(_output_entry("history", kept / HISTORY_FILE, self.out_dir / HISTORY_FILE))
+        history_sha256 = write_history(kept / HISTORY_FILE, progress.history)
+        outputs.append(_output_entry("history", self.out_dir / HISTORY_FILE, history_sha256))
         record = {
             "kind": "training_run",
             "cell": self.config.identity,
@@ -819,6 +847,10 @@ class CellTraining:
             "finished": records.timestamp(),
             "command": self.command,
             "inputs": self._inputs(),
+            "verified": {
+                "files": self.verified,
+                "seconds": round(self.verification_seconds, 6),
+            },
             "outputs": outputs,
             "checkpoints": checkpoint_records,
             "attempts": progress.attempts,
@@ -826,7 +858,8 @@ class CellTraining:
             "stop_reason": progress.stop_reason,
             "seconds_this_attempt": round(time.monotonic() - started_at, 3),
         }
-        write_json(kept / RUN_RECORD, _jsonable(record))  # the run is complete from here on
+        record = records.seal(record)
+        write_json(kept / RUN_RECORD, record)  # the run is complete from here on
         checkpoints.clear_state(self.state_dir)
         cellfolder.publish(self.out_dir, [*_output_names(record), RUN_RECORD])
         logger.info(
@@ -867,6 +900,7 @@ class CellTraining:
             records.file_entry("split_manifest", self.data_dir / "splits" / f"{scheme}.csv"),
             records.file_entry("split_info", self.data_dir / "splits" / f"{scheme}.json"),
             records.file_entry("weights", self.weights_path),
+            records.file_entry("weights_record", weights_record_path(self.weights_path)),
         ]
 
     # -- the whole run --
@@ -898,6 +932,8 @@ class CellTraining:
             "host": records.host(),
             "slurm": records.slurm_context(),
             "runtime": self.config_dict["runtime"],
+            "threads": records.torch_threads(),
+            "verification_seconds": round(self.verification_seconds, 6),
             "log": _relative_log(self.out_dir, self.log_path),
         }
         progress.attempts.append(attempt)
@@ -944,15 +980,15 @@ def history_columns(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_history(path: Path, rows: list[dict[str, Any]]) -> str:
+    """Write history.csv atomically; returns its sha256."""
     columns = history_columns(rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({key: "" if row.get(key) is None else row.get(key) for key in columns})
-    with atomic_write(path) as handle:
-        handle.write(buffer.getvalue())
+    return write_text(path, buffer.getvalue())
 
 
 def _epoch_line(row: dict[str, Any]) -> str:
@@ -987,14 +1023,34 @@ def _relative_log(out_dir: Path, log_path: Path | None) -> str | None:
     return None if log_path is None else str(log_path.relative_to(out_dir))
 
 
-def _output_entry(role: str, kept: Path, declared: Path) -> dict[str, str]:
-    """The record's entry of an output: its declared path, and the sha256 of the kept file that
-    the declared one is a link to (or a copy of)."""
-    return {"role": role, "path": records.record_path(declared), "sha256": sha256_file(kept)}
+def _output_entry(role: str, declared: Path, sha256: str) -> dict[str, str]:
+    """The record's entry of an output: its declared path (a link to, or copy of, the file kept
+    in completed/) and the file's sha256."""
+    return {"role": role, "path": records.record_path(declared), "sha256": sha256}
 
 
 def _output_names(record: dict[str, Any]) -> list[str]:
     return [Path(entry["path"]).name for entry in record["outputs"]]
+
+
+def check_dataset_name(dataset: PreparedDataset, config: CellConfig, data_dir: Path) -> None:
+    """Refuse a prepared dataset that is not the cell's (its records would name the wrong data)."""
+    if dataset.name != config.dataset:
+        raise ConfigError(
+            f"--data {data_dir} holds dataset {dataset.name!r}, but the cell is of "
+            f"{config.dataset!r}: pass the prepared {config.dataset} dataset "
+            f"(resources/data/{config.dataset} in the workflow)"
+        )
+
+
+def read_run_record(out_dir: Path, folder: Path | None = None) -> dict[str, Any]:
+    """The sealed run record of a finished cell, from ``folder`` (default ``out_dir``; its
+    ``completed/`` for the kept copy): a damaged or edited one is a DataError."""
+    return records.read_record(
+        (folder or out_dir) / RUN_RECORD,
+        "training_run",
+        f"delete {out_dir} and train the cell again (or restore the file from a backup)",
+    )
 
 
 def _check_same_run(record: dict[str, Any], config: CellConfig, out_dir: Path) -> None:
@@ -1008,43 +1064,53 @@ def _check_same_run(record: dict[str, Any], config: CellConfig, out_dir: Path) -
         )
 
 
-def changed_outputs(out_dir: Path, record: dict[str, Any]) -> list[str]:
-    """The outputs a run record names that are missing or differ from their sha256."""
+def changed_outputs(folder: Path, record: dict[str, Any]) -> list[str]:
+    """The outputs a run record lists (checkpoints, history) that are missing from ``folder`` or
+    differ from their sha256."""
     changed = []
     for entry in record.get("outputs") or []:
-        output = out_dir / Path(entry["path"]).name
+        output = folder / Path(entry["path"]).name
         if not output.is_file() or sha256_file(output) != entry["sha256"]:
             changed.append(output.name)
     return changed
 
 
+def verify_run_outputs(out_dir: Path, record: dict[str, Any]) -> None:
+    """Check every output a run record lists against its sha256 (DataError naming the file)."""
+    changed = changed_outputs(out_dir, record)
+    if changed:
+        raise DataError(
+            f"{out_dir / changed[0]} is missing or differs from its sha256 in "
+            f"{out_dir / RUN_RECORD}: the file changed after training; delete {out_dir} and "
+            "train the cell again"
+        )
+
+
 def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
     """The run record in ``out_dir`` if it is of ``config``; None if there is none; ConfigError
     if it is of another configuration."""
-    path = out_dir / RUN_RECORD
-    if not path.is_file():
+    if not (out_dir / RUN_RECORD).is_file():
         return None
-    record = read_json(path)
+    record = read_run_record(out_dir)
     _check_same_run(record, config, out_dir)
     return record
 
 
 def completed_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
-    """The finished run kept in ``out_dir/completed/`` (every file checked against its sha256),
-    or None when the run never completed; ConfigError if it is of another configuration."""
+    """The finished run kept in ``out_dir/completed/`` (its sealed record, every file checked
+    against its sha256), or None when the run never completed; ConfigError if it is of another
+    configuration."""
     kept = out_dir / cellfolder.COMPLETED_DIR
-    path = kept / RUN_RECORD
-    if not path.is_file():
+    if not (kept / RUN_RECORD).is_file():
         return None
-    record = read_json(path)
+    record = read_run_record(out_dir, kept)
     _check_same_run(record, config, out_dir)
-    for entry in record["outputs"]:
-        file = kept / Path(entry["path"]).name
-        if not file.is_file() or sha256_file(file) != entry["sha256"]:
-            raise ChecksumError(
-                f"{file} is missing or does not match its sha256 in {path}: the finished run "
-                f"cannot be restored; delete {out_dir} to train the cell again"
-            )
+    changed = changed_outputs(kept, record)
+    if changed:
+        raise ChecksumError(
+            f"{kept / changed[0]} is missing or does not match its sha256 in {kept / RUN_RECORD}: "
+            f"the finished run cannot be restored; delete {out_dir} to train the cell again"
+        )
     return record
 
 
@@ -1062,7 +1128,7 @@ def restore_completed_run(
         "log": _relative_log(out_dir, log_path),
         "restored_outputs": True,
     }
-    record = {**record, "attempts": [*record.get("attempts", []), attempt]}
+    record = records.seal({**record, "attempts": [*record.get("attempts", []), attempt]})
     write_json(out_dir / cellfolder.COMPLETED_DIR / RUN_RECORD, record)
     checkpoints.clear_state(out_dir / STATE_DIR)  # left over if killed right after completing
     cellfolder.publish(out_dir, [*_output_names(record), RUN_RECORD])
@@ -1084,6 +1150,7 @@ def train_cell(
     runtime: dict[str, Any] | None = None,
     spec_file: str | os.PathLike | None = None,
     command: str | None = None,
+    weights_lock: str | os.PathLike = DEFAULT_LOCK,
 ) -> TrainResult:
     """Train one cell into ``out_dir`` (resuming its state if present, restoring its outputs if
     it completed before). ``runtime`` replaces settings of the spec's runtime group. Raises
@@ -1115,6 +1182,7 @@ def train_cell(
             spec_file=None if spec_file is None else Path(spec_file),
             command=command if command is not None else records.command_line(),
             log_path=log_path,
+            weights_lock=Path(weights_lock),
         )
         with runtime_settings(config):
             record = training.run()

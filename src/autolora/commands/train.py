@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="runtime settings (device, num_workers, deterministic, fast paths) as JSON text or "
         "a .json/.yaml file, merged into the spec's; not part of the cell's identity",
     )
+    parser.add_argument(
+        "--lock",
+        default="config/weights.lock",
+        help="pinned checksums of the downloaded checkpoints the --weights were converted from",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             out_dir=args.out,
             runtime=runtime,
             spec_file=spec_file,
+            weights_lock=args.lock,
         )
     except train.TrainingInterrupted as stop:
         print(f"autolora train: {stop}", file=sys.stderr)
