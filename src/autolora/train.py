@@ -1064,26 +1064,41 @@ def _check_same_run(record: dict[str, Any], config: CellConfig, out_dir: Path) -
         )
 
 
-def changed_outputs(folder: Path, record: dict[str, Any]) -> list[str]:
-    """The outputs a run record lists (checkpoints, history) that are missing from ``folder`` or
-    differ from their sha256."""
-    changed = []
+def missing_and_changed_outputs(
+    folder: Path, record: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    """The outputs a run record lists (checkpoints, history) that are missing from ``folder``,
+    and those there that differ from their sha256."""
+    missing, changed = [], []
     for entry in record.get("outputs") or []:
         output = folder / Path(entry["path"]).name
-        if not output.is_file() or sha256_file(output) != entry["sha256"]:
+        if not output.is_file():
+            missing.append(output.name)
+        elif sha256_file(output) != entry["sha256"]:
             changed.append(output.name)
-    return changed
+    return missing, changed
 
 
 def verify_run_outputs(out_dir: Path, record: dict[str, Any]) -> None:
     """Check every output a run record lists against its sha256 (DataError naming the file)."""
-    changed = changed_outputs(out_dir, record)
+    missing, changed = missing_and_changed_outputs(out_dir, record)
     if changed:
         raise DataError(
-            f"{out_dir / changed[0]} is missing or differs from its sha256 in "
-            f"{out_dir / RUN_RECORD}: the file changed after training; delete {out_dir} and "
-            "train the cell again"
+            f"{out_dir / changed[0]}: its sha256 differs from the one recorded in "
+            f"{out_dir / RUN_RECORD}: the file changed after training; delete it to have it "
+            f"restored from {out_dir / cellfolder.COMPLETED_DIR} (checked against its sha256), "
+            f"or delete {out_dir} and train the cell again"
         )
+    if missing:
+        raise DataError(
+            f"{out_dir / missing[0]} is missing (listed in {out_dir / RUN_RECORD}); delete {out_dir} "
+            "and train the cell again"
+        )
+
+
+def _present(out_dir: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The output entries of ``record`` whose files exist in ``out_dir``."""
+    return [e for e in record.get("outputs") or [] if (out_dir / Path(e["path"]).name).is_file()]
 
 
 def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
@@ -1105,11 +1120,12 @@ def completed_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
         return None
     record = read_run_record(out_dir, kept)
     _check_same_run(record, config, out_dir)
-    changed = changed_outputs(kept, record)
-    if changed:
+    missing, changed = missing_and_changed_outputs(kept, record)
+    if missing or changed:
         raise ChecksumError(
-            f"{kept / changed[0]} is missing or does not match its sha256 in {kept / RUN_RECORD}: "
-            f"the finished run cannot be restored; delete {out_dir} to train the cell again"
+            f"{kept / (missing + changed)[0]} is missing or does not match its sha256 in "
+            f"{kept / RUN_RECORD}: the finished run cannot be restored; delete {out_dir} to train "
+            "the cell again"
         )
     return record
 
@@ -1160,19 +1176,18 @@ def train_cell(
     out_dir = Path(out_dir)
     with cellfolder.locked(out_dir), cellfolder.attempt_log(out_dir) as log_path:
         existing = check_existing_run(out_dir, config)
-        changed = [] if existing is None else changed_outputs(out_dir, existing)
-        if existing is not None and not changed:
+        missing = [] if existing is None else missing_and_changed_outputs(out_dir, existing)[0]
+        if existing is not None and not missing:
+            verify_run_outputs(out_dir, existing)  # a changed output is refused, never replaced
             checkpoints.clear_state(out_dir / STATE_DIR)  # left over if killed after completing
             return TrainResult("already_complete", existing)
         kept = completed_run(out_dir, config)
         if kept is not None:
+            if existing is not None:
+                verify_run_outputs(out_dir, {**existing, "outputs": _present(out_dir, existing)})
             return TrainResult("restored", restore_completed_run(out_dir, kept, config, log_path))
         if existing is not None:
-            raise DataError(
-                f"{out_dir}: {', '.join(changed)} of the finished run are missing or changed and "
-                f"there is no kept copy to restore them from: delete {out_dir / RUN_RECORD} to "
-                "train the cell again"
-            )
+            verify_run_outputs(out_dir, existing)  # names the missing output
         training = CellTraining(
             config,
             spec,
