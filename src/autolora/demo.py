@@ -71,12 +71,15 @@ def report_folder(root: Path) -> Path:
 def verification_overhead(results: Path) -> tuple[float, float, int]:
     """(seconds spent verifying inputs, seconds of the jobs, number of records) over every run and
     evaluation record under ``results``, as each record measured them."""
+    from autolora.cellfolder import COMPLETED_DIR
     from autolora.io import read_json
 
     verifying = total = 0.0
     count = 0
     for path in sorted(results.rglob("*.json")):
         if path.name != "run.json" and not path.name.startswith("eval-"):
+            continue
+        if path.parent.name == COMPLETED_DIR:  # the kept copy of the cell's run.json
             continue
         record = read_json(path)
         seconds = record.get("seconds_this_attempt", record.get("seconds"))
