@@ -7,7 +7,8 @@ Output folder layout::
     comparison.{csv,md}, claims.csv paper vs ours, and the paper's qualitative claims
     figures/<kind>-<arch>-<dataset>.png
     provenance/<table>.json         sidecar index read by `autolora audit`
-    missing.txt                     cells without an evaluation record and the command for each
+    missing.txt                     cells without an evaluation record and the command for each;
+                                    cells without AA and the config key that explains it
     report.md, report.html          the reproduction report
 """
 
@@ -51,8 +52,10 @@ def table8_sources(config: Mapping[str, Any]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from autolora import grid as grid_module
+    from autolora.autoattack_variants import configured_variant
     from autolora.io import atomic_write
     from autolora.protocol import protocol_choices
+    from autolora.tables import CELL_LIST_FILE
 
     config = grid_module.load_config(args.config)
     grid = grid_module.expand_grid(config)
@@ -71,15 +74,32 @@ def run(args: argparse.Namespace) -> int:
         overrides=dict(config.get("training") or {}),
         seeds=grid_module.seeds(config),
         config_path=str(args.config),
+        autoattack_version=configured_variant(config).name,
+        not_computed_reasons=grid.autoattack_skip_reasons(config),
     )
-    missing = outputs["missing"]
-    with atomic_write(out / "missing.txt") as handle:
-        handle.writelines(f"{cell}\tsnakemake {target}\n" for cell, target in missing.items())
+    missing, not_computed = outputs["missing"], outputs["not_computed"]
+    with atomic_write(out / CELL_LIST_FILE) as handle:
+        handle.write(cell_list_text(missing, not_computed))
     print(
         f"aggregate: {len(outputs['tables'])} table(s), {outputs['numbers']} number(s), "
-        f"{len(missing)} missing cell(s); report {out / 'report.md'}"
+        f"{len(missing)} missing cell(s), {len(not_computed)} without AA; "
+        f"report {out / 'report.md'}"
     )
     return 0
+
+
+def cell_list_text(missing: Mapping[str, str], not_computed: Mapping[str, str]) -> str:
+    """``missing.txt``: one line per cell, tab-separated, under a comment naming the columns:
+    cells without an evaluation record and the command that produces each, then cells whose
+    record has no AA and why (empty when nothing is missing)."""
+    lines = []
+    if missing:
+        lines.append("# cells without an evaluation record\tthe command that produces it")
+        lines += [f"{cell}\tsnakemake {target}" for cell, target in missing.items()]
+    if not_computed:
+        lines.append("# cells whose evaluation has no AA\twhy")
+        lines += [f"{cell}\t{reason}" for cell, reason in not_computed.items()]
+    return "".join(f"{line}\n" for line in lines)
 
 
 def aggregate(
@@ -97,6 +117,8 @@ def aggregate(
     seeds: list[int],
     config_path: str = "",
     root: str | Path = ".",
+    autoattack_version: str = "standard",
+    not_computed_reasons: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything `aggregate` writes, from table entries; returns what was written."""
     from autolora.compare import (
@@ -122,6 +144,8 @@ def aggregate(
         checkpoint,
         table8_sources=table8,
         welch=welch,
+        autoattack_version=autoattack_version,
+        not_computed_reasons=not_computed_reasons,
     )
     table_files: dict[str, list[Path]] = {}
     for table in tables:
@@ -172,10 +196,17 @@ def aggregate(
     )
     write_report(inputs, out_dir)
     missing = {c: t.eval_target(c) for t in tables for c in t.missing_cells}
+    not_computed = {
+        cell: reason
+        for t in tables
+        for reason, cells in t.not_computed_by_reason().items()
+        for cell in cells
+    }
     return {
         "tables": tables,
         "numbers": sum(len(t.numbers) for t in tables),
         "missing": dict(sorted(missing.items())),
+        "not_computed": dict(sorted(not_computed.items())),
         "figures": figures,
         "indices": indices,
     }
