@@ -385,6 +385,7 @@ def test_plan_prints_cells_jobs_and_gpu_hours(capsys):
     assert "264 unique cells" in out
     assert "train                  264" in out
     assert "total                  555" in out
+    assert "AutoAttack: standard AutoAttack on 108 of 264 cells" in out
     assert "estimated GPU-hours" in out
 
 
