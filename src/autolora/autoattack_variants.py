@@ -40,10 +40,9 @@ class AutoAttackVariant:
             listed = ", ".join(attacks[:-1]) + " and " + attacks[-1]
             return f"AA: standard AutoAttack, {listed} ({setting}), as in the paper."
         return (
-            f"AA: reduced AutoAttack, {' + '.join(attacks)} only ({setting}): standard "
-            "AutoAttack's robust "
-            "accuracy after these attacks, an upper bound of standard AA, not comparable with "
-            "the paper's AA."
+            f"AA: reduced AutoAttack, {' + '.join(attacks)} only ({setting}): standard AA "
+            f"stopped after {attacks[-1]}, an upper bound of standard AA, not comparable with the "
+            "paper's."
         )
 
 
