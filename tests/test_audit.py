@@ -191,10 +191,20 @@ def readme_audit_numbers() -> list[tuple[str | None, list[str]]]:
             continue
         words = shlex.split(line.split("#", 1)[0])[2:]
         index = words[words.index("--index") + 1] if "--index" in words else None
-        positional = [w for w in words if w != "--index" and w != index]
-        if positional != ["--all"]:
+        positional, skip = [], False
+        for word in words:
+            if skip:
+                skip = False
+            elif word.startswith("--"):
+                skip = word in OPTIONS_WITH_VALUES
+            else:
+                positional.append(word)
+        if positional:
             examples.append((index, positional))
     return examples
+
+
+OPTIONS_WITH_VALUES = ("--index", "--root", "--expect-seal", "--device", "--tolerance")
 
 
 def test_readme_audit_examples_name_numbers_of_the_grid_they_audit():
@@ -215,3 +225,49 @@ def test_readme_audit_examples_name_numbers_of_the_grid_they_audit():
         )
         numbers = {(t.name, n.row, n.column) for t in tables for n in t.numbers}
         assert (table, row, column) in numbers, (index, table, row, column)
+
+
+def test_the_chain_reaches_the_archive_and_checkpoint_checksums(aggregated, capsys):
+    status, out, err = audit(capsys, "table1", "cifar10/autolora", "PGD10")
+    assert status == 0, err
+    data = "resources/data/cifar10"
+    assert f"prepared data file {data}/labels.npy: sha256" in out
+    assert "archive cifar-10-python.tar.gz: md5 c58f30108f71 (published)" in out
+    archive = "resources/downloads/cifar10/cifar-10-python.tar.gz"
+    assert f"archive {archive}: not present (only needed to prepare or convert)" in out
+    assert "converted from resnet18_linf_eps4.0.ckpt: sha256 6f8ccef1ae49 (published)" in out
+    ckpt = "resources/downloads/weights/resnet18-eps4.ckpt"
+    assert f"checkpoint download {ckpt}: not present" in out
+    # downloads still present are re-hashed: files other than the published ones fail
+    for path in (archive, ckpt):
+        (aggregated / path).parent.mkdir(parents=True, exist_ok=True)
+        (aggregated / path).write_bytes(b"not the published file")
+    status, out, err = audit(capsys, "--all")
+    assert status != 0
+    assert f"{archive}: md5 mismatch" in err and f"{ckpt}: sha256 mismatch" in err
+
+
+def test_a_changed_prepared_data_file_or_backbone_record_fails(aggregated, capsys):
+    flip_one_byte(aggregated / "resources/data/cifar10/labels.npy")
+    record = aggregated / "resources/weights/resnet18-eps4.json"
+    record.write_text(record.read_text().replace("6f8ccef1ae49", "6f8ccef1ae40"))
+    status, out, err = audit(capsys, "--all")
+    assert status != 0
+    assert "resources/data/cifar10/labels.npy: sha256 mismatch" in err
+    assert "resources/weights/resnet18-eps4.json: sha256 mismatch (weights_record" in err
+
+
+@pytest.mark.parametrize("version", ["standard", "apgd-ce+apgd-t", None])
+def test_recompute_evaluates_aa_again_with_the_variant_it_was_recorded_with(tmp_path, version):
+    from autolora.recompute import _evaluation_arguments
+
+    (entry,) = [e for e in expand_grid(CONFIG).entries if e.table == "table1"][:1]
+    cell = write_cell(tmp_path, entry, metrics_of(80.0, 50.0, 45.0), autoattack_version="x")
+    record = read_json(cell / "eval-best_test.json")
+    record["inputs"].append({"role": "dataset", "path": "resources/data/cifar10/dataset.json"})
+    if version is None:  # written before variants existed: standard AutoAttack
+        del record["autoattack"]["version"]
+    else:
+        record["autoattack"]["version"] = version
+    arguments = _evaluation_arguments(record, tmp_path, "AA")
+    assert arguments["autoattack"] and arguments["autoattack_version"] == (version or "standard")

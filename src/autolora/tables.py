@@ -11,7 +11,6 @@ explains it; the cells themselves are listed in ``missing.txt`` and the values C
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +28,7 @@ from autolora.autoattack_variants import (
     record_variant,
 )
 from autolora.errors import DataError
+from autolora.records import read_record
 from autolora.stats import (
     STD_DESCRIPTION,
     TEST_DESCRIPTIONS,
@@ -139,13 +139,7 @@ class EvaluationStore:
         path = self.path(cell_id)
         if not path.is_file():
             return None
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise DataError(
-                f"{path}: unreadable evaluation record ({error}); delete it and rerun "
-                f"`snakemake {path}`"
-            ) from error
+        record = read_record(path, "evaluation", f"delete it and rerun `snakemake {path}`")
         problem = _evaluation_problem(record, cell_id, self.checkpoint)
         if problem:
             raise DataError(f"{path}: {problem}; delete it and rerun `snakemake {path}`")

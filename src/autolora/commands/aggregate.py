@@ -10,6 +10,10 @@ Output folder layout::
     missing.txt                     cells without an evaluation record and the command for each;
                                     cells without AA and the config key that explains it
     report.md, report.html          the reproduction report
+    provenance/results.json         every file above with its sha256, written last; its sha256 is
+                                    the folder's seal (`autolora audit --all --seal`)
+
+Equal records give equal bytes: a re-aggregation of unchanged results gives the same seal.
 """
 
 from __future__ import annotations
@@ -70,9 +74,7 @@ def table3_parameter_counts(grid) -> dict[tuple[str, int], dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     from autolora import grid as grid_module
     from autolora.autoattack_variants import configured_variant
-    from autolora.io import atomic_write
     from autolora.protocol import protocol_choices
-    from autolora.tables import CELL_LIST_FILE
 
     config = grid_module.load_config(args.config)
     grid = grid_module.expand_grid(config)
@@ -96,12 +98,10 @@ def run(args: argparse.Namespace) -> int:
         not_computed_reasons=grid.autoattack_skip_reasons(config),
     )
     missing, not_computed = outputs["missing"], outputs["not_computed"]
-    with atomic_write(out / CELL_LIST_FILE) as handle:
-        handle.write(cell_list_text(missing, not_computed))
     print(
         f"aggregate: {len(outputs['tables'])} table(s), {outputs['numbers']} number(s), "
         f"{len(missing)} missing cell(s), {len(not_computed)} without AA; "
-        f"report {out / 'report.md'}"
+        f"report {out / 'report.md'}; seal {outputs['seal']}"
     )
     return 0
 
@@ -149,10 +149,16 @@ def aggregate(
     )
     from autolora.io import atomic_write
     from autolora.plots import draw_figures
-    from autolora.provenance import build_index, write_index
+    from autolora.provenance import (
+        SEAL_PREFIX,
+        build_index,
+        build_results_index,
+        write_index,
+        write_results_index,
+    )
     from autolora.report import ReportInputs, write_report
     from autolora.stats import ttest_kind
-    from autolora.tables import build_tables
+    from autolora.tables import CELL_LIST_FILE, build_tables
 
     out_dir = Path(out_dir)
     entries = list(entries)
@@ -215,19 +221,39 @@ def aggregate(
         indices=indices,
         config_path=config_path,
     )
-    write_report(inputs, out_dir)
+    report_files = write_report(inputs, out_dir)
     missing = {c: t.eval_target(c) for t in tables for c in t.missing_cells}
+    missing = dict(sorted(missing.items()))
     not_computed = {
         cell: reason
         for t in tables
         for reason, cells in t.not_computed_by_reason().items()
         for cell in cells
     }
+    not_computed = dict(sorted(not_computed.items()))
+    with atomic_write(out_dir / CELL_LIST_FILE) as handle:
+        handle.write(cell_list_text(missing, not_computed))
+    results_index = build_results_index(
+        root=root,
+        protocol=protocol,
+        table_indices=indices,
+        files={
+            "table file": [p for files in table_files.values() for p in files],
+            "comparison": [out_dir / "comparison.csv", out_dir / "comparison.md"],
+            "claims": [out_dir / "claims.csv"],
+            "figure": sorted(figures),
+            "report": list(report_files),
+            "missing cells": [out_dir / CELL_LIST_FILE],
+        },
+        inputs={"configuration": config_path or None, "paper results": paper_results},
+    )
+    seal = SEAL_PREFIX + write_results_index(out_dir / "provenance", results_index)
     return {
         "tables": tables,
         "numbers": sum(len(t.numbers) for t in tables),
-        "missing": dict(sorted(missing.items())),
-        "not_computed": dict(sorted(not_computed.items())),
+        "missing": missing,
+        "not_computed": not_computed,
         "figures": figures,
         "indices": indices,
+        "seal": seal,
     }
