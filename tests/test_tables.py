@@ -439,6 +439,22 @@ def test_comparison_differences_and_claims(root, grid):
     assert claims.loc[("dtd", "AA"), "ours"] == HOLDS  # 21.8 > 20.9 > 20.23
 
 
+def test_reduced_autoattack_is_not_set_beside_the_papers_aa(root, grid):
+    for e in grid.entries:
+        if e.table == "table1":
+            values = VALUES[(e.dataset, e.method)][SEEDS.index(e.seed)]
+            write_cell(root, e, metrics_of(*values), autoattack_version="apgd-ce+apgd-t")
+    tables = list(build(grid, autoattack_version="apgd-ce+apgd-t").values())
+    paper = load_paper_results(PAPER_CSV)
+    comparison = comparison_frame(tables, paper).set_index(["table", "row", "column"])
+    assert comparison.loc[("table1", "cifar10/autolora", "PGD10"), "paper"] == 54.27
+    assert math.isnan(comparison.loc[("table1", "cifar10/autolora", "AA"), "paper"])
+    assert math.isnan(comparison.loc[("table8", "table1/cifar10", "vanilla/AA"), "paper"])
+    claims = claims_frame(tables, paper).set_index(["dataset", "metric"])
+    assert "reduced AutoAttack" in claims.loc[("cifar10", "AA"), "note"]
+    assert claims.loc[("cifar10", "PGD10"), "note"] == ""
+
+
 # ---- the command ------------------------------------------------------------------------------
 
 
