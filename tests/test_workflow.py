@@ -67,7 +67,9 @@ def paper_dry_run(tmp_path_factory):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     # --cores above the jobs' threads, so that the dry run shows each job's own
-    result = snakemake("-n", "--cores", "64", "--configfile", str(PAPER_CONFIG), workdir=workdir)
+    result = snakemake(
+        "-n", "-p", "--cores", "64", "--configfile", str(PAPER_CONFIG), workdir=workdir
+    )
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -99,6 +101,39 @@ def test_train_and_evaluate_resources_come_from_the_cost_model(paper_dry_run):
     assert "threads: 9" in train and "threads: 9" in evaluate
     assert 'autolora_runtime={"num_workers":8}' in train
     assert "eval-best_test.json" in evaluate  # protocol paper reports the best-test checkpoint
+
+
+def evaluate_commands(output: str, results: str) -> dict[str, str]:
+    """Cell id -> the `autolora evaluate` command a dry run (-p) prints for it."""
+    found = re.finditer(r"^Shell command: (.*autolora evaluate --run (\S+) .*)$", output, re.M)
+    return {m.group(2).removeprefix(f"{results}/"): m.group(1) for m in found}
+
+
+def test_the_paper_grid_runs_standard_autoattack_on_tables_1_and_2(paper_dry_run):
+    output, _, _ = paper_dry_run
+    config = load_config(PAPER_CONFIG)
+    grid = expand_grid(config)
+    commands = evaluate_commands(output, "results")
+    assert set(commands) == set(grid.cells)
+    aa_cells = set(grid.cells_of("table1")) | set(grid.cells_of("table2"))
+    for cell, command in commands.items():
+        expected = "--autoattack-version standard" if cell in aa_cells else "--no-autoattack"
+        assert expected in command, command
+
+
+def test_the_demo_runs_reduced_autoattack_on_every_table1_cell(tmp_path):
+    config = load_config(ROOT / "config" / "demo.yaml")
+    result = snakemake(
+        "-n", "-p", "--configfile", str(ROOT / "config" / "demo.yaml"), workdir=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    commands = evaluate_commands(result.stdout + result.stderr, config["results"])
+    grid = expand_grid(config)
+    assert set(commands) == set(grid.cells)
+    for cell, command in commands.items():
+        table1 = cell in grid.cells_of("table1")
+        expected = "--autoattack-version apgd-ce+apgd-t" if table1 else "--no-autoattack"
+        assert expected in command, command
 
 
 def local_rules() -> set[str]:
@@ -290,6 +325,23 @@ def test_changing_one_cells_identity_reruns_exactly_that_cell(finished_grid):
     }
     train = next(j for j in output.split("\nrule ") if j.startswith("train:"))
     assert f"{CELL}/run.json" in train and "params have changed" in train.lower()
+
+
+@pytest.mark.slow
+def test_another_autoattack_setting_re_evaluates_and_retrains_nothing(finished_grid):
+    # another AutoAttack variant re-evaluates every AA cell (all four: Table 1's)
+    evaluation = {"autoattack": True, "autoattack_version": "apgd-ce+apgd-t", "n": 8}
+    variant = dry_run(finished_grid, {**TINY, "evaluation": evaluation})
+    expected = {"evaluate": 4, "resolve_config": 1, "aggregate": 1, "all": 1}
+    assert job_counts(variant) == expected
+    # AutoAttack's batch size is the evaluation's too (it changes which examples share a batch,
+    # hence the random starts): an option of the evaluations, not part of any cell's identity
+    batch = edited(**{"evaluation": evaluation, "training.autoattack": {"batch_size": 4}})
+    output = dry_run(finished_grid, batch, "-p")
+    assert job_counts(output) == expected
+    commands = [line for line in output.splitlines() if " autolora evaluate " in line]
+    assert len(commands) == 4
+    assert all("--autoattack-batch-size 4" in command for command in commands)
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from autolora import records
 from autolora.attacks import autoattack_evaluation, eval_mode, pgd
+from autolora.autoattack_variants import STANDARD, autoattack_variant
 from autolora.errors import ConfigError, DataError
 from autolora.io import sha256_file, write_json
 
@@ -172,6 +173,7 @@ def evaluate_run(
     out: str | os.PathLike,
     n: int | None = None,
     autoattack: bool | None = None,
+    autoattack_version: str = STANDARD,
     autoattack_batch_size: int | None = None,
     device: str | None = None,
     runtime: dict[str, Any] | None = None,
@@ -182,7 +184,8 @@ def evaluate_run(
 
     ``n``, ``autoattack`` and ``autoattack_batch_size`` default to the cell's ``autoattack``
     settings; ``runtime`` (device, workers) replaces the settings of the run's, and ``device``
-    the device.
+    the device; ``autoattack_version`` names the AutoAttack variant
+    (``autolora.autoattack_variants``: ``standard``, the paper's, or a reduced one).
     """
     from autolora.cells import CellConfig
     from autolora.checkpoints import load_verified_weights
@@ -229,6 +232,7 @@ def evaluate_run(
     if n is not None and n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     run_autoattack = config.autoattack.enabled if autoattack is None else autoattack
+    variant = autoattack_variant(autoattack_version)
     torch_device = resolve_device(device or config.runtime.device)
 
     verified += check_same_data(run_record, data_dir, run_dir)
@@ -296,17 +300,19 @@ def evaluate_run(
             device=torch_device,
             batch_size=config.autoattack.batch_size,
             seed=config.seed,
+            version=variant.name,
         )
         aa = result.robust_accuracy
         autoattack_record = {
-            "version": "standard",
+            "version": result.version,
+            "attacks": list(result.attacks),
             "package": records.package_versions(("pyautoattack",))["pyautoattack"],
             "progression": result.progression,
             "clean_accuracy": result.clean_accuracy,
             "seed": config.seed,
             "batch_size": config.autoattack.batch_size,
         }
-        logger.info("%s %s: AutoAttack %.2f", config.cell_id, name, aa)
+        logger.info("%s %s: %s %.2f", config.cell_id, name, variant.label, aa)
 
     metadata = run_record["checkpoints"][name]
     scheme = config.split_scheme

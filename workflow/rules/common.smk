@@ -9,6 +9,7 @@ from snakemake.utils import validate
 
 try:
     from autolora import costmodel, grid
+    from autolora.autoattack_variants import configured_variant
     from autolora.errors import AutoloraError
 except ImportError as error:
     raise WorkflowError(
@@ -30,6 +31,7 @@ REPORT = f"{RESULTS}/{PROTOCOL}"
 REPORTED_CHECKPOINT = grid.reported_checkpoint(config)
 COST = costmodel.CostModel.from_config(config)
 AUTOATTACK_CELLS = GRID.autoattack_cells(config)
+AUTOATTACK_VARIANT = configured_variant(config)
 CELL = f"{RESULTS}/{{protocol}}/runs/{{arch}}-eps{{eps}}/{{dataset}}/{{method}}/seed{{seed}}"
 CONDA_ENV = "../../envs/autolora.yaml"
 # How cells are computed (device, workers, fast paths): not a param, so changing it reruns nothing.
@@ -142,8 +144,10 @@ def evaluation_options(wildcards):
     options = [f"--n {int(n)}"] if n else []
     if cell_id(wildcards) not in AUTOATTACK_CELLS or autoattack.get("enabled") is False:
         options.append("--no-autoattack")
-    elif "batch_size" in autoattack:
-        options.append(f"--autoattack-batch-size {int(autoattack['batch_size'])}")
+    else:
+        options.append(f"--autoattack-version {AUTOATTACK_VARIANT.name}")
+        if "batch_size" in autoattack:
+            options.append(f"--autoattack-batch-size {int(autoattack['batch_size'])}")
     return " ".join(options)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from autolora.autoattack_variants import REDUCED, STANDARD, VARIANTS
+
 NAME = "evaluate"
 HELP = "evaluate a run's checkpoint (SA, PGD-10, AutoAttack) and write an evaluation record"
 
@@ -27,6 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-autoattack", action="store_true", help="skip AutoAttack (SA and PGD-10 only)"
+    )
+    parser.add_argument(
+        "--autoattack-version",
+        default=STANDARD,
+        choices=tuple(VARIANTS),
+        help=f"AutoAttack variant: {STANDARD} (the paper's, default) or {REDUCED} (reduced: its "
+        "first two attacks only, for quick runs)",
     )
     parser.add_argument(
         "--autoattack-batch-size",
@@ -55,12 +64,13 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         n=args.n,
         autoattack=False if args.no_autoattack else None,
+        autoattack_version=args.autoattack_version,
         autoattack_batch_size=args.autoattack_batch_size,
         device=args.device,
         runtime=None if args.runtime is None else parse_runtime(args.runtime),
     )
     metrics = record["metrics"]
-    aa = "-" if metrics["AA"] is None else f"{metrics['AA']:.2f}"
+    aa = "-" if metrics["AA"] is None else f"{metrics['AA']:.2f} ({args.autoattack_version})"
     print(
         f"{record['cell_id']} {record['checkpoint']['name']}: SA {metrics['SA']:.2f} "
         f"PGD-10 {metrics['PGD10']:.2f} AA {aa} (n={record['n']})"
