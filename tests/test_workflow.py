@@ -38,6 +38,7 @@ PAPER_JOBS = {
     "evaluate": PAPER_TRAIN_JOBS,
     "resolve_config": 1,
     "aggregate": 1,
+    "crate": 1,
     "all": 1,
 }
 
@@ -224,7 +225,12 @@ def test_deleting_one_evaluation_reruns_only_it_and_the_aggregation(tmp_path):
 
     (cell / "eval-best_test.json").unlink()
     rerun = snakemake("-n", "--configfile", str(config), workdir=tmp_path)
-    assert job_counts(rerun.stdout + rerun.stderr) == {"evaluate": 1, "aggregate": 1, "all": 1}
+    assert job_counts(rerun.stdout + rerun.stderr) == {
+        "evaluate": 1,
+        "aggregate": 1,
+        "crate": 1,
+        "all": 1,
+    }
     assert "synth/vanilla/seed1/eval-best_test.json" in rerun.stdout
 
     forced = snakemake(
@@ -239,6 +245,7 @@ def test_deleting_one_evaluation_reruns_only_it_and_the_aggregation(tmp_path):
         "train": 1,
         "evaluate": 1,
         "aggregate": 1,
+        "crate": 1,
         "all": 1,
     }
     shutil.rmtree(tmp_path / ".snakemake", ignore_errors=True)
