@@ -483,3 +483,133 @@ def test_describing_a_folder_the_workflow_has_not_finished_is_a_clear_error(tmp_
 
     with pytest.raises(ConfigError, match="config.resolved.yaml missing"):
         describe_results(tmp_path)
+
+
+# ---- a paper-like folder: real dataset archives, downloaded weights, SLURM jobs ----------------
+
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+PAPER_LIKE = {
+    "protocol": "paper",
+    "seeds": [0, 6, 66],
+    "results": "results",
+    "resources": "resources",
+    "datasets": {"cifar10": {"source": "cifar10"}},
+    "tables": {
+        "table1": {"arch": "resnet18", "eps_pt": 4, "datasets": ["cifar10"]},
+        "table8": {"tables": ["table1"]},
+    },
+}
+
+
+@pytest.fixture
+def paper_like(tmp_path, monkeypatch):
+    """Records as `records_factory` writes them (cells trained and evaluated under SLURM), with a
+    prepared CIFAR-10 from its archive and a converted ResNet-18 backbone, aggregated."""
+    from records_factory import metrics_of, write_cell
+
+    from autolora.grid import expand_grid
+    from autolora.io import sha256_file, write_json
+    from autolora.weights import lookup
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "resources/data/cifar10"
+    (data / "splits").mkdir(parents=True)
+    (data / "splits/paper.csv").write_text("split,position,example\ntrain,0,0\ntest,0,1\n")
+    (data / "images.u8").write_bytes(bytes(range(48)))
+    write_json(
+        data / "dataset.json",
+        {
+            "format": 1,
+            "name": "cifar10",
+            "num_classes": 10,
+            "sources": [{"file": "cifar-10-python.tar.gz", "md5": CIFAR_MD5}],
+            "files": {
+                "images.u8": sha256_file(data / "images.u8"),
+                "splits/paper.csv": sha256_file(data / "splits/paper.csv"),
+            },
+        },
+    )
+    for e in {e.cell_id: e for e in expand_grid(PAPER_LIKE).entries}.values():
+        pgd = {"vanilla": 52.0, "twins": 53.0, "autolora": 54.0}[e.method] + e.seed / 100
+        write_cell(tmp_path, e, metrics_of(80 + e.seed / 10, pgd, pgd - 5))
+    weights = tmp_path / "resources/weights/resnet18-eps4.safetensors"
+    published = lookup("resnet18", 4)
+    write_json(
+        weights.with_suffix(".json"),
+        {
+            "kind": "backbone_weights",
+            "arch": "resnet18",
+            "eps_pt": 4,
+            "source": {"file": "resnet18-eps4.ckpt", "sha256": published.sha256},
+            "file": weights.name,
+            "sha256": sha256_file(weights),
+            "num_tensors": 1,
+        },
+    )
+    folder = tmp_path / "results/paper"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.resolved.yaml").write_text(json.dumps(PAPER_LIKE))
+    assert (
+        main(
+            [
+                "aggregate",
+                "--config",
+                str(folder / "config.resolved.yaml"),
+                "--out",
+                str(folder),
+                "--paper",
+                str(ROOT / "config/paper_results.csv"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "crate",
+                "results/paper",
+                "--workflow-dir",
+                str(ROOT),
+                "--author",
+                "Ada Lovelace <https://orcid.org/0000-0000-0000-0000>",
+            ]
+        )
+        == 0
+    )
+    return folder, published
+
+
+def test_archives_downloaded_weights_and_slurm_jobs_are_described(paper_like, validator, capsys):
+    folder, published = paper_like
+    crate = json.loads((folder / METADATA_FILE).read_text())
+    graph = entities(crate)
+    # the published archive and checkpoint, as web-based data entities with their checksums
+    archive = graph["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
+    assert archive["identifier"] == f"md5:{CIFAR_MD5}"
+    prepare = graph["#action/prepare_dataset/cifar10"]
+    assert ids(prepare["object"]) == [archive["@id"]]
+    assert "#resources/data/cifar10/images.u8" in ids(prepare["result"])
+    checkpoint = graph[published.url]
+    assert checkpoint["sha256"] == published.sha256
+    convert = graph["#action/convert_weights/resnet18-eps4"]
+    assert ids(convert["object"]) == [published.url]
+    # SLURM job ids and hosts from the run and evaluation records
+    cell = "paper/runs/resnet18-eps4/cifar10/autolora/seed6"
+    train, evaluate = graph[f"#action/train/{cell}"], graph[f"#action/evaluate/{cell}"]
+    assert graph[train["identifier"]["@id"]]["value"] == "4242"
+    assert graph[evaluate["identifier"]["@id"]]["value"] == "4343"
+    assert graph[evaluate["location"]["@id"]]["name"] == "node08"
+    # Table 8's p-value is derived from the six evaluations of its two groups
+    p_value = graph["#number/table8/table1/cifar10/vanilla/PGD10"]
+    assert len(ids(p_value["wasDerivedFrom"])) == 6
+    # the author who ran it is the run's agent
+    assert ids(graph["#run"]["agent"]) == ["https://orcid.org/0000-0000-0000-0000"]
+
+    _, validate, _ = validator
+    result = validate(folder, "provenance-run-crate-0.5", "REQUIRED")
+    with capsys.disabled():
+        print(
+            f"\nroc-validator provenance-run-crate-0.5 (paper-like folder): "
+            f"{'passed' if result.passed() else 'FAILED'}, {len(result.get_issues())} REQUIRED issue(s)"
+        )
+    assert result.passed(), [i.message for i in result.get_issues()]

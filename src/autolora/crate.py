@@ -331,6 +331,8 @@ def iso_time(stamp: str | None) -> str | None:
 
 def media_type(path: str | Path) -> str:
     """The IANA media type of a file by its name (``application/octet-stream`` if unknown)."""
+    if Path(path).name == "Snakefile":
+        return "text/plain"
     return MEDIA_TYPES.get(Path(path).suffix.lower(), OCTET_STREAM)
 
 
@@ -822,8 +824,8 @@ def _describe_training(
         results=results,
         start=run.get("started"),
         end=run.get("finished"),
-        hosts=[a.get("host") for a in attempts],
-        jobs=[a.get("slurm") for a in attempts],
+        hosts=[*(a.get("host") for a in attempts), run.get("host")],
+        jobs=[*(a.get("slurm") for a in attempts), run.get("slurm")],
         software=builder.environment(run),
     )
     return {"run_record": record, **checkpoint_ids}
@@ -1430,8 +1432,8 @@ def _assemble(
             "alternateName": "AutoLoRa: A Parameter-Free Automated Robust Fine-Tuning Framework",
             "author": [_ref(a) for a in paper_authors],
             "datePublished": "2024",
-            "publication": "The Twelfth International Conference on Learning Representations "
-            "(ICLR 2024)",
+            "description": "The Twelfth International Conference on Learning Representations "
+            "(ICLR 2024); on arXiv as 2310.01818 (its arXiv title is the alternateName)",
             "identifier": "arXiv:2310.01818",
             "url": _ref(PAPER_ID),
         }

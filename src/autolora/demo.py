@@ -1,7 +1,8 @@
 """`python -m autolora.demo`: the whole workflow on config/demo.yaml, offline, on the CPU.
 
 Runs Snakemake from the repository root, prints the wall time of the workflow, writes Snakemake's
-HTML report, audits every number of every table, and prints where the outputs are.
+HTML report, audits every number of every table and the RO-Crate's checksums, and prints where the
+outputs are.
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         cwd=root,
         env=env,
     ).returncode
+    crate_audit = subprocess.run(
+        [sys.executable, "-m", "autolora.cli", "audit", "--crate", str(report), "--quiet"],
+        cwd=root,
+        env=env,
+    ).returncode
     print(
         "\noutputs:\n"
         f"  tables (CSV, Markdown, LaTeX)                 {report / 'tables'}\n"
@@ -104,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  reproduction report                           {report / 'report.md'} (.html)\n"
         f"  Snakemake report                              {snakemake_report}\n"
         f"  cells (checkpoints, history, run records)     {report / 'runs'}\n"
-        f"audit of every number: {'passed' if audit == 0 else f'FAILED (exit {audit})'}"
+        f"  RO-Crate (deposit: `autolora crate {report} --zip`)  {report / 'ro-crate-metadata.json'}\n"
+        f"audit of every number: {'passed' if audit == 0 else f'FAILED (exit {audit})'}\n"
+        f"audit of the crate's checksums: "
+        f"{'passed' if crate_audit == 0 else f'FAILED (exit {crate_audit})'}"
     )
-    return audit
+    return audit or crate_audit
 
 
 if __name__ == "__main__":
