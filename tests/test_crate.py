@@ -399,23 +399,31 @@ def test_a_table_number_leads_to_its_checkpoints_and_prepared_data_in_plain_json
 
 
 @pytest.mark.parametrize(
-    "relative",
+    ("relative", "damage", "named"),
     [
-        "runs/tiny-eps4/synth/vanilla/seed1/eval-best_test.json",
-        "runs/tiny-eps4/synth/vanilla/seed0/best_test.safetensors",
+        ("runs/tiny-eps4/synth/vanilla/seed1/eval-best_test.json", "flip", "sha256 mismatch"),
+        ("runs/tiny-eps4/synth/vanilla/seed0/best_test.safetensors", "flip", "sha256 mismatch"),
+        ("../../resources/data/synth/images.u8", "flip", "sha256 mismatch"),
+        ("report.md", "delete", "missing"),
     ],
 )
-def test_one_changed_byte_fails_audit_crate_naming_the_file(folder, capsys, relative):
+def test_one_changed_byte_fails_audit_crate_naming_the_file(
+    folder, capsys, relative, damage, named
+):
     assert main(["audit", "--crate", str(folder), "--quiet"]) == 0
     capsys.readouterr()
-    original = flip_one_byte(folder / relative)
+    original = (folder / relative).read_bytes()
+    if damage == "flip":
+        flip_one_byte(folder / relative)
+    else:
+        (folder / relative).unlink()
     try:
         status = main(["audit", "--crate", str(folder), "--quiet"])
         captured = capsys.readouterr()
     finally:
         (folder / relative).write_bytes(original)
     assert status == 2
-    assert relative in captured.err and "sha256 mismatch" in captured.err
+    assert relative in captured.err and named in captured.err
     assert main(["audit", "--crate", str(folder), "--quiet"]) == 0
 
 

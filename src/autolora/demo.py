@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  reproduction report                           {report / 'report.md'} (.html)\n"
         f"  Snakemake report                              {snakemake_report}\n"
         f"  cells (checkpoints, history, run records)     {report / 'runs'}\n"
-        f"  RO-Crate (deposit: `autolora crate {report} --zip`)  {report / 'ro-crate-metadata.json'}\n"
+        f"  RO-Crate (deposit: autolora crate --zip)      {report / 'ro-crate-metadata.json'}\n"
         f"audit of every number: {'passed' if audit == 0 else f'FAILED (exit {audit})'}\n"
         f"audit of the crate's checksums: "
         f"{'passed' if crate_audit == 0 else f'FAILED (exit {crate_audit})'}"

@@ -643,7 +643,7 @@ def _code_words(versions: Sequence[Mapping[str, Any]]) -> tuple[str | None, str]
         + f" (autolora {code.get('version')})"
         for code in versions
     )
-    return (labels[0] if len(labels) == 1 else None), f"the runs used {words}"
+    return ", ".join(dict.fromkeys(labels)), f"the runs used {words}"
 
 
 def _authors(builder: CrateBuilder, authors: Sequence[str]) -> list[str]:
