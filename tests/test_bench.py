@@ -245,3 +245,33 @@ def test_bench_cli_tiny(capsys, tmp_path):
 def test_bench_cli_user_errors(capsys):
     assert main(["bench", "--device", "cpu", "--repeats", "0"]) == 2
     assert "--repeats" in capsys.readouterr().err
+
+
+def test_bench_budget_stops_new_measurements_and_keeps_the_json(capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--device", "cpu", "--budget-s", "0", "--check", "--config",
+                 str(DEMO_CONFIG), "--json", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    record = json.loads(out.read_text())
+    assert record["complete"] is False and record["timings"] == [] and record["checks"] == []
+    assert record["projection"] is None  # nothing measured, nothing projected
+    assert record["skipped"][0] == "timings of tiny 32px b16"
+    assert "budget of 0 s reached; not measured: timings of tiny 32px b16" in printed
+
+
+def test_budget_skips_once_its_time_is_up():
+    now = [0.0]
+    budget = bench.Budget(10.0, clock=lambda: now[0])
+    assert not budget.skip("first")
+    now[0] = 10.0
+    assert budget.skip("second") and budget.skip("third")
+    assert budget.skipped == ["second", "third"]
+    assert not bench.Budget(None).skip("anything")
+
+
+def test_bench_archs_and_methods_errors(capsys):
+    assert main(["bench", "--device", "cpu", "--archs", "resnet18"]) == 2
+    assert "--size tiny has cases of tiny only" in capsys.readouterr().err
+    assert main(["bench", "--device", "cpu", "--methods", "twins", "--config", "x.yaml"]) == 2
+    assert "needs the reference method 'vanilla'" in capsys.readouterr().err

@@ -205,3 +205,45 @@ def test_injected_failure_fires_once_and_the_retry_completes(cell, monkeypatch):
     assert read_state_info(out / "state")["epoch"] == 2
     assert train_here(cell, out) == 0
     assert_same_weights(out, cell["reference"])
+
+
+def start_waiting(cell, out: Path, fault: str) -> subprocess.Popen:
+    """`autolora train` with AUTOLORA_FAULT_WAIT_SIGNAL_AT=fault, returned once it says it is
+    waiting for the stop signal (an event, whatever the machine's speed)."""
+    process = subprocess.Popen(
+        command(cell, out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=environment(AUTOLORA_FAULT_WAIT_SIGNAL_AT=fault),
+        text=True,
+    )
+    for line in process.stderr:
+        if "waiting for a stop signal" in line:
+            return process
+    process.wait(timeout=60)
+    raise AssertionError(f"training ended (exit {process.returncode}) without waiting")
+
+
+def test_a_fault_point_waits_at_a_batch_for_the_stop_signal(cell):
+    out = cell["root"] / "wait-batch"
+    process = start_waiting(cell, out, "2:3:once")
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=TIMEOUT_SECONDS)
+    assert process.returncode == 75, stderr
+    info = read_state_info(out / "state")
+    assert info["in_epoch"]["epoch"] == 2 and info["in_epoch"]["next_batch"] == 3
+
+    assert train_here(cell, out) == 0  # ":once": the resumed attempt does not wait
+    assert_same_weights(out, cell["reference"])
+
+
+def test_a_signal_after_the_last_epoch_is_committed_lets_the_run_complete(cell):
+    out = cell["root"] / "wait-end"
+    process = start_waiting(cell, out, "3:end")
+    assert read_state_info(out / "state")["epoch"] == 3
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=TIMEOUT_SECONDS)
+    assert process.returncode == 0, stderr
+    assert_same_weights(out, cell["reference"])
+    assert history_without_time(out) == history_without_time(cell["reference"])

@@ -6,8 +6,9 @@ One campaign, three workflow runs, shared by the tests of this module:
 - ``slurm``: the same grid through the repository's ``slurm`` profile plus local-cluster overrides
   (squeue status, short status intervals, one retry), with two faults injected by an ``autolora``
   stand-in on PATH: cell ``synth-b`` raises mid-epoch 2 (``AUTOLORA_FAULT_FAIL_AT``), and cell
-  ``synth-c`` runs slowed down (SIGSTOP/SIGCONT throttling: a slow GPU) under a 3-minute time limit,
-  so that the rule's ``--signal=TERM@120`` reaches it mid-training; its retry gets 30 minutes;
+  ``synth-c``, under a 3-minute time limit, stops after its first batch until the rule's
+  ``--signal=TERM@120`` comes (``AUTOLORA_FAULT_WAIT_SIGNAL_AT``: a job still training when its
+  time runs out, on any machine, however fast or busy); its retry gets 30 minutes;
 - ``rerun``: the same SLURM command after the fault is removed.
 
 The two runs go side by side (local and SLURM) to keep the wall time down. Without a cluster the
@@ -44,6 +45,7 @@ RUN_TIMEOUT_S = 540
 
 EPOCHS = 2
 FAIL_AT = "2:2"  # epoch 2, batch 2: epoch 1 is committed, epoch 2 is lost
+WAIT_AT = "1:1"  # the slow cell waits after epoch 1, batch 1 for the time-limit signal
 CELL = "paper/runs/tiny-eps4/{dataset}/vanilla/seed0"
 PLAIN, FAULTY, SLOW = "synth-a", "synth-b", "synth-c"
 CELLS = {name: CELL.format(dataset=name) for name in (PLAIN, FAULTY, SLOW)}
@@ -67,7 +69,8 @@ SLURM_OVERRIDES = [
     "5",
 ]
 # The slow cell's first attempt gets 3 minutes: the rule's --signal=TERM@120 arrives after 60-90 s
-# (slurmctld checks time limits every 30 s). Its retry, and every other job, gets 30 minutes.
+# (slurmctld checks time limits every 30 s), while it waits for it. Its retry, and every other job,
+# gets 30 minutes.
 SLOW_RUNTIME = f"train:runtime=3 if wildcards.dataset == '{SLOW}' and attempt == 1 else 30"
 # One thread per job in both runs: the same arithmetic, so the same numbers.
 ONE_THREAD = ["--set-threads", "train=1", "evaluate=1", "pretrain_backbone=1"]
@@ -121,7 +124,7 @@ CONFIG = {
 }
 
 # The stand-in `autolora` the SLURM runs find first on PATH: the real command, with the faults of
-# the cells named here. Bash, so that it can throttle its child and pass signals on.
+# the cells named here. Bash, so that it can hold back and pass on a signal that comes too early.
 WRAPPER = """#!/usr/bin/env bash
 set -u
 real={real}
@@ -136,35 +139,27 @@ if [[ ${{1:-}} == train && $out == */{faulty} && -e {fault_flag} ]]; then
 fi
 if [[ ${{1:-}} == train && $out == */{slow} && ! -e {slow_used} ]]; then
     : >{slow_used}
+    # `autolora train` stops at this batch until a stop signal comes: SLURM's --signal=TERM@120.
+    export AUTOLORA_FAULT_WAIT_SIGNAL_AT={wait_at}
     # The child ignores SIGTERM until `autolora train` installs its handler (an earlier signal
-    # would just kill it); from then on it runs 1 s in 20, a slow GPU, until a stop signal comes
+    # would just kill it); a signal that comes before is passed on once the handler is there
     # (SLURM signals every process of the job step, this one included).
     (trap '' TERM USR1 && exec "$real" "$@") &
     child=$!
     stopping=0
-    trap 'stopping=1; kill -CONT "$child" 2>/dev/null' TERM USR1
+    trap 'stopping=1' TERM USR1
     handles_term() {{
         local mask
         mask=$(awk '/^SigCgt:/ {{print $2}}' "/proc/$child/status" 2>/dev/null) || return 1
         [[ -n $mask ]] && (((16#$mask >> 14) & 1))
     }}
-    until ((stopping)) || ! kill -0 "$child" 2>/dev/null || handles_term; do sleep 0.2; done
+    until ! kill -0 "$child" 2>/dev/null || handles_term; do sleep 0.2; done
     if ((stopping)); then
-        # The stop signal came while the child still ignored it: pass it on once the handler is
-        # there (SLURM's KillWait, 30 s, leaves the time), as if it had come a moment later.
-        until ! kill -0 "$child" 2>/dev/null || handles_term; do sleep 0.2; done
         kill -TERM "$child" 2>/dev/null
     fi
-    while ((stopping == 0)) && kill -0 "$child" 2>/dev/null; do
-        kill -STOP "$child" 2>/dev/null
-        sleep 0.95
-        kill -CONT "$child" 2>/dev/null
-        sleep 0.05
-    done
-    kill -CONT "$child" 2>/dev/null
     wait "$child"
     status=$?
-    while kill -0 "$child" 2>/dev/null; do
+    while kill -0 "$child" 2>/dev/null; do  # `wait` returns early when a trapped signal comes
         wait "$child"
         status=$?
     done
@@ -309,6 +304,7 @@ def campaign(cluster_env, tmp_path_factory) -> Campaign:
             fault_flag=fault_flag,
             slow_used=slow_used,
             fail_at=FAIL_AT,
+            wait_at=WAIT_AT,
         )
     )
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
@@ -461,13 +457,16 @@ def test_time_limit_signal_saves_state_and_the_retry_resumes(campaign, cluster_e
     first_job, retry_job = train_job_ids(campaign.slurm.output, SLOW)
     assert [a["slurm"]["job_id"] for a in attempts] == [first_job, retry_job], attempts
     assert attempts[0]["resumed_from_epoch"] is None
+    # The first attempt waited after batch 1 for the signal and saved its position there (at
+    # batch 0 if the signal came while `autolora train` was still starting: the stand-in passes
+    # it on once the handler is installed, so the state is saved at the first batch boundary).
     resumed = attempts[1]
-    assert resumed["resumed_from_epoch"] is not None or resumed["resumed_at_batch"] is not None
+    assert resumed["resumed_from_epoch"] == 0 and resumed["resumed_at_batch"] in (0, 1), attempts
     first = scontrol_job(cluster_env, first_job)
     assert first["TimeLimit"] == "00:03:00", first
     # The rule's --signal=TERM@120 stops it: `autolora train` saves its state and exits 75, the
-    # job fails. Should that signal come before `autolora train` handles it, the time limit's
-    # SIGTERM does the same (the job then ends in TIMEOUT).
+    # job fails. Should that signal not come, the time limit's SIGTERM does the same (the job
+    # then ends in TIMEOUT).
     assert first["JobState"] in {"FAILED", "TIMEOUT"}, first
     assert scontrol_job(cluster_env, retry_job)["JobState"] == "COMPLETED"
     assert [int(row["epoch"]) for row in history(cell / "history.csv")] == list(

@@ -105,6 +105,23 @@ class StepTiming:
 # ---- timing primitives -------------------------------------------------------------------------
 
 
+class Budget:
+    """Seconds in which new measurements may start (``None``: no limit). ``skip(what)`` is true,
+    and records ``what`` in ``skipped``, once the time is up; a measurement already running is
+    never cut. ``clock`` is injectable for tests."""
+
+    def __init__(self, seconds: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.deadline = None if seconds is None else clock() + seconds
+        self.skipped: list[str] = []
+
+    def skip(self, what: str) -> bool:
+        if self.deadline is None or self.clock() < self.deadline:
+            return False
+        self.skipped.append(what)
+        return True
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -103,13 +103,22 @@ def training_autocast(paths: FastPaths, device: torch.device) -> Iterator[None]:
 
 
 def step_loss_and_gradients(
-    method, model: nn.Module, x: torch.Tensor, y: torch.Tensor, paths: FastPaths, *, seed: int
+    method,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    paths: FastPaths,
+    *,
+    seed: int,
+    generator_device: torch.device | str | None = None,
 ) -> tuple[float, dict[str, torch.Tensor]]:
     """Loss and fp32 gradients of one training step of ``method`` on a copy of ``model`` under
-    ``paths`` (the attack's random start drawn from ``seed``); ``model`` is left untouched."""
+    ``paths`` (the attack's random start drawn from ``seed`` by a generator on
+    ``generator_device``, default the batch's: a CPU generator draws the same start on any
+    device); ``model`` is left untouched."""
     device = x.device
     step_model = prepare_model(copy.deepcopy(model), paths).train()
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=generator_device or device).manual_seed(seed)
     with training_autocast(paths, device):
         result = method.training_step(step_model, prepare_batch(x, paths), y, generator=generator)
     result.loss.backward()

@@ -32,8 +32,11 @@ saved state (normally the last finished epoch) is kept.
 Fault injection, for tests of this loop and of the workflow: ``AUTOLORA_FAULT_NAN_AT=E:B`` makes
 the loss of epoch E, batch B (both 1-based) NaN; ``AUTOLORA_FAULT_FAIL_AT=E:B`` raises
 RuntimeError there; ``AUTOLORA_FAULT_SIGNAL_AT=E:B`` sends the process SIGUSR1 after that
-batch's step (a deterministic stand-in for SLURM's signal). A third field ``:once`` fires only in a
-run's first attempt (not on resume).
+batch's step (a deterministic stand-in for SLURM's signal; ``AUTOLORA_FAULT_SIGNAL=SIGTERM`` sends
+SIGTERM instead); ``AUTOLORA_FAULT_WAIT_SIGNAL_AT=E:B`` blocks after that batch's step until a
+stop signal arrives (a job that is still running when the scheduler's signal comes, however fast
+the machine), and ``E:end`` blocks after epoch E's state is committed. A third field ``:once``
+fires only in a run's first attempt (not on resume).
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 FAULT_NAN_ENV = "AUTOLORA_FAULT_NAN_AT"
 FAULT_FAIL_ENV = "AUTOLORA_FAULT_FAIL_AT"
 FAULT_SIGNAL_ENV = "AUTOLORA_FAULT_SIGNAL_AT"
+FAULT_SIGNAL_NAME_ENV = "AUTOLORA_FAULT_SIGNAL"
+FAULT_WAIT_SIGNAL_ENV = "AUTOLORA_FAULT_WAIT_SIGNAL_AT"
+SIGNAL_POLL_S = 0.2  # how often a fault point waiting for a stop signal looks at the flag
 RUN_RECORD = "run.json"
 HISTORY_FILE = "history.csv"
 STATE_DIR = "state"
@@ -168,28 +174,45 @@ def _jsonable(value: Any) -> Any:
 @dataclass(frozen=True)
 class FaultPoint:
     epoch: int
-    batch: int
+    batch: int | None  # None: the end of the epoch, after its state is committed
     once: bool
 
     @classmethod
-    def from_env(cls, name: str) -> FaultPoint | None:
+    def from_env(cls, name: str, *, allow_end: bool = False) -> FaultPoint | None:
         text = os.environ.get(name)
         if not text:
             return None
         parts = text.split(":")
         try:
-            epoch, batch = int(parts[0]), int(parts[1])
+            epoch = int(parts[0])
+            batch = None if allow_end and parts[1] == "end" else int(parts[1])
             once = parts[2:] == ["once"]
             if len(parts) > 3 or (len(parts) == 3 and not once):
                 raise ValueError
         except (ValueError, IndexError):
+            expected = (
+                "EPOCH:BATCH[:once] or EPOCH:end[:once]" if allow_end else "EPOCH:BATCH[:once]"
+            )
             raise ConfigError(
-                f"environment variable {name}={text!r}: expected EPOCH:BATCH[:once]"
+                f"environment variable {name}={text!r}: expected {expected}"
             ) from None
         return cls(epoch, batch, once)
 
-    def hits(self, epoch: int, batch: int, attempt: int) -> bool:
+    def hits(self, epoch: int, batch: int | None, attempt: int) -> bool:
         return (epoch, batch) == (self.epoch, self.batch) and (attempt == 1 or not self.once)
+
+
+def fault_signal_from_env() -> signal.Signals:
+    """The signal ``AUTOLORA_FAULT_SIGNAL_AT`` sends: SIGUSR1 unless ``AUTOLORA_FAULT_SIGNAL``
+    names another stop signal."""
+    name = os.environ.get(FAULT_SIGNAL_NAME_ENV) or "SIGUSR1"
+    allowed = {s.name: s for s in STOP_SIGNALS}
+    if name not in allowed:
+        raise ConfigError(
+            f"environment variable {FAULT_SIGNAL_NAME_ENV}={name!r}: expected one of "
+            f"{', '.join(sorted(allowed))}"
+        )
+    return allowed[name]
 
 
 class StopFlag:
@@ -224,6 +247,14 @@ class StopFlag:
     @property
     def name(self) -> str:
         return signal.Signals(self.signal_number).name if self.signal_number else ""
+
+    def wait(self, where: str) -> None:
+        """Block until a stop signal has been recorded (a fault point: the job is still running
+        when its scheduler's signal comes, however fast the machine)."""
+        if not self:
+            logger.warning("%s: waiting for a stop signal (%s)", where, FAULT_WAIT_SIGNAL_ENV)
+        while not self:
+            time.sleep(SIGNAL_POLL_S)  # the handler runs during the sleep and sets the flag
 
 
 @contextlib.contextmanager
@@ -300,6 +331,8 @@ class CellTraining:
         self.fault_nan = FaultPoint.from_env(FAULT_NAN_ENV)
         self.fault_fail = FaultPoint.from_env(FAULT_FAIL_ENV)
         self.fault_signal = FaultPoint.from_env(FAULT_SIGNAL_ENV)
+        self.fault_signal_number = fault_signal_from_env()
+        self.fault_wait_signal = FaultPoint.from_env(FAULT_WAIT_SIGNAL_ENV, allow_end=True)
         self.progress = Progress(lr=config.lr)
         self.best_weights: dict[str, dict[str, Tensor]] = {}
         self.best_dirty: set[str] = set()
@@ -489,7 +522,9 @@ class CellTraining:
             loss.backward()
             self.optimizer.step()
             if self.fault_signal and self.fault_signal.hits(epoch, batch + 1, attempt):
-                os.kill(os.getpid(), signal.SIGUSR1)
+                os.kill(os.getpid(), self.fault_signal_number)
+            if self.fault_wait_signal and self.fault_wait_signal.hits(epoch, batch + 1, attempt):
+                self.stop.wait(f"epoch {epoch}, batch {batch + 1}")
             n = float(x.shape[0])
             sums["examples"] += n
             for name, metric in result.metrics.items():
@@ -575,6 +610,9 @@ class CellTraining:
         self._commit()
         write_history(self.out_dir / HISTORY_FILE, progress.history)
         logger.info(_epoch_line(row))
+        wait = self.fault_wait_signal
+        if wait and wait.hits(epoch, None, len(progress.attempts)):
+            self.stop.wait(f"end of epoch {epoch}, its state committed")
 
     # -- state --
 

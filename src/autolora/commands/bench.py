@@ -20,6 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tiny: the tiny ResNet at 32 px (CPU-sized); full: ResNet-18/50 at 224 px and "
         "CIFAR's 32->224 path (default: full on a GPU, tiny on the CPU)",
     )
+    parser.add_argument(
+        "--archs",
+        nargs="+",
+        choices=("tiny", "resnet18", "resnet50"),
+        default=None,
+        help="only the cases of these backbones (default: every case of --size)",
+    )
     parser.add_argument("--methods", nargs="+", choices=("vanilla", "twins", "autolora"),
                         default=["vanilla", "twins", "autolora"])  # fmt: skip
     parser.add_argument(
@@ -53,7 +60,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default=None, help="workflow config whose grid to project in GPU-hours"
     )
-    parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="also write every figure to this JSON file (rewritten after each phase, so an "
+        "interrupted bench keeps what it measured; 'complete' says whether it finished)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no new measurement after this many seconds; what was measured is kept and "
+        "the rest is listed as skipped (default: no limit)",
+    )
     parser.add_argument(
         "--check",
         action="store_true",
@@ -100,6 +119,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.warmup < 0 or args.autoattack_n < 0:
         raise ConfigError("--warmup and --autoattack-n must be >= 0")
+    if args.budget_s is not None and args.budget_s < 0:
+        raise ConfigError(f"--budget-s must be >= 0, got {args.budget_s}")
+    if args.config and not args.equivalence and bench.REFERENCE_METHOD not in args.methods:
+        raise ConfigError(
+            f"--config: projecting a grid needs the reference method {bench.REFERENCE_METHOD!r} "
+            "among --methods (the cost model's throughputs are vanilla RFT's)"
+        )
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -117,11 +143,20 @@ def run(args: argparse.Namespace) -> int:
 
     size = args.size or ("full" if on_gpu else "tiny")
     cases = bench.GPU_CASES if size == "full" else bench.CPU_CASES
+    if args.archs:
+        available = sorted({c.arch for c in cases})
+        cases = tuple(c for c in cases if c.arch in args.archs)
+        if not cases:
+            raise ConfigError(
+                f"--archs {' '.join(args.archs)}: --size {size} has cases of "
+                f"{', '.join(available)} only (--size full: resnet18, resnet50; tiny: tiny)"
+            )
     if args.batch_size:
         cases = tuple(bench.BenchCase(c.arch, c.image_size, args.batch_size, c.input_upsample)
                       for c in cases)  # fmt: skip
     variants = {"plain": [FastPaths()], "fast": [fast], "both": [FastPaths(), fast]}
     variants = variants[args.fast_paths]
+    budget = bench.Budget(args.budget_s)
     device_name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
     peak = bench.matmul_peak_tflops(device)
     print(
@@ -130,10 +165,35 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"inherent robust/standard multiple: {bench.INHERENT_ROBUST_MULTIPLE:.2f} (26/3)")
 
+    # Saved after every phase (timings, evaluation, projection, each check), so that a bench
+    # stopped by its budget or killed keeps every figure it measured.
+    report: dict = {
+        "device": device_name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "peak_tflops": peak,
+        "inherent_multiple": bench.INHERENT_ROBUST_MULTIPLE,
+        "timings": [],
+        "speedups": [],
+        "evaluation": [],
+        "checks": [],
+        "projection": None,
+        "skipped": budget.skipped,
+        "complete": False,
+    }
+
+    def save() -> None:
+        if args.json:
+            write_json(args.json, report)
+
     rows = []
     for case in cases:
+        if budget.skip(f"timings of {case.label}"):
+            continue
         flops = bench.step_flops(case, device, args.methods)
         for paths in variants:
+            if budget.skip(f"timings of {case.label} {paths.label()}"):
+                continue
             rows += bench.time_training_steps(
                 case,
                 device,
@@ -143,44 +203,38 @@ def run(args: argparse.Namespace) -> int:
                 repeats=args.repeats,
                 flops=flops,
             )
+            report["timings"] = bench.timings_as_dicts(rows)
+            save()
     print(bench.format_timings(rows, peak))
     speedups = bench.fast_path_speedups(rows)
+    report["speedups"] = [s.__dict__ for s in speedups]
     for line in bench.format_speedups(speedups) + bench.targets_met(rows, speedups):
         print(line)
 
-    evaluation = _evaluation(args, cases, device, on_gpu)
-    checks = _checks(args, cases, device, fast) if args.check else []
-    projection = None
-    if args.config:
-        projection = bench.project_grid(args.config, rows, evaluation)
-        print(projection["summary"])
-    if args.json:
-        write_json(
-            args.json,
-            {
-                "device": device_name,
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "peak_tflops": peak,
-                "inherent_multiple": bench.INHERENT_ROBUST_MULTIPLE,
-                "timings": bench.timings_as_dicts(rows),
-                "speedups": [s.__dict__ for s in speedups],
-                "evaluation": evaluation,
-                "checks": checks,
-                "projection": projection,
-            },
-        )
-    return EXIT_CHECK_FAILED if any(not c["ok"] for c in checks) else 0
+    _evaluation(args, cases, device, on_gpu, budget, report["evaluation"], save)
+    if args.config and any(r.method == bench.REFERENCE_METHOD for r in rows):  # else skipped
+        report["projection"] = bench.project_grid(args.config, rows, report["evaluation"])
+        print(report["projection"]["summary"])
+        save()
+    if args.check:
+        _checks(args, cases, device, fast, budget, report["checks"], save)
+    report["complete"] = not budget.skipped
+    if budget.skipped:
+        print(f"budget of {args.budget_s:g} s reached; not measured: {'; '.join(budget.skipped)}")
+    save()
+    return EXIT_CHECK_FAILED if any(not c["ok"] for c in report["checks"]) else 0
 
 
-def _evaluation(args, cases, device, on_gpu: bool) -> list[dict]:
+def _evaluation(args, cases, device, on_gpu: bool, budget, evaluation: list[dict], save) -> None:
+    """PGD-10 and AutoAttack throughput of each case, appended to ``evaluation``."""
     from autolora import bench
 
     all_robust = (args.autoattack_case or ("all-robust" if on_gpu else "non-robust")) == (
         "all-robust"
     )
-    evaluation = []
     for case in cases:
+        if budget.skip(f"PGD-10 evaluation of {case.label}"):
+            continue
         pgd_seconds = bench.seconds_per_call(
             bench.pgd_evaluation(case, device), device, args.warmup, args.repeats
         )
@@ -190,7 +244,9 @@ def _evaluation(args, cases, device, on_gpu: bool) -> list[dict]:
             "pgd10_images_per_s": case.batch_size / pgd_seconds,
         }
         line = f"{case.label}: PGD-10 evaluation {entry['pgd10_images_per_s']:.1f} img/s"
-        if args.autoattack_n:
+        evaluation.append(entry)
+        save()
+        if args.autoattack_n and not budget.skip(f"AutoAttack of {case.label}"):
             entry["autoattack_images_per_s"] = bench.autoattack_images_per_s(
                 case, device, args.autoattack_n, all_robust=all_robust
             )
@@ -199,28 +255,28 @@ def _evaluation(args, cases, device, on_gpu: bool) -> list[dict]:
                 f"; AutoAttack {entry['autoattack_images_per_s']:.3g} img/s "
                 f"({entry['autoattack_case']}, n={args.autoattack_n})"
             )
+            save()
         print(line)
-        evaluation.append(entry)
-    return evaluation
 
 
-def _checks(args, cases, device, fast) -> list[dict]:
-    """Each flag of the fast variant alone, then all of them together."""
+def _checks(args, cases, device, fast, budget, results: list[dict], save) -> None:
+    """Each flag of the fast variant alone, then all of them together; appended to ``results``."""
     from autolora import bench
     from autolora.fastpath import FastPaths
 
     singles = [FastPaths(**{flag: True}) for flag in FLAGS if getattr(fast, flag)]
     variants = list(dict.fromkeys(singles + [fast]))
-    results = []
     for case in cases:
         for method in args.methods:
             for paths in variants:
+                if budget.skip(f"check of {case.label} {method} {paths.label()}"):
+                    continue
                 bench.configure_backends(paths)
                 result = bench.check_fast_path(case, method, device, paths)
                 print(bench.format_check(result))
                 results.append(result)
+                save()
     bench.configure_backends(FastPaths())
-    return results
 
 
 def _equivalence(args, fast, device) -> int:
