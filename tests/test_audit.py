@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -89,13 +90,29 @@ def test_all_checks_every_number_and_every_input(aggregated, capsys):
     assert status == 0, err
     assert "== table1" in out and "== table3" in out and "== table8" in out
     assert "report/tables/table1.md: sha256" in out
-    assert "table3 · row param_ratio · column r8/ratio" in out and "recomputed: matches" in out
+    assert "table3 · row param_ratio · column r8/ratio" in out
+    assert "table3 · row param_ratio_used · column r8/ratio" in out  # paper: lora_blocks last
+    assert "recomputed: matches (parameters recounted on the built model)" in out
     index = read_json(aggregated / "report" / "provenance" / "table1.json")
     assert len(index["numbers"]) == 9 and len(index["cells"]) == 9
 
     flip_one_byte(aggregated / "resources" / "weights" / "resnet18-eps4.safetensors")
     status, _, err = audit(capsys, "--all")
     assert status != 0 and "resources/weights/resnet18-eps4.safetensors: sha256 mismatch" in err
+
+
+def test_a_ratio_whose_counts_are_not_the_built_model_s_fails(aggregated, capsys):
+    path = aggregated / "report" / "provenance" / "table3.json"
+    index = read_json(path)
+    ratio = next(n for n in index["numbers"] if n["row"] == "param_ratio")
+    assert ratio["parameters"]["lora_created"] == 520_704
+    assert ratio["value"] == pytest.approx(100 * 520_704 / 11_176_512)
+    # counts and value edited consistently: only recounting on the built model notices
+    ratio["parameters"]["lora_created"] = 600_000
+    ratio["value"] = 100 * 600_000 / 11_176_512
+    path.write_text(json.dumps(index))
+    status, _, err = audit(capsys, "table3", "param_ratio", "r8/ratio")
+    assert status != 0 and "lora_created 520704 (recorded 600000)" in err
 
 
 def test_all_fails_on_a_missing_split_manifest_or_an_edited_record(aggregated, capsys):

@@ -10,7 +10,7 @@ import pytest
 
 from autolora.cells import CellConfig, cell_dir, cell_id, parse_cell_id, resolve_cell
 from autolora.errors import ConfigError
-from autolora.protocol import PROTOCOLS, protocol_choices
+from autolora.protocol import PROTOCOL_CHOICES, PROTOCOLS, protocol_choices
 
 # SPEC §6 Table 7, copied from the SPEC text: (lr, weight decay[, gamma]).
 TABLE7_BY_HAND = {
@@ -108,11 +108,44 @@ def test_protocols_differ_as_spec_section_7():
         "selection": "best_val",
         "kl_divisor": "actual",
         "test_each_epoch": True,
+        "lora_blocks": None,  # read by AutoLoRa only
+        "twins_gamma_on": None,  # read by TWINS only
     }
+
+
+@pytest.mark.parametrize(
+    ("protocol", "lora_blocks", "gamma_on"),
+    [("paper", "last", "fixed"), ("clean", "all", "adaptive")],
+)
+def test_lora_blocks_and_twins_gamma_on_follow_the_protocol(protocol, lora_blocks, gamma_on):
+    assert cell(protocol=protocol, method="autolora").lora_blocks == lora_blocks
+    assert cell(protocol=protocol, method="twins").twins_gamma_on == gamma_on
+    assert cell(protocol=protocol, method="twins", variant="autolr").twins_gamma_on == gamma_on
+    for method, absent in (("vanilla", "lora_blocks"), ("twins", "lora_blocks")):
+        assert getattr(cell(protocol=protocol, method=method), absent) is None
+    assert cell(protocol=protocol, method="autolora").twins_gamma_on is None
+    record = cell(protocol=protocol, method="autolora").protocol_record()
+    assert record["lora_blocks"] == lora_blocks and record["twins_gamma_on"] is None
+
+
+def test_lora_blocks_and_twins_gamma_on_are_overridable_per_cell():
+    flipped = {"lora_blocks": "all", "twins_gamma_on": "adaptive"}
+    assert cell(method="autolora", overrides=flipped).lora_blocks == "all"
+    assert cell(method="twins", overrides=flipped).twins_gamma_on == "adaptive"
+    # a workflow-wide override (`training:`) reaches every cell: the methods that do not read a
+    # choice keep None, so their configuration (and a finished run of it) is unchanged
+    assert cell(method="vanilla", overrides=flipped) == cell(method="vanilla")
+    with pytest.raises(ConfigError, match="allowed: last, all"):
+        cell(method="vanilla", overrides={"lora_blocks": "first"})
+    with pytest.raises(ConfigError, match="this method needs it"):
+        cell(method="autolora", overrides={"lora_blocks": None})
+    with pytest.raises(ConfigError, match="allowed: fixed, adaptive"):
+        cell(method="twins", overrides={"twins_gamma_on": "both"})
 
 
 def test_protocol_choices_and_unknown_protocol():
     assert set(PROTOCOLS) == {"paper", "clean"}
+    assert all(set(choices) == set(PROTOCOL_CHOICES) for choices in PROTOCOLS.values())
     choices = protocol_choices("paper")
     choices["eps"] = 1.0  # a copy: the bundle itself is unchanged
     assert PROTOCOLS["paper"]["eps"] == 0.0314
@@ -355,6 +388,9 @@ def test_config_json_round_trip(method):
     with pytest.raises(ConfigError, match="'epochs'"):
         CellConfig.from_dict(data)
     data["epochs"] = 7
+    key, value = {"autolora": ("twins_gamma_on", "fixed")}.get(method, ("lora_blocks", "all"))
+    with pytest.raises(ConfigError, match=f"'{key}' of method"):
+        CellConfig.from_dict({**data, key: value})
     data["cell_id"] = "paper/runs/resnet18-eps4/cifar10/vanilla/seed9"
     with pytest.raises(ConfigError, match="does not match"):
         CellConfig.from_dict(data)

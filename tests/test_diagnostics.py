@@ -122,9 +122,12 @@ def test_vanilla_gradient_similarity_equals_manual_cosine_and_leaves_model_alone
         assert torch.equal(buffer, buffers[name]), name
 
 
-def test_twins_gradient_similarity_equals_manual_cosine_with_halves():
+@pytest.mark.parametrize("gamma_on", ["fixed", "adaptive"])
+def test_twins_gradient_similarity_equals_manual_cosine_with_halves(gamma_on):
+    """γ sits on the half the loss puts it on (SPEC 4.5): the fixed half under `paper`, the
+    adaptive half (the paper's Eq. 4) under `clean`."""
     gamma = 2.0
-    s = settings(twins_gamma=gamma)
+    s = settings(twins_gamma=gamma, twins_gamma_on=gamma_on)
     method = build_method("twins", s)
     torch.manual_seed(1)
     model = build_model("tiny", NUM_CLASSES, dual_bn=True).train()
@@ -137,13 +140,20 @@ def test_twins_gradient_similarity_equals_manual_cosine_with_halves():
     x_adv = pgd_like_training(reference, x, y, s, seed=9)
     reference.train()
     fixed, adaptive = slice(0, 3), slice(3, 7)
-    nat_f, nat_a = reference(x[fixed], bn="fixed"), reference(x[adaptive])
-    adv_f, adv_a = reference(x_adv[fixed], bn="fixed"), reference(x_adv[adaptive])
-    # γ on the adaptive half, as SPEC 4.5 writes it (the training loss puts γ on the fixed half)
-    natural = F.cross_entropy(nat_f, y[fixed]) + gamma * F.cross_entropy(nat_a, y[adaptive])
-    adversarial = manual_kl(adv_f, nat_f, 128) + gamma * manual_kl(adv_a, nat_a, 128)
-    expected = cosine_through_grad(reference, natural, adversarial)
-    assert similarity == pytest.approx(expected, abs=1e-5)
+
+    def manual_cosine(w_fixed: float, w_adaptive: float) -> float:
+        nat_f, nat_a = reference(x[fixed], bn="fixed"), reference(x[adaptive])
+        adv_f, adv_a = reference(x_adv[fixed], bn="fixed"), reference(x_adv[adaptive])
+        ce_f, ce_a = F.cross_entropy(nat_f, y[fixed]), F.cross_entropy(nat_a, y[adaptive])
+        kl_f, kl_a = manual_kl(adv_f, nat_f, 128), manual_kl(adv_a, nat_a, 128)
+        return cosine_through_grad(
+            reference, w_fixed * ce_f + w_adaptive * ce_a, w_fixed * kl_f + w_adaptive * kl_a
+        )
+
+    cosines = {"fixed": manual_cosine(gamma, 1.0), "adaptive": manual_cosine(1.0, gamma)}
+    assert similarity == pytest.approx(cosines[gamma_on], abs=1e-5)
+    other = "adaptive" if gamma_on == "fixed" else "fixed"
+    assert abs(cosines[gamma_on] - cosines[other]) > 1e-3  # the placement is visible
     for name, buffer in model.named_buffers():
         assert torch.equal(buffer, buffers[name]), name
 

@@ -18,7 +18,7 @@ from autolora.cli import main
 from autolora.data.prepared import PreparedDataset
 from autolora.data.synthetic import write_synthetic_dataset
 from autolora.errors import ConfigError, DataError
-from autolora.evaluate import evaluate_run
+from autolora.evaluate import evaluate_run, stratified_subset
 from autolora.models import build_model
 from autolora.train import train_cell
 
@@ -44,15 +44,16 @@ def run(tmp_path_factory):
     return {"root": root, "data": data, "run": out}
 
 
-def independent_accuracies(checkpoint: Path, data: Path, n: int, config: dict):
+def independent_accuracies(checkpoint: Path, data: Path, positions: list[int], config: dict):
     """SA with a plain forward loop, PGD-10 with ``attacks.pgd`` (no random start), in eval mode,
-    on the first ``n`` test images read straight from the prepared dataset."""
+    on the test images at ``positions`` read straight from the prepared dataset."""
     model = build_model("tiny", NUM_CLASSES)
     model.load_state_dict(load_file(str(checkpoint)))
     model.eval()
     view = PreparedDataset.open(data).split("paper", "test")
-    images = torch.stack([view[i][0] for i in range(n)]).float() / 255
-    labels = torch.tensor([view[i][1] for i in range(n)])
+    n = len(positions)
+    images = torch.stack([view[i][0] for i in positions]).float() / 255
+    labels = torch.tensor([view[i][1] for i in positions])
     attack = config["attack"]
     clean = adversarial = 0
     for start in range(0, n, config["batch_size"]):
@@ -91,9 +92,11 @@ def test_record_numbers_match_an_independent_recomputation(run, tmp_path):
     assert record["checkpoint"]["sha256"] == sha256(run["run"] / "best_test.safetensors")
     assert record["run_record"]["sha256"] == sha256(run["run"] / "run.json")
     assert record["n"] == 30 and record["metrics"]["AA"] is None and record["autoattack"] is None
+    positions = record["subset"]["test_positions"]
+    assert len(positions) == 30 and record["subset"]["selection"] == "class-stratified"
 
     sa, pgd10 = independent_accuracies(
-        run["run"] / "best_test.safetensors", run["data"], 30, run_record["config"]
+        run["run"] / "best_test.safetensors", run["data"], positions, run_record["config"]
     )
     assert record["metrics"]["SA"] == pytest.approx(sa)
     assert record["metrics"]["PGD10"] == pytest.approx(pgd10)
@@ -114,7 +117,7 @@ def test_whole_test_set_pgd_matches_the_training_history(run, tmp_path):
         out=tmp_path / "eval.json",
     )
     run_record = json.loads((run["run"] / "run.json").read_text())
-    assert record["n"] == 40
+    assert record["n"] == 40 and record["subset"] is None
     assert record["metrics"]["PGD10"] == pytest.approx(
         run_record["checkpoints"]["best_test"]["value"]
     )
@@ -151,6 +154,32 @@ def test_cli_runs_autoattack_through_the_adapter(run, tmp_path, capsys):
     if progression:
         assert progression[-1] == pytest.approx(metrics["AA"])
     assert autoattack["version"] == "standard"
+
+
+def test_the_subset_is_seeded_class_stratified_and_recorded(run, tmp_path):
+    view = PreparedDataset.open(run["data"]).split("paper", "test")
+    # a class-ordered split of 4 classes × 10: its first 12 images are one class and a bit
+    ordered = [c for c in range(4) for _ in range(10)]
+    chosen = stratified_subset(ordered, 12)
+    assert [ordered[p] for p in chosen].count(0) == 3
+    assert sorted(ordered[p] for p in chosen) == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    assert chosen == sorted(set(chosen)) == stratified_subset(ordered, 12)  # seeded
+    assert chosen != stratified_subset(ordered, 12, seed=1)
+    assert set(ordered[:12]) == {0, 1}  # what "the first n" would have measured
+    # uneven classes: largest remainders, ties to the lower class; all when n covers the set
+    uneven = [0] * 5 + [1] * 3 + [2] * 2
+    assert sorted(uneven[p] for p in stratified_subset(uneven, 5)) == [0, 0, 0, 1, 2]
+    assert stratified_subset(uneven, 10) == list(range(10))
+
+    record = evaluate_run(
+        run["run"], run["data"], checkpoint="final", n=20, autoattack=False, out=tmp_path / "e.json"
+    )
+    subset = record["subset"]
+    expected = stratified_subset(view.labels, 20)
+    assert subset["test_positions"] == expected and subset["seed"] == 0
+    assert subset["examples"] == [int(view.indices[p]) for p in expected]
+    per_class = [int(view.labels[p]) for p in expected]
+    assert max(per_class.count(c) for c in range(NUM_CLASSES)) <= 20 // NUM_CLASSES + 1
 
 
 def test_user_mistakes_name_the_fix(run, tmp_path):

@@ -10,16 +10,19 @@ import pytest
 import torch
 
 from autolora import attacks
+from autolora.cells import resolve_cell
 from autolora.errors import ConfigError
 from autolora.methods import METHODS, MethodSettings, StepResult, build_method, kl_term
 from autolora.models import (
     DualBatchNorm2d,
+    LoRaConv2d,
     build_model,
     classifier_parameters,
     fe_parameters,
     lora_parameters,
 )
 from autolora.schedules import lambda_weights
+from autolora.train import method_settings
 
 NUM_CLASSES = 3
 IMAGE_SIZE = 16
@@ -160,14 +163,28 @@ def test_build_method_names_and_model_options():
     assert set(METHODS) == {"vanilla", "twins", "autolora"}
     assert build_method("vanilla", settings()).model_options() == {}
     assert build_method("twins", settings()).model_options() == {"dual_bn": True}
-    assert build_method("autolora", settings(lora_rank=4)).model_options() == {"lora_rank": 4}
+    assert build_method("autolora", settings(lora_rank=4)).model_options() == {
+        "lora_rank": 4,
+        "lora_blocks": "all",
+    }
+    last = settings(lora_rank=4, lora_blocks="last")
+    assert build_method("autolora", last).model_options()["lora_blocks"] == "last"
     assert build_method("autolora", settings()).uses_lambda_pass
     assert not build_method("twins", settings()).uses_lambda_pass
     with pytest.raises(ConfigError, match="method"):
         build_method("trades", settings())
 
 
-@pytest.mark.parametrize("bad", [{"kl_divisor": 0}, {"attack_steps": -1}, {"lora_rank": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"kl_divisor": 0},
+        {"attack_steps": -1},
+        {"lora_rank": 0},
+        {"lora_blocks": "first"},
+        {"twins_gamma_on": "both"},
+    ],
+)
 def test_method_settings_reject_bad_values(bad):
     with pytest.raises(ConfigError):
         settings(**bad)
@@ -226,6 +243,58 @@ def test_vanilla_loss_equals_hand_recomputation(kl_divisor):
     assert all(p.grad is None for p in model.parameters())
 
 
+def optimizer_step(method, model, x, y, generator) -> None:
+    optimizer = torch.optim.SGD(method.trainable_parameters(model), lr=0.01, momentum=0.9)
+    method.training_step(model, x, y, generator=generator).loss.backward()
+    optimizer.step()
+
+
+def hand_step(method, model, x, y, x_adv, order, **forward_kwargs) -> None:
+    """One step written out: train mode, the two forwards in ``order``, the loss, SGD."""
+    optimizer = torch.optim.SGD(method.trainable_parameters(model), lr=0.01, momentum=0.9)
+    model.train()
+    if order == "adversarial first":
+        logits_adv = model(x_adv, **forward_kwargs)
+        logits_nat = model(x, **forward_kwargs)
+    else:
+        logits_nat = model(x, **forward_kwargs)
+        logits_adv = model(x_adv, **forward_kwargs)
+    divisor = method.settings.divisor_for(x.shape[0])
+    loss = torch.nn.functional.cross_entropy(logits_nat, y) + method.settings.beta * kl_term(
+        logits_adv, logits_nat, divisor
+    )
+    loss.backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize(("name", "forward_kwargs"), [("vanilla", {}), ("twins", {"bn": "mix"})])
+def test_baseline_step_forwards_the_adversarial_batch_first(name, forward_kwargs):
+    """SPEC 4.1/4.2 (released code): h(x̃) runs before h(x), so the BN running statistics after
+    a step are those of a step that forwards x̃ first, not those of one that forwards x first."""
+    s = settings(kl_divisor=128)
+    method = build_method(name, s)
+    model = make_model(method).train()
+    adversarial_first, clean_first = copy.deepcopy(model), copy.deepcopy(model)
+    x, y = make_batch(6)
+    optimizer_step(method, model, x, y, seeded())
+
+    attack_kwargs = {"bn": "adaptive"} if name == "twins" else {}
+    x_adv = attack_like_training(adversarial_first, x, y, s, seeded(), **attack_kwargs)
+    hand_step(method, adversarial_first, x, y, x_adv, "adversarial first", **forward_kwargs)
+    hand_step(method, clean_first, x, y, x_adv, "clean first", **forward_kwargs)
+
+    means = [n for n in bn_buffers(model) if n.endswith("running_mean") and ".fixed." not in n]
+    assert len(means) >= 10
+    ours, reference, other = (
+        bn_buffers(model),
+        bn_buffers(adversarial_first),
+        bn_buffers(clean_first),
+    )
+    for buffer in ours:
+        torch.testing.assert_close(ours[buffer], reference[buffer], rtol=0, atol=0, msg=buffer)
+    assert all(not torch.allclose(ours[n], other[n], rtol=1e-6, atol=0) for n in means)
+
+
 # TWINS
 
 
@@ -267,6 +336,41 @@ def test_twins_loss_equals_hand_recomputation_from_separate_forwards(batch, kl_d
     assert result.metrics["kl_fixed"] == pytest.approx(
         hand_kl(adv_fixed, nat_fixed, divisor), rel=1e-4, abs=1e-7
     )
+
+
+@pytest.mark.parametrize(("protocol", "gamma_on"), [("paper", "fixed"), ("clean", "adaptive")])
+def test_twins_gamma_weights_the_half_the_protocol_names(protocol, gamma_on):
+    """SPEC 4.2: with CUB's γ = 3, `paper` (released code) multiplies the fixed-BN half by γ,
+    `clean` (the paper's Eq. 2) the adaptive half."""
+    config = resolve_cell(
+        {
+            "protocol": protocol,
+            "arch": "tiny",
+            "dataset": "cub",
+            "method": "twins",
+            "overrides": {"attack": {"train_steps": 2}},
+        }
+    )
+    assert (config.twins_gamma, config.twins_gamma_on) == (3.0, gamma_on)
+    method = build_method("twins", method_settings(config))
+    model = make_model(method).train()
+    with torch.no_grad():  # the halves' terms differ, so the placement of γ shows in the loss
+        for module in model.modules():
+            if isinstance(module, DualBatchNorm2d):
+                module.fixed.weight.mul_(1.5)
+                module.fixed.running_mean.add_(0.1)
+    x, y = make_batch(6)
+    result = method.training_step(model, x, y, generator=seeded())
+    m = result.metrics
+    weighted = {
+        "fixed": 3 * m["ce_fixed"] + m["ce_adaptive"] + 6 * (3 * m["kl_fixed"] + m["kl_adaptive"]),
+        "adaptive": m["ce_fixed"]
+        + 3 * m["ce_adaptive"]
+        + 6 * (m["kl_fixed"] + 3 * m["kl_adaptive"]),
+    }
+    other = "adaptive" if gamma_on == "fixed" else "fixed"
+    assert result.loss.item() == pytest.approx(weighted[gamma_on], rel=1e-5)
+    assert result.loss.item() != pytest.approx(weighted[other], rel=1e-3)
 
 
 def test_twins_steps_keep_fixed_bn_statistics_and_move_adaptive_ones():
@@ -403,6 +507,46 @@ def test_autolora_updates_bn_running_stats_twice_clean_then_adversarial():
         var = (1 - momentum) * var + momentum * batch_var
     assert torch.allclose(stem_bn.running_mean, mean, atol=1e-6)
     assert torch.allclose(stem_bn.running_var, var, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("lora_blocks", ["last", "all"])
+def test_autolora_loss_reaches_the_lora_matrices_of_the_blocks_lora_blocks_names(arch, lora_blocks):
+    """SPEC 4.3: under `last` the AutoLoRa loss puts gradient on the LoRa matrices of the last
+    block of each stage and on no other; under `all` on every block's."""
+    method = build_method("autolora", settings(attack_steps=1, lora_blocks=lora_blocks))
+    torch.manual_seed(0)
+    model = build_model(arch, NUM_CLASSES, **method.model_options()).train()
+    with torch.no_grad():  # non-zero B, so that A receives gradient too
+        for module in model.modules():
+            if isinstance(module, LoRaConv2d):
+                module.lora_B.normal_(0, 0.01)
+    method.set_lambdas(0.5, 3.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    optimizer = torch.optim.SGD(
+        method.trainable_parameters(model), lr=0.1, momentum=0.9, weight_decay=1e-4
+    )
+    x, y = make_batch(2, seed=4)
+    x = torch.nn.functional.interpolate(x, size=32)
+    method.training_step(model, x, y, generator=seeded()).loss.backward()
+    optimizer.step()
+    reached = set()
+    for name, module in model.backbone.named_modules():
+        if isinstance(module, LoRaConv2d):
+            got = [not is_zero(p) for p in (module.lora_A, module.lora_B)]
+            assert len(set(got)) == 1, name  # A and B of a conv: both or neither
+            if got[0]:
+                reached.add(name.rpartition(".")[0])
+    blocks = model.backbone
+    last = {f"layer{i}.{len(getattr(blocks, f'layer{i}')) - 1}" for i in range(1, 5)}
+    every = {n.rpartition(".")[0] for n, m in blocks.named_modules() if isinstance(m, LoRaConv2d)}
+    assert reached == (last if lora_blocks == "last" else every)
+    assert len(every) > len(last)
+    # an SGD step with weight decay leaves the matrices without a gradient exactly as they were
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            block = name.rsplit(".", 2)[0].removeprefix("backbone.")
+            assert torch.equal(p, before[name]) == (block not in reached), name
 
 
 # Learning

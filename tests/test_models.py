@@ -17,9 +17,12 @@ from autolora.models import (
     build_model,
     classifier_parameters,
     count_lora_parameters,
+    count_used_lora_parameters,
     fe_parameters,
     load_backbone_state,
     lora_parameters,
+    parameter_counts,
+    used_lora_parameters,
 )
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -65,6 +68,63 @@ def ids(parameters) -> set[int]:
 @pytest.mark.parametrize(("arch", "expected"), [("resnet18", 520_704), ("resnet50", 829_952)])
 def test_lora_parameter_count_matches_the_paper(arch, expected):
     assert count_lora_parameters(build_model(arch, 10, lora_rank=8)) == expected
+
+
+# SPEC 4.3: the blocks that carry the update under `lora_blocks: last` (the released code)
+LAST_BLOCKS = {
+    "resnet18": ["layer1.1", "layer2.1", "layer3.1", "layer4.1"],
+    "resnet50": ["layer1.2", "layer2.3", "layer3.5", "layer4.2"],
+    "tiny": ["layer1.0", "layer2.0", "layer3.0", "layer4.0"],  # one block per stage
+}
+
+
+def lora_by_hand(convs, rank: int) -> int:
+    """Σ over (C_in, C_out, k) of A (r·k × C_in·k) + B (C_out·k × r·k) = r·k²·(C_in + C_out)."""
+    return sum(rank * k * k * (c_in + c_out) for c_in, c_out, k in convs)
+
+
+def basic_block_convs(c_in: int, width: int) -> list[tuple[int, int, int]]:
+    return [(c_in, width, 3), (width, width, 3)]
+
+
+TINY_CONVS = [
+    conv
+    for c_in, width in ((8, 8), (8, 16), (16, 32), (32, 64))
+    for conv in basic_block_convs(c_in, width)
+]
+# stem 3x3 conv + BN, block convs + BNs, the three 1x1 shortcuts + BNs (widths 8/16/32/64)
+TINY_FE = (
+    3 * 8 * 9
+    + 2 * 8
+    + sum(c_in * c_out * k * k + 2 * c_out for c_in, c_out, k in TINY_CONVS)
+    + sum(c_in * c_out + 2 * c_out for c_in, c_out in ((8, 16), (16, 32), (32, 64)))
+)
+
+
+@pytest.mark.parametrize(
+    ("arch", "blocks", "fe", "created", "used_last"),
+    [
+        ("tiny", "last", TINY_FE, lora_by_hand(TINY_CONVS, 8), lora_by_hand(TINY_CONVS, 8)),
+        ("resnet18", "last", 11_689_512 - 513_000, 520_704, 276_480),
+        ("resnet50", "last", 25_557_032 - 2_049_000, 829_952, 215_040),
+        ("resnet18", "all", 11_689_512 - 513_000, 520_704, 520_704),
+        ("resnet50", "all", 25_557_032 - 2_049_000, 829_952, 829_952),
+    ],
+)
+def test_parameter_counts_from_the_built_model(arch, blocks, fe, created, used_last):
+    """Table 3's counts (SPEC 4.3): torchvision's ResNet-18/50 have 11,689,512 / 25,557,032
+    parameters with the 1000-way head (512·1000 + 1000 / 2048·1000 + 1000 of them)."""
+    counts = parameter_counts(arch, 8, blocks)
+    assert counts["feature_extractor"] == fe
+    assert counts["lora_created"] == created
+    assert counts["lora_used"] == used_last
+    expected_blocks = LAST_BLOCKS[arch] if blocks == "last" else None
+    if expected_blocks is not None:
+        assert counts["update_blocks"] == expected_blocks
+    model = build_model(arch, 10, lora_rank=8, lora_blocks=blocks)
+    assert count_lora_parameters(model) == created
+    assert count_used_lora_parameters(model) == used_last
+    assert parameter_counts(arch, 2, blocks)["lora_created"] * 4 == created
 
 
 def test_lora_parameter_count_of_one_conv_by_hand():
@@ -218,6 +278,57 @@ def test_both_forwards_update_the_shared_bn_running_statistics():
         torch.testing.assert_close(stem_bn.running_mean, expected.detach())
         assert not torch.equal(block_bn.running_mean, block_before)
         assert int(stem_bn.num_batches_tracked) == tracked_before + 1
+
+
+def set_lora_b(model: nn.Module, blocks: list[str], seed: int = 3) -> None:
+    """Random B in the LoRa convs of ``blocks``, zero B everywhere else."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, conv in model.backbone.named_modules():
+            if isinstance(conv, LoRaConv2d):
+                chosen = name.rpartition(".")[0] in blocks
+                noise = torch.randn(conv.lora_B.shape, generator=generator) * 0.05
+                conv.lora_B.copy_(noise if chosen else torch.zeros_like(noise))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_lora_forward_ignores_the_non_last_blocks_under_last_only(arch):
+    """Only the non-last blocks' B non-zero: under `last` the LoRa forward is the FE forward
+    exactly (those matrices never act); under `all` it differs."""
+    x = images(2, 32)
+    torch.manual_seed(0)
+    last = build_model(arch, 5, lora_rank=2, lora_blocks="last")
+    randomise_bn_statistics(last)
+    every = build_model(arch, 5, lora_rank=2, lora_blocks="all")
+    every.load_state_dict(last.state_dict())
+    backbone = last.backbone
+    non_last = [
+        f"{stage}.{i}"
+        for stage in ("layer1", "layer2", "layer3", "layer4")
+        for i in range(len(getattr(backbone, stage)) - 1)
+    ]
+    assert non_last and not set(non_last) & set(LAST_BLOCKS[arch])
+    assert last.lora_update_blocks() == LAST_BLOCKS[arch]
+    for model in (last, every):
+        set_lora_b(model, non_last)
+        model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(last(x, branch="lora"), last(x), rtol=0, atol=0)
+        assert not torch.allclose(every(x, branch="lora"), every(x))
+        # and the last blocks' matrices do act under `last`
+        set_lora_b(last, LAST_BLOCKS[arch])
+        assert not torch.allclose(last(x, branch="lora"), last(x))
+
+
+def test_used_lora_parameters_are_those_of_the_update_blocks():
+    model = build_model("resnet18", 5, lora_rank=2, lora_blocks="last")
+    names = {id(p): n for n, p in model.backbone.named_parameters()}
+    used = [names[id(p)] for p in used_lora_parameters(model)]
+    assert sorted({n.rsplit(".", 2)[0] for n in used}) == LAST_BLOCKS["resnet18"]
+    assert len(used) == 4 * 2 * 2  # 4 blocks × 2 convs × (A, B)
+    assert set(ids(used_lora_parameters(model))) <= ids(lora_parameters(model))
+    with pytest.raises(ValueError, match="lora_blocks"):
+        build_model("tiny", 5, lora_rank=2, lora_blocks="first")
 
 
 def test_lora_branch_uses_batch_statistics_in_train_mode_and_running_ones_in_eval():

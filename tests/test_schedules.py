@@ -125,13 +125,32 @@ def test_autolr_condition2_alone_at_second_checkpoint():
     assert "rose in only" not in decisions[8].reason
 
 
-def test_autolr_condition2_needs_unchanged_lr():
-    # condition 1 fires at epoch 5; at epoch 9 the window has 3 increases and the best did not
-    # improve, but the LR changed at the last checkpoint, so condition 2 does not fire.
+def test_autolr_halving_at_checkpoint_k_does_not_block_condition2_at_k_plus_1():
+    # condition 1 fires at epoch 5 (one rise in [0, 4]); at epoch 9 the window [4, 8] rises 4 times
+    # (condition 1 false) and the best (50, epoch 1) did not improve: condition 2 halves again,
+    # although the LR was halved at the previous checkpoint (SPEC 4.4, released code).
     accuracies = [50, 10, 5, 20, 1, 2, 3, 4, 5]
     _, decisions = run_autolr(accuracies)
-    assert epochs_where(decisions, "reload_best") == [5]
-    assert decisions[-1].lr == pytest.approx(0.005)
+    assert epochs_where(decisions, "reload_best") == [5, 9]
+    assert decisions[4].lr == pytest.approx(0.005)
+    assert decisions[-1].lr == pytest.approx(0.0025)
+    assert "best accuracy did not improve" in decisions[-1].reason
+    assert "rose in only" not in decisions[-1].reason
+
+
+def test_autolr_worked_example_of_spec_4_4_halves_at_21_then_25():
+    """W = [0, 4, 8, ...]: condition 1 halves at epoch 21; epochs 22-25 bring no new best and the
+    window [20, 24] rises three times (condition 1 false): condition 2 halves again at epoch 25."""
+    accuracies = [float(a) for a in range(10, 26)]  # epochs 1-16: rising, a new best every epoch
+    accuracies += [26, 25, 24, 30, 29]  # epochs 17-21: window [16, 20] rises once; best 30
+    accuracies += [25, 26, 27, 28]  # epochs 22-25: window [20, 24] rises 3 times; no new best
+    _, decisions = run_autolr(accuracies)
+    assert epochs_where(decisions, "reload_best") == [21, 25]
+    assert "rose in only 1 of 4" in decisions[20].reason
+    assert "rose in only" not in decisions[24].reason
+    assert "best accuracy did not improve" in decisions[24].reason
+    assert decisions[24].lr == pytest.approx(0.01 / 4)
+    assert max(accuracies[21:25]) < max(accuracies[:21])
 
 
 def test_autolr_condition2_cannot_fire_at_first_checkpoint():
@@ -188,6 +207,18 @@ def test_autolr_state_round_trip_mid_sequence():
     assert resumed.state_dict() == run_autolr(accuracies)[0].state_dict()
 
 
+def test_autolr_state_without_the_old_lr_flag_and_an_old_state_with_it_resume_alike():
+    accuracies = [50, 10, 5, 20, 1, 2, 3, 4, 5, 1, 1, 1, 1]
+    _, straight = run_autolr(accuracies)
+    first, _ = run_autolr(accuracies[:6])
+    state = first.state_dict()
+    assert "decayed_at_last_check" not in state
+    old = {**state, "decayed_at_last_check": True}  # written before issue 11; no longer read
+    resumed = AutoLR()
+    resumed.load_state_dict(old)
+    assert [resumed.update(a) for a in accuracies[6:]] == straight[6:]
+
+
 def test_autolr_state_with_other_settings_is_refused():
     scheduler, _ = run_autolr([1.0, 2.0])
     with pytest.raises(ConfigError, match="autolr"):
@@ -205,11 +236,10 @@ def test_autolr_rejects_bad_settings(kwargs):
 
 def spec_autolr(accuracies, checkpoints=tuple(range(0, 57, 4)), rho=0.75, lr0=0.01):
     """SPEC 4.4 read independently: per finished epoch e (1-based), the LR of the next epoch,
-    whether to reload, whether to stop. ``lr_of_epoch[e]`` is the LR epoch e was trained at."""
+    whether to reload, whether to stop."""
     lr, k, best = lr0, 1, float("-inf")
-    best_after, lr_of_epoch, out = {}, {}, []
+    best_after, out = {}, []
     for e, accuracy in enumerate(accuracies, start=1):
-        lr_of_epoch[e] = lr
         best = max(best, accuracy)
         best_after[e] = best
         reload = False
@@ -217,9 +247,9 @@ def spec_autolr(accuracies, checkpoints=tuple(range(0, 57, 4)), rho=0.75, lr0=0.
             a, b = checkpoints[k - 1], checkpoints[k]
             rises = sum(accuracies[j + 1] > accuracies[j] for j in range(a, b))
             condition1 = rises < rho * (b - a)
-            # window = acc[a..b] = epochs a+1 .. b+1; acc[a] belongs to the previous window's end
-            lr_constant = len({lr_of_epoch[epoch] for epoch in range(a + 1, b + 2)}) == 1
-            condition2 = k > 1 and lr_constant and best_after[b + 1] <= best_after[a + 1]
+            # "the best after epoch b+1 equals the best after epoch a+1", never at k = 1; the LR
+            # history plays no part
+            condition2 = k > 1 and best_after[b + 1] == best_after[a + 1]
             if condition1 or condition2:
                 lr, reload = lr / 2, True
             k += 1
@@ -227,13 +257,35 @@ def spec_autolr(accuracies, checkpoints=tuple(range(0, 57, 4)), rho=0.75, lr0=0.
     return out
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_autolr_matches_an_independent_reading_of_spec_4_4(seed):
+def noisy_plateau(seed: int) -> list[float]:
+    """A noisy plateau with ties: both conditions fire now and then."""
     import random
 
     rng = random.Random(seed)
-    # a noisy plateau with ties: both conditions fire now and then
-    accuracies = [float(rng.choice(range(40, 46))) for _ in range(60)]
+    return [float(rng.choice(range(40, 46))) for _ in range(60)]
+
+
+def test_the_noisy_plateaus_halve_by_condition2_right_after_a_halving():
+    """The sequences below exercise the rule that changed (issue 11): condition 2 alone halving at
+    the checkpoint after a halving, which the old reading (LR unchanged required) never did."""
+    checkpoints, cases = tuple(range(0, 57, 4)), 0
+    for seed in range(40):
+        accuracies = noisy_plateau(seed)
+        expected = spec_autolr(accuracies)
+        reloads = [reload for _, reload, _ in expected]
+        stop_at = next(i for i, (_, _, stop) in enumerate(expected) if stop) + 1
+        for k in range(2, len(checkpoints)):
+            a, b = checkpoints[k - 1], checkpoints[k]
+            if b + 1 > stop_at or not (reloads[a] and reloads[b]):
+                continue
+            rises = sum(accuracies[j + 1] > accuracies[j] for j in range(a, b))
+            cases += rises >= 0.75 * (b - a)  # condition 1 false: condition 2 alone
+    assert cases >= 3
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_autolr_matches_an_independent_reading_of_spec_4_4(seed):
+    accuracies = noisy_plateau(seed)
     _, decisions = run_autolr(accuracies)
     expected = spec_autolr(accuracies)
     stop_at = next(i for i, (_, _, stop) in enumerate(expected) if stop) + 1

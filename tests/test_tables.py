@@ -24,12 +24,7 @@ from autolora.compare import (
 )
 from autolora.errors import DataError
 from autolora.grid import expand_grid
-from autolora.tables import (
-    build_tables,
-    feature_extractor_parameter_count,
-    lora_parameter_count,
-    parameter_ratio_pct,
-)
+from autolora.tables import RATIO_ROW, RATIO_USED_ROW, build_tables, ratio_number
 
 PAPER_CSV = Path(__file__).parents[1] / "config" / "paper_results.csv"
 SEEDS = (0, 6, 66)
@@ -216,17 +211,33 @@ def test_table8_needs_two_seeds_per_group(root, grid):
 # ---- ablation tables and the parameter ratio ----------------------------------------------------
 
 
-def test_lora_parameter_counts_match_the_spec():
-    assert lora_parameter_count("resnet18", 8) == 520_704
-    assert lora_parameter_count("resnet50", 8) == 829_952
-    assert lora_parameter_count("resnet18", 2) * 4 == lora_parameter_count("resnet18", 8)
+def counts_of(arch: str, rank: int, lora_blocks: str) -> dict:
+    """Counted on the built model (torch; the tables module itself never imports it)."""
+    from autolora.models import parameter_counts
+
+    return parameter_counts(arch, rank, lora_blocks)
 
 
-def test_feature_extractor_counts_plus_classifier_equal_torchvision_totals():
-    # torchvision's published totals: resnet18 11,689,512 and resnet50 25,557,032 (1000-way fc)
-    assert feature_extractor_parameter_count("resnet18") + 512 * 1000 + 1000 == 11_689_512
-    assert feature_extractor_parameter_count("resnet50") + 2048 * 1000 + 1000 == 25_557_032
-    assert parameter_ratio_pct("resnet18", 8) == pytest.approx(100 * 520_704 / 11_176_512)
+@pytest.mark.parametrize(
+    ("arch", "created_pct", "used_pct"),
+    [
+        # torchvision totals minus the 1000-way head: 11,176,512 / 23,508,032 FE parameters
+        ("resnet18", 100 * 520_704 / 11_176_512, 100 * 276_480 / 11_176_512),
+        ("resnet50", 100 * 829_952 / 23_508_032, 100 * 215_040 / 23_508_032),
+        ("tiny", 100 * 30_528 / 77_352, 100 * 30_528 / 77_352),  # one block per stage
+    ],
+)
+def test_table3_ratio_from_the_built_model_created_and_used(arch, created_pct, used_pct):
+    counts = counts_of(arch, 8, "last")
+    created = ratio_number("table3", RATIO_ROW, "r8/ratio", arch, 8, counts, None)
+    used = ratio_number("table3", RATIO_USED_ROW, "r8/ratio", arch, 8, counts, None, used=True)
+    assert created.value == pytest.approx(created_pct, rel=1e-12)
+    assert used.value == pytest.approx(used_pct, rel=1e-12)
+    assert str(counts["lora_created"]) in created.formula
+    assert str(counts["lora_used"]) in used.formula and "lora_blocks=last" in used.formula
+    assert created.parameters["counted"] == "lora_created"
+    missing = ratio_number("table3", RATIO_ROW, "r8/ratio", arch, 8, None, None)
+    assert math.isnan(missing.value) and missing.display() == "—"
 
 
 ABLATIONS = {
@@ -247,14 +258,25 @@ def test_ablation_layouts_and_values(root):
     for e in grid.entries:
         pgd = {"r2": 50.0, "alpha0.5": 51.0, "autolr": 52.0}.get(e.variant, 53.0) + e.seed / 6
         write_cell(root, e, metrics_of(80.0 + e.eps_pt, pgd, 45.0))
-    tables = {t.name: t for t in build_tables(grid.entries, "results", "best_test")}
+    counts = {("resnet18", r): counts_of("resnet18", r, "last") for r in (2, 8)}
+    built = build_tables(grid.entries, "results", "best_test", parameter_counts=counts)
+    tables = {t.name: t for t in built}
     assert list(tables) == ["table3", "table4", "table5", "table6"]
     t3 = tables["table3"]
-    assert t3.rows == ["cifar10", "param_ratio"]
+    assert t3.rows == ["cifar10", "param_ratio", "param_ratio_used"]
     assert t3.columns == ["r2/SA", "r2/PGD10", "r8/SA", "r8/PGD10", "r2/ratio", "r8/ratio"]
     assert t3.number("cifar10", "r2/PGD10").value == pytest.approx(50.5)  # seeds 0, 6: 50, 51
     assert t3.number("cifar10", "r8/PGD10").value == pytest.approx(53.5)
     assert t3.number("param_ratio", "r8/ratio").display() == f"{100 * 520_704 / 11_176_512:.2f}"
+    assert t3.number("param_ratio_used", "r8/ratio").display() == (
+        f"{100 * 276_480 / 11_176_512:.2f}"
+    )
+    assert t3.number("param_ratio_used", "r2/ratio").value == pytest.approx(
+        100 * 276_480 / 4 / 11_176_512
+    )
+    every = {key: counts_of("resnet18", key[1], "all") for key in counts}
+    rows = build_tables(grid.entries, "results", "best_test", parameter_counts=every)[0].rows
+    assert rows == ["cifar10", "param_ratio"]  # under `all` used = created: one row
     t4 = tables["table4"]
     assert t4.rows == ["cifar100/vanilla"] and t4.columns == [
         "eps0/SA",
@@ -364,3 +386,16 @@ def test_aggregate_command_writes_every_output(root, grid):
     assert "dtd/autolora/seed66\tsnakemake results/" in (out / "missing.txt").read_text()
     comparison = pd.read_csv(out / "comparison.csv")
     assert {"ours", "paper", "difference"} <= set(comparison.columns)
+
+
+def test_tables_provenance_grid_and_stats_do_not_import_torch():
+    """docs/internals.md: Table 3's counts are passed in; these modules never import torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, autolora.tables, autolora.provenance, autolora.grid, autolora.stats;"
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

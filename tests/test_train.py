@@ -165,8 +165,22 @@ def test_each_method_learns_and_records_the_run(method, inputs, tmp_path):
             correct = accuracy * train_count / 100
             assert correct == pytest.approx(round(correct), abs=1e-6)
         assert len(set(accuracies)) > 1, "λ never changed: the λ pass did not follow training"
+        # SPEC 4.3 (paper: lora_blocks last); the tiny backbone has one block per stage
+        assert record["protocol"]["choices"]["lora_blocks"] == "last"
+        lora = record["lora"]
+        assert lora["lora_blocks"] == "last" and lora["rank"] == 8
+        assert lora["update_blocks"] == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+        model = build_model("tiny", NUM_CLASSES, lora_rank=8)
+        assert (
+            lora["parameters_created"]
+            == lora["parameters_used"]
+            == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+        )
     else:
         assert all(row["lambda1"] == "" for row in history)
+        assert record["lora"] is None and record["protocol"]["choices"]["lora_blocks"] is None
+    gamma_on = record["protocol"]["choices"]["twins_gamma_on"]
+    assert gamma_on == ("fixed" if method == "twins" else None)
 
 
 def test_autolr_reload_path(inputs, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autolora.errors import ConfigError
-from autolora.protocol import PROTOCOLS, protocol_choices
+from autolora.protocol import METHOD_PROTOCOL_CHOICES, PROTOCOLS, protocol_choices
 
 METHODS = ("vanilla", "twins", "autolora")
 ARCHS = ("resnet18", "resnet50", "tiny")
@@ -132,6 +132,8 @@ class CellConfig:
     selection: str
     kl_divisor: str
     test_each_epoch: bool
+    lora_blocks: str | None  # "last" | "all" for AutoLoRa (SPEC 4.3), None for the other methods
+    twins_gamma_on: str | None  # "fixed" | "adaptive" for TWINS (SPEC 4.2), None otherwise
     grad_similarity_batches: int
     autoattack: AutoAttackConfig = field(default_factory=AutoAttackConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -155,6 +157,8 @@ class CellConfig:
             "selection": self.selection,
             "kl_divisor": self.kl_divisor,
             "test_each_epoch": self.test_each_epoch,
+            "lora_blocks": self.lora_blocks,
+            "twins_gamma_on": self.twins_gamma_on,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +176,7 @@ class CellConfig:
         flat = _flatten({k: v for k, v in data.items() if k not in (*IDENTITY_KEYS, "cell_id")})
         values = {key: _check_value(key, value, key) for key, value in flat.items()}
         _reject_unknown(values, set(VALIDATORS), prefix="")
+        _cross_checks(values, identity["method"])
         config = _build(identity, values)
         if data["cell_id"] != config.cell_id:
             raise ConfigError(
@@ -300,6 +305,8 @@ VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "selection": _choice("best_test", "best_val"),
     "kl_divisor": _choice("configured", "actual"),
     "test_each_epoch": _bool,
+    "lora_blocks": _optional(_choice("last", "all")),
+    "twins_gamma_on": _optional(_choice("fixed", "adaptive")),
     "grad_similarity_batches": _int(0),
     "autoattack.enabled": _bool,
     "autoattack.n": _int(1, optional=True),
@@ -469,6 +476,8 @@ def _defaults(identity: Mapping[str, Any]) -> dict[str, Any]:
         "test_each_epoch": choices["test_each_epoch"],
         "grad_similarity_batches": 0,
     }
+    for name, methods in METHOD_PROTOCOL_CHOICES.items():
+        values[name] = choices[name] if method in methods else None
     for group, cls in (
         ("autolr", AutoLRConfig),
         ("autoattack", AutoAttackConfig),
@@ -536,6 +545,12 @@ def _apply_overrides(
         if key in IDENTITY_KEYS or key == "cell_id":
             raise ConfigError(f"'{shown}' is part of the cell identity; set '{key}' in the spec")
         _reject_unknown({key: value}, set(VALIDATORS), prefix="overrides.")
+        readers = METHOD_PROTOCOL_CHOICES.get(key, METHODS)
+        if identity["method"] not in readers:
+            VALIDATORS[key](shown, value)  # checked, but this method does not read it: stays None
+            continue
+        if key in METHOD_PROTOCOL_CHOICES and value is None:
+            raise _invalid(shown, value, "a value (this method needs it)")
         methods = METHOD_ONLY.get(key)
         if methods and identity["method"] not in methods and value is not None:
             raise ConfigError(
@@ -570,6 +585,13 @@ def _reconcile_autolr_lr(values: dict[str, Any], overridden: set[str]) -> None:
 
 
 def _cross_checks(values: Mapping[str, Any], method: str) -> None:
+    for name, readers in METHOD_PROTOCOL_CHOICES.items():
+        if (values[name] is None) == (method in readers):
+            needed = "a value" if method in readers else "null"
+            raise ConfigError(
+                f"invalid value {values[name]!r} for '{name}' of method {method!r}; allowed: "
+                f"{needed} ({name} is read by {' / '.join(readers)} only); re-resolve the cell"
+            )
     if values["grad_similarity_batches"] and method not in GRAD_SIMILARITY_METHODS:
         raise ConfigError(
             f"'overrides.grad_similarity_batches' applies only to method "

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -40,18 +41,32 @@ def batches_on(
         yield x, torch.as_tensor(y).to(device, non_blocking=True)
 
 
-def first_examples(
-    batches: Iterable[tuple[Tensor, Tensor]], n: int | None
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """The batches cut after the first ``n`` examples (all of them when ``n`` is None)."""
-    remaining = n
-    for x, y in batches:
-        if remaining is not None:
-            if remaining <= 0:
-                return
-            x, y = x[:remaining], y[:remaining]
-            remaining -= x.shape[0]
-        yield x, y
+EVALUATION_SUBSET_SEED = 0  # one subset per dataset and n: every cell sees the same images
+
+
+def stratified_subset(
+    labels: Sequence[int], n: int, seed: int = EVALUATION_SUBSET_SEED
+) -> list[int]:
+    """Positions (ascending) of a seeded, class-stratified subset of ``n`` of the examples whose
+    labels are ``labels``: each class gets n·(its share), rounded down, and the examples left over
+    go to the classes with the largest remainders (ties: lower class index); within a class the
+    positions are drawn uniformly without replacement. All positions when ``n`` >= their count.
+    A class-ordered split's first n images would be a few classes only."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if n >= len(labels):
+        return list(range(len(labels)))
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = n * counts / len(labels)
+    take = np.floor(quotas).astype(np.int64)
+    order = sorted(range(len(classes)), key=lambda i: (-(quotas[i] - take[i]), classes[i]))
+    for i in order[: n - int(take.sum())]:
+        take[i] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.choice(np.flatnonzero(labels == label), size=int(k), replace=False)
+        for label, k in zip(classes, take, strict=True)
+    ]
+    return sorted(int(p) for p in np.concatenate(chosen))
 
 
 def clean_and_pgd_accuracy(
@@ -145,7 +160,8 @@ def evaluate_run(
     device: str | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run's checkpoint on the test split (first ``n`` examples) and write the record.
+    """Evaluate a run's checkpoint on the test split (a seeded, class-stratified subset of ``n``
+    examples, ``stratified_subset``, when ``n`` is given) and write the record.
 
     ``n`` and ``autoattack`` default to the cell's ``autoattack`` settings; ``device`` to its
     ``runtime.device``.
@@ -154,7 +170,7 @@ def evaluate_run(
 
     from autolora.cells import CellConfig
     from autolora.data.loaders import make_loader
-    from autolora.data.prepared import PreparedDataset
+    from autolora.data.prepared import PreparedDataset, SplitView
     from autolora.models import build_model
     from autolora.train import method_settings, resolve_device
 
@@ -187,6 +203,17 @@ def evaluate_run(
     check_same_data(run_record, data_dir, run_dir)
     dataset = PreparedDataset.open(data_dir)
     test_view = dataset.split(config.split_scheme, "test")
+    subset = None
+    if n is not None and n < len(test_view):
+        positions = stratified_subset(test_view.labels, n)
+        subset = {
+            "n": len(positions),
+            "selection": "class-stratified",
+            "seed": EVALUATION_SUBSET_SEED,
+            "test_positions": positions,
+            "examples": [int(test_view.indices[p]) for p in positions],
+        }
+        test_view = SplitView(dataset, config.split_scheme, "test", test_view.indices[positions])
     from autolora.methods import build_method
 
     method = build_method(config.method, method_settings(config))
@@ -209,7 +236,7 @@ def evaluate_run(
             stream="eval",
             num_workers=config.runtime.num_workers,
         )
-        return first_examples(batches_on(loader, torch_device), n)
+        return batches_on(loader, torch_device)
 
     attack = config.attack
     sa, pgd10, count = clean_and_pgd_accuracy(
@@ -257,6 +284,7 @@ def evaluate_run(
         },
         "metrics": {"SA": sa, "PGD10": pgd10, "AA": aa},
         "n": count,
+        "subset": subset,
         "attack": {"eps": attack.eps, "step": attack.step, "pgd_steps": attack.eval_steps},
         "autoattack": autoattack_record,
         "run_record": records.file_entry("run_record", run_dir / "run.json"),

@@ -19,6 +19,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "selection": "best_test",  # reported checkpoint: best PGD-10 on the test set
         "kl_divisor": "configured",  # KL sums divided by the configured batch size
         "test_each_epoch": True,
+        "lora_blocks": "last",  # the LoRa update acts in the last block of each stage only
+        "twins_gamma_on": "fixed",  # TWINS' γ multiplies the fixed-BN half
     },
     "clean": {
         "eps": 8 / 255,
@@ -27,10 +29,28 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "selection": "best_val",
         "kl_divisor": "actual",
         "test_each_epoch": True,
+        "lora_blocks": "all",  # the paper's text: every residual block
+        "twins_gamma_on": "adaptive",  # the paper's Eq. 2: L(θ̄) + γ·L(θ)
     },
 }
 
-PROTOCOL_CHOICES = ("eps", "step", "split_scheme", "selection", "kl_divisor", "test_each_epoch")
+PROTOCOL_CHOICES = (
+    "eps",
+    "step",
+    "split_scheme",
+    "selection",
+    "kl_divisor",
+    "test_each_epoch",
+    "lora_blocks",
+    "twins_gamma_on",
+)
+# Choices only one method reads (SPEC §4.2, §4.3): for the other methods they resolve to None,
+# and an override of them (e.g. one under the workflow's `training:`, applied to every cell)
+# leaves those cells unchanged.
+METHOD_PROTOCOL_CHOICES: dict[str, tuple[str, ...]] = {
+    "lora_blocks": ("autolora",),
+    "twins_gamma_on": ("twins",),
+}
 
 
 def protocol_choices(name: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ with one another and recomputes the number from the per-seed values.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -113,6 +113,7 @@ def number_entry(number: Any, root: str | Path) -> dict:
         "display": number.display(),
         "test": number.test,
         "formula": number.formula,
+        "parameters": number.parameters,
         "seeds": [
             {
                 "group": s.group,
@@ -226,6 +227,9 @@ class Audit:
     """Accumulates the plain-language chain and every problem found; hashes each file once."""
 
     root: Path
+    # (arch, rank, lora_blocks) -> autolora.models.parameter_counts(...); lets the audit recount
+    # Table 3's parameters on the built model (this module does not import torch)
+    count_parameters: Callable[[str, int, str], Mapping[str, Any]] | None = None
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     verified: int = 0
@@ -428,13 +432,27 @@ def _check_value(audit: Audit, index: dict, number: dict) -> None:
 
 
 def _check_ratio(audit: Audit, index: dict, number: dict) -> None:
-    arch, rank = index.get("arch"), number["column"].split("/")[0][1:]
-    if not arch or number["value"] is None:
+    counts = number.get("parameters")
+    if number["value"] is None or not counts:
         return
-    if _same(parameter_ratio_pct(arch, int(rank)), number["value"]):
-        audit.say("recomputed: matches", 1)
+    recomputed = parameter_ratio_pct(counts[counts["counted"]], counts["feature_extractor"])
+    if not _same(recomputed, number["value"]):
+        audit.problem(f"{index['table']}: ratio {number['column']} does not match its counts", 1)
+        return
+    if audit.count_parameters is None:
+        audit.say("recomputed from the recorded counts: matches", 1)
+        return
+    recount = audit.count_parameters(counts["arch"], counts["lora_rank"], counts["lora_blocks"])
+    keys = ("feature_extractor", "lora_created", "lora_used", "update_blocks")
+    differing = [k for k in keys if recount[k] != counts[k]]
+    if differing:
+        audit.problem(
+            f"{index['table']}: ratio {number['column']}: the built model has "
+            + ", ".join(f"{k} {recount[k]} (recorded {counts[k]})" for k in differing),
+            1,
+        )
     else:
-        audit.problem(f"{index['table']}: ratio {number['column']} does not match its formula", 1)
+        audit.say("recomputed: matches (parameters recounted on the built model)", 1)
 
 
 def _check_outputs(audit: Audit, index: dict) -> None:
@@ -455,17 +473,26 @@ def _short(digest: str | None) -> str:
 
 
 def audit_one(
-    index_dir: str | Path, table: str, row: str, column: str, root: str | Path = "."
+    index_dir: str | Path,
+    table: str,
+    row: str,
+    column: str,
+    root: str | Path = ".",
+    count_parameters: Callable[[str, int, str], Mapping[str, Any]] | None = None,
 ) -> Audit:
     index = load_index(index_dir, table)
-    audit = Audit(Path(root))
+    audit = Audit(Path(root), count_parameters)
     audit_number(audit, index, find_number(index, row, column))
     return audit
 
 
-def audit_all(index_dir: str | Path, root: str | Path = ".") -> Audit:
+def audit_all(
+    index_dir: str | Path,
+    root: str | Path = ".",
+    count_parameters: Callable[[str, int, str], Mapping[str, Any]] | None = None,
+) -> Audit:
     """Every number of every indexed table, and the table files themselves."""
-    audit = Audit(Path(root))
+    audit = Audit(Path(root), count_parameters)
     indices = all_indices(index_dir)
     if not indices:
         raise ConfigError(

@@ -66,8 +66,9 @@ class AutoLR:
 
     After the epoch count e with e − 1 = W[k] (k ≥ 1), over the window a = W[k−1], b = W[k]:
     condition 1: #{j in [a, b): acc[j+1] > acc[j]} < rho·(b − a);
-    condition 2 (not at the first checkpoint): the LR was not decayed at the previous checkpoint and
-    the best accuracy did not improve since then.
+    condition 2 (never at the first checkpoint, k = 1): the best accuracy did not improve since
+    the previous checkpoint. Whether the LR was halved there does not matter: the released code
+    tests an LR equality that is always true after the first checkpoint.
     Either condition halves the LR (×decay) and asks for the best-validation weights to be reloaded.
     Training stops once the LR is below ``min_lr`` or after ``max_epochs`` epochs.
     """
@@ -107,7 +108,6 @@ class AutoLR:
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.next_checkpoint = 1  # index k into checkpoints of the next check
-        self.decayed_at_last_check = False
         self.best_at_last_check: float | None = None
 
     @property
@@ -151,7 +151,6 @@ class AutoLR:
         cond1 = increases < self.rho * (b - a)
         cond2 = (
             k > 1
-            and not self.decayed_at_last_check
             and self.best_at_last_check is not None
             and self.best is not None
             and self.best <= self.best_at_last_check
@@ -167,14 +166,13 @@ class AutoLR:
                     f"(fewer than {self.rho:g} of them)"
                 )
             if cond2:
-                causes.append("the LR was not changed and the best accuracy did not improve")
+                causes.append("the best accuracy did not improve since the previous checkpoint")
             why = (
                 f"{window}: {' and '.join(causes)}, so lr {old_lr:g} -> {self.lr:g} and reload "
                 f"the best-validation weights (epoch {self.best_epoch})"
             )
         else:
             why = f"{window}: accuracy rose in {increases} of {b - a} epochs, keep lr {self.lr:g}"
-        self.decayed_at_last_check = cond1 or cond2
         self.best_at_last_check = self.best
         return cond1 or cond2, why
 
@@ -194,12 +192,13 @@ class AutoLR:
             "best": self.best,
             "best_epoch": self.best_epoch,
             "next_checkpoint": self.next_checkpoint,
-            "decayed_at_last_check": self.decayed_at_last_check,
             "best_at_last_check": self.best_at_last_check,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a snapshot from :meth:`state_dict`; its settings must equal this scheduler's."""
+        """Restore a snapshot from :meth:`state_dict`; its settings must equal this scheduler's.
+        A snapshot written before condition 2 lost its LR test still carries the unused key
+        ``decayed_at_last_check``; it is ignored."""
         saved = dict(state["settings"])
         saved["checkpoints"] = tuple(saved["checkpoints"])
         current = self.state_dict()["settings"]
@@ -215,5 +214,4 @@ class AutoLR:
         self.best = state["best"]
         self.best_epoch = state["best_epoch"]
         self.next_checkpoint = int(state["next_checkpoint"])
-        self.decayed_at_last_check = bool(state["decayed_at_last_check"])
         self.best_at_last_check = state["best_at_last_check"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +38,8 @@ INCOMPLETE_MARK = "†"
 NOT_COMPUTED = "n/a"
 DEFAULT_RANK = 8
 DEFAULT_ALPHA = 1.0
-RATIO_ROW = "param_ratio"
+RATIO_ROW = "param_ratio"  # LoRa parameters created (what the paper's Table 3 counts)
+RATIO_USED_ROW = "param_ratio_used"  # those the LoRa forward uses (lora_blocks: last)
 
 METRIC_LABELS = {"SA": "SA", "PGD10": "PGD-10", "AA": "AA", "ratio": "ratio (%)"}
 DATASET_LABELS = {
@@ -54,7 +55,10 @@ ARCH_LABELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "tiny": "tiny"}
 TABLE_TITLES = {
     "table1": "Table 1: SA / PGD-10 / AA (%) per dataset and method",
     "table2": "Table 2: SA / PGD-10 / AA (%) per dataset and method",
-    "table3": "Table 3: AutoLoRa with LoRa rank r; parameter ratio = LoRa / FE parameters (%)",
+    "table3": (
+        "Table 3: AutoLoRa with LoRa rank r; parameter ratio = LoRa / FE parameters (%): "
+        "created (param_ratio) and, under lora_blocks last, used (param_ratio_used)"
+    ),
     "table4": "Table 4: pre-training ε_pt (/255) of the backbone",
     "table5": "Table 5: TWINS without / with the automated LR scheduler",
     "table6": "Table 6: AutoLoRa with exponent α of the λ schedule",
@@ -78,67 +82,17 @@ class EntryLike(Protocol):
 
 
 # --------------------------------------------------------------------------------------------
-# Parameter counts (Table 3's ratio), computed from the ResNet conv shapes without torch.
+# Table 3's parameter ratio. The counts come from the built models
+# (``autolora.models.parameter_counts``: keys arch, lora_rank, lora_blocks, feature_extractor,
+# lora_created, lora_used, update_blocks), computed where torch may be imported (``autolora
+# aggregate``) and passed in as {(arch, rank): counts}.
 
-RESNET_STAGES = {  # arch: (block kind, blocks per stage); stage widths 64, 128, 256, 512
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-}
-STAGE_WIDTHS = (64, 128, 256, 512)
-BOTTLENECK_EXPANSION = 4
+ParameterCounts = Mapping[tuple[str, int], Mapping[str, Any]]
 
 
-def residual_block_convs(arch: str) -> list[tuple[int, int, int]]:
-    """(C_in, C_out, k) of every conv inside the residual blocks (no stem, no shortcut), in order."""
-    kind, blocks = _stages(arch)
-    convs: list[tuple[int, int, int]] = []
-    channels = 64
-    for width, count in zip(STAGE_WIDTHS, blocks, strict=True):
-        for _ in range(count):
-            if kind == "basic":
-                convs += [(channels, width, 3), (width, width, 3)]
-                channels = width
-            else:
-                out = width * BOTTLENECK_EXPANSION
-                convs += [(channels, width, 1), (width, width, 3), (width, out, 1)]
-                channels = out
-    return convs
-
-
-def shortcut_convs(arch: str) -> list[tuple[int, int, int]]:
-    """(C_in, C_out, 1) of the 1×1 projection shortcuts (first block of a stage that changes shape)."""
-    kind, _ = _stages(arch)
-    expansion = 1 if kind == "basic" else BOTTLENECK_EXPANSION
-    convs, channels = [], 64
-    for stage, width in enumerate(STAGE_WIDTHS):
-        out = width * expansion
-        if stage > 0 or channels != out:
-            convs.append((channels, out, 1))
-        channels = out
-    return convs
-
-
-def lora_parameter_count(arch: str, rank: int) -> int:
-    """LoRa parameters: per block conv, A (r·k × C_in·k) + B (C_out·k × r·k) = r·k²·(C_in + C_out)."""
-    return sum(rank * k * k * (c_in + c_out) for c_in, c_out, k in residual_block_convs(arch))
-
-
-def feature_extractor_parameter_count(arch: str) -> int:
-    """Parameters of the FE (everything but the classifier): convs (no bias) + BN γ, β."""
-    stem = 3 * 64 * 7 * 7 + 2 * 64
-    convs = residual_block_convs(arch) + shortcut_convs(arch)
-    return stem + sum(c_in * c_out * k * k + 2 * c_out for c_in, c_out, k in convs)
-
-
-def parameter_ratio_pct(arch: str, rank: int) -> float:
-    """Table 3's parameter ratio: LoRa parameters / FE parameters, in percent."""
-    return 100.0 * lora_parameter_count(arch, rank) / feature_extractor_parameter_count(arch)
-
-
-def _stages(arch: str) -> tuple[str, tuple[int, ...]]:
-    if arch not in RESNET_STAGES:
-        raise KeyError(arch)
-    return RESNET_STAGES[arch]
+def parameter_ratio_pct(lora_parameters: int, feature_extractor_parameters: int) -> float:
+    """Table 3's parameter ratio: LoRa parameters / FE parameters (classifier excluded), in %."""
+    return 100.0 * lora_parameters / feature_extractor_parameters
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,6 +180,7 @@ class Number:
     test: str | None = None
     formula: str | None = None
     paper_key: dict | None = None
+    parameters: dict | None = None  # ratio: its counts; "counted" names the numerator
 
     @property
     def missing_cells(self) -> list[str]:
@@ -345,19 +300,51 @@ def p_value_number(
 
 
 def ratio_number(
-    table: str, row: str, column: str, arch: str, rank: int, paper_key: dict
+    table: str,
+    row: str,
+    column: str,
+    arch: str,
+    rank: int,
+    counts: Mapping[str, Any] | None,
+    paper_key: dict | None,
+    *,
+    used: bool = False,
 ) -> Number:
+    """Table 3's ratio at ``rank``: the LoRa parameters created (``used=False``, the paper's
+    count) or those the LoRa forward uses (``used=True``) over the FE parameters, from ``counts``
+    (``autolora.models.parameter_counts``); not computed without them."""
+    if counts is None:
+        formula = (
+            f"no parameter counts of {arch} at r={rank} were given: ratio not computed "
+            "(`autolora aggregate` counts them on the built model)"
+        )
+        return Number(
+            table, row, column, "ratio", "ratio", math.nan, formula=formula, paper_key=paper_key
+        )
+    fe, counted = int(counts["feature_extractor"]), "lora_used" if used else "lora_created"
+    lora = int(counts[counted])
+    if used:
+        what = (
+            f"LoRa parameters the LoRa forward uses in {arch} at r={rank} under lora_blocks="
+            f"{counts['lora_blocks']} (blocks {', '.join(counts['update_blocks'])})"
+        )
+    else:
+        what = f"LoRa parameters created in {arch} at r={rank} (every residual-block conv)"
     formula = (
-        f"LoRa parameters of {arch} at r={rank} / FE parameters of {arch} × 100 "
-        "(LoRa: Σ over residual-block convs of r·k²·(C_in + C_out); FE: all but the classifier)"
+        f"{what} / FE parameters of {arch} (all but the classifier, no LoRa) × 100 = "
+        f"{lora} / {fe} × 100, counted on the built model"
     )
-    try:
-        value = parameter_ratio_pct(arch, rank)
-        formula += f" = {lora_parameter_count(arch, rank)} / {feature_extractor_parameter_count(arch)} × 100"
-    except KeyError:
-        value = math.nan
-        formula = f"no conv-shape table for arch {arch!r}: ratio not computed"
-    return Number(table, row, column, "ratio", "ratio", value, formula=formula, paper_key=paper_key)
+    return Number(
+        table,
+        row,
+        column,
+        "ratio",
+        "ratio",
+        parameter_ratio_pct(lora, fe),
+        formula=formula,
+        paper_key=paper_key,
+        parameters={**counts, "update_blocks": list(counts["update_blocks"]), "counted": counted},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,8 +440,14 @@ def _by_row_then_factor(
     ]
 
 
-def layout_rank(name: str, entries: Sequence[EntryLike], store: EvaluationStore) -> list[Number]:
-    """Table 3: rows dataset, columns r<k>/SA and r<k>/PGD10; row param_ratio, columns r<k>/ratio."""
+def layout_rank(
+    name: str,
+    entries: Sequence[EntryLike],
+    store: EvaluationStore,
+    parameter_counts: ParameterCounts | None = None,
+) -> list[Number]:
+    """Table 3: rows dataset, columns r<k>/SA and r<k>/PGD10; row param_ratio (LoRa parameters
+    created) and, under lora_blocks: last, row param_ratio_used, columns r<k>/ratio."""
     numbers = []
     for dataset, rank, cell_entries in _by_row_then_factor(name, entries, lambda e: e.dataset):
         for metric in ABLATION_METRICS:
@@ -464,11 +457,28 @@ def layout_rank(name: str, entries: Sequence[EntryLike], store: EvaluationStore)
             numbers.append(
                 mean_number(name, dataset, f"r{rank}/{metric}", metric, cell_entries, store, key)
             )
-    for rank in sorted({factor_value(e, name) for e in entries}):
-        key = _paper_key(
-            name, _arch(entries), "", PROPOSED, "param_ratio_pct", "lora_rank", str(rank)
+    arch = _arch(entries)
+    ranks = sorted({factor_value(e, name) for e in entries})
+    counts = {rank: (parameter_counts or {}).get((arch, rank)) for rank in ranks}
+    for rank in ranks:
+        key = _paper_key(name, arch, "", PROPOSED, "param_ratio_pct", "lora_rank", str(rank))
+        numbers.append(
+            ratio_number(name, RATIO_ROW, f"r{rank}/ratio", arch, rank, counts[rank], key)
         )
-        numbers.append(ratio_number(name, RATIO_ROW, f"r{rank}/ratio", _arch(entries), rank, key))
+    if any(c is not None and c["lora_blocks"] == "last" for c in counts.values()):
+        for rank in ranks:  # the paper reports no such number: no paper key
+            numbers.append(
+                ratio_number(
+                    name,
+                    RATIO_USED_ROW,
+                    f"r{rank}/ratio",
+                    arch,
+                    rank,
+                    counts[rank],
+                    None,
+                    used=True,
+                )
+            )
     return numbers
 
 
@@ -743,8 +753,11 @@ def build_tables(
     *,
     table8_sources: Sequence[str] = (),
     welch: bool = False,
+    parameter_counts: ParameterCounts | None = None,
 ) -> list[Table]:
-    """Every table present in ``entries`` (plus Table 8 over ``table8_sources``), in paper order."""
+    """Every table present in ``entries`` (plus Table 8 over ``table8_sources``), in paper order.
+    ``parameter_counts``: {(arch, rank): ``autolora.models.parameter_counts(...)``} for Table 3's
+    ratio (not computed without them)."""
     store = EvaluationStore(results_root, checkpoint)
     by_table = _group(entries, lambda e: e.table)
     conventions = [
@@ -767,7 +780,7 @@ def build_tables(
             if absent:
                 notes.append(f"Source tables not in the grid: {', '.join(absent)}.")
         elif name in by_table:
-            numbers = _layout(name, by_table[name], store)
+            numbers = _layout(name, by_table[name], store, parameter_counts)
             notes = list(conventions)
         else:
             continue
@@ -783,11 +796,16 @@ def build_tables(
     return tables
 
 
-def _layout(name: str, entries: Sequence[EntryLike], store: EvaluationStore) -> list[Number]:
+def _layout(
+    name: str,
+    entries: Sequence[EntryLike],
+    store: EvaluationStore,
+    parameter_counts: ParameterCounts | None,
+) -> list[Number]:
     if name in ("table1", "table2"):
         return layout_main(name, entries, store)
     if name == "table3":
-        return layout_rank(name, entries, store)
+        return layout_rank(name, entries, store, parameter_counts)
     if name == "table4":
         return layout_factor(
             name, entries, store, prefix="eps", paper_variant="pretrain_eps", with_method=True

@@ -72,7 +72,12 @@ from autolora.evaluate import batches_on, clean_and_pgd_accuracy, lora_accuracy
 from autolora.fastpath import FastPaths, configure_backends, prepare_model, training_autocast
 from autolora.io import atomic_write, read_json, write_json
 from autolora.methods import Method, MethodSettings, build_method
-from autolora.models import build_model, load_backbone_state
+from autolora.models import (
+    build_model,
+    count_lora_parameters,
+    count_used_lora_parameters,
+    load_backbone_state,
+)
 from autolora.protocol import PROTOCOL_CHOICES, protocol_choices
 from autolora.schedules import AutoLR, lambda_weights, multistep_lr
 
@@ -125,7 +130,7 @@ def resolve_device(name: str) -> torch.device:
 def method_settings(config: CellConfig) -> MethodSettings:
     optional = {
         key: getattr(config, key)
-        for key in ("beta", "twins_gamma", "lora_rank")
+        for key in ("beta", "twins_gamma", "lora_rank", "lora_blocks", "twins_gamma_on")
         if getattr(config, key) is not None
     }
     return MethodSettings(
@@ -759,6 +764,7 @@ class CellTraining:
                 "choices": protocol_record(self.config),
                 "defaults": protocol_choices(self.config.protocol),
             },
+            "lora": self._lora_record(),
             **records.environment(self.device),
             "started": progress.started,
             "finished": records.timestamp(),
@@ -774,6 +780,19 @@ class CellTraining:
         write_json(self.out_dir / RUN_RECORD, _jsonable(record))
         checkpoints.clear_state(self.state_dir)
         return record
+
+    def _lora_record(self) -> dict[str, Any] | None:
+        """Where the LoRa update acted and how many LoRa parameters it used (SPEC 4.3); None
+        for a model without the LoRa branch."""
+        if self.model.lora_rank is None:
+            return None
+        return {
+            "rank": self.model.lora_rank,
+            "lora_blocks": self.model.lora_blocks,
+            "update_blocks": self.model.lora_update_blocks(),
+            "parameters_created": count_lora_parameters(self.model),
+            "parameters_used": count_used_lora_parameters(self.model),
+        }
 
     def _inputs(self) -> list[dict[str, Any]]:
         if self.spec_file is not None:
@@ -835,15 +854,9 @@ class CellTraining:
 
 
 def protocol_record(config: CellConfig) -> dict[str, Any]:
-    """Every protocol choice as resolved for this cell (overrides included)."""
-    resolved = {
-        "eps": config.attack.eps,
-        "step": config.attack.step,
-        "split_scheme": config.split_scheme,
-        "selection": config.selection,
-        "kl_divisor": config.kl_divisor,
-        "test_each_epoch": config.test_each_epoch,
-    }
+    """Every protocol choice as resolved for this cell (overrides included; None where the
+    cell's method does not read the choice)."""
+    resolved = config.protocol_record()
     return {key: resolved[key] for key in PROTOCOL_CHOICES}
 
 

@@ -49,6 +49,23 @@ def table8_sources(config: Mapping[str, Any]) -> list[str]:
     return list((tables.get("table8") or {}).get("tables", MAIN_TABLES))
 
 
+def table3_parameter_counts(grid) -> dict[tuple[str, int], dict[str, Any]]:
+    """{(arch, rank): autolora.models.parameter_counts(...)} for Table 3's ratio, counted on the
+    built models under the cells' resolved ``lora_blocks`` (torch is imported only if the grid
+    has a Table 3)."""
+    from autolora.cells import resolve_cell
+
+    wanted: dict[tuple[str, int], str] = {}
+    for cell_id in grid.cells_of("table3"):
+        config = resolve_cell(grid.cells[cell_id])
+        wanted[(config.arch, config.lora_rank)] = config.lora_blocks
+    if not wanted:
+        return {}
+    from autolora.models import parameter_counts
+
+    return {key: parameter_counts(*key, blocks) for key, blocks in sorted(wanted.items())}
+
+
 def run(args: argparse.Namespace) -> int:
     from autolora import grid as grid_module
     from autolora.io import atomic_write
@@ -71,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=dict(config.get("training") or {}),
         seeds=grid_module.seeds(config),
         config_path=str(args.config),
+        parameter_counts=table3_parameter_counts(grid),
     )
     missing = outputs["missing"]
     with atomic_write(out / "missing.txt") as handle:
@@ -97,8 +115,10 @@ def aggregate(
     seeds: list[int],
     config_path: str = "",
     root: str | Path = ".",
+    parameter_counts: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Everything `aggregate` writes, from table entries; returns what was written."""
+    """Everything `aggregate` writes, from table entries; returns what was written.
+    ``parameter_counts``: Table 3's counts (``table3_parameter_counts``)."""
     from autolora.compare import (
         claims_frame,
         comparison_frame,
@@ -122,6 +142,7 @@ def aggregate(
         checkpoint,
         table8_sources=table8,
         welch=welch,
+        parameter_counts=parameter_counts,
     )
     table_files: dict[str, list[Path]] = {}
     for table in tables:

@@ -48,6 +48,13 @@ def default_index(root: str) -> Path:
     return found[0]
 
 
+def count_parameters(arch: str, rank: int, lora_blocks: str) -> dict:
+    """Table 3's counts on the built model (imports torch, on the first ratio audited only)."""
+    from autolora.models import parameter_counts
+
+    return parameter_counts(arch, rank, lora_blocks)
+
+
 def run(args: argparse.Namespace) -> int:
     from autolora.errors import ConfigError
     from autolora.provenance import audit_all, audit_one, raise_if_failed
@@ -62,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
         )
     index = args.index or default_index(args.root)
     if args.all:
-        audit = audit_all(index, args.root)
+        audit = audit_all(index, args.root, count_parameters)
     else:
-        audit = audit_one(index, args.table, args.row, args.column, args.root)
+        audit = audit_one(index, args.table, args.row, args.column, args.root, count_parameters)
     lines = [f"PROBLEM: {p}" for p in audit.problems] if args.quiet else audit.lines
     print("\n".join(lines))
     raise_if_failed(audit)

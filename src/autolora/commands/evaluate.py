@@ -19,7 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("best_test", "best_val", "final", "selected"),
         help="which weights; 'selected' = the protocol's reported checkpoint (config selection)",
     )
-    parser.add_argument("--n", type=int, default=None, help="evaluate the first N test images")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="evaluate a seeded, class-stratified subset of N test images (recorded)",
+    )
     parser.add_argument(
         "--no-autoattack", action="store_true", help="skip AutoAttack (SA and PGD-10 only)"
     )

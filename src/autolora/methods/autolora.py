@@ -31,7 +31,7 @@ class AutoLoRa(Method):
         self.lambda2: float | None = None
 
     def model_options(self) -> dict:
-        return {"lora_rank": self.settings.lora_rank}
+        return {"lora_rank": self.settings.lora_rank, "lora_blocks": self.settings.lora_blocks}
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return [*fe_parameters(model), *lora_parameters(model), *classifier_parameters(model)]

@@ -11,12 +11,16 @@ from torch import Tensor, nn
 
 from autolora import attacks
 from autolora.errors import ConfigError
+from autolora.models import LORA_BLOCKS
 
 
 @dataclass(frozen=True)
 class MethodSettings:
     """Hyper-parameters of a training step. ``kl_divisor``: the configured batch size (released
-    code: the KL sum is divided by it even on a short last batch) or None for the actual size."""
+    code: the KL sum is divided by it even on a short last batch) or None for the actual size.
+    ``lora_blocks`` (AutoLoRa, SPEC 4.3): where the LoRa update acts, ``"last"`` block of each
+    stage or ``"all"``; ``twins_gamma_on`` (TWINS, SPEC 4.2): the half γ multiplies, ``"fixed"``
+    or ``"adaptive"``. Cells always set both from their protocol (``autolora.cells``)."""
 
     eps: float
     step: float
@@ -25,6 +29,8 @@ class MethodSettings:
     twins_gamma: float = 1.0
     lora_rank: int = 8
     kl_divisor: int | None = None
+    lora_blocks: str = "all"
+    twins_gamma_on: str = "fixed"
 
     def __post_init__(self) -> None:
         if not self.eps >= 0 or not self.step >= 0:
@@ -40,6 +46,12 @@ class MethodSettings:
         if self.kl_divisor is not None and self.kl_divisor < 1:
             raise ConfigError(
                 f"kl_divisor must be a batch size >= 1 or None, got {self.kl_divisor}"
+            )
+        if self.lora_blocks not in LORA_BLOCKS:
+            raise ConfigError(f"lora_blocks must be one of {LORA_BLOCKS}, got {self.lora_blocks!r}")
+        if self.twins_gamma_on not in ("fixed", "adaptive"):
+            raise ConfigError(
+                f"twins_gamma_on must be 'fixed' or 'adaptive', got {self.twins_gamma_on!r}"
             )
 
     def divisor_for(self, batch_size: int) -> int:

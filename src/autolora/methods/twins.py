@@ -30,7 +30,9 @@ class HalfTerms:
 
 
 class Twins(Method):
-    """Loss = γ·CE_F + CE_A + β·[γ·KL_F + KL_A]; F = rows [0, B//2) (fixed BN), A = the rest."""
+    """Loss = γ·CE_F + CE_A + β·[γ·KL_F + KL_A] with ``twins_gamma_on="fixed"`` (released code),
+    CE_F + γ·CE_A + β·[KL_F + γ·KL_A] with ``"adaptive"`` (the paper's Eq. 2);
+    F = rows [0, B//2) (fixed BN), A = the rest."""
 
     name = "twins"
 
@@ -46,7 +48,10 @@ class Twins(Method):
         # Adversarial examples on the full batch, eval mode, adaptive BN (SPEC 4.2).
         x_adv = training_attack(model, x, y, self.settings, generator, {"bn": "adaptive"})
         model.train()
-        return model(x, bn="mix"), model(x_adv, bn="mix")
+        # The adversarial "mix" forward first, then the clean one, as in the released code
+        # (SPEC 4.2): the adaptive BN's running statistics see x̃, then x.
+        logits_adv = model(x_adv, bn="mix")
+        return model(x, bn="mix"), logits_adv
 
     def _halves(
         self, logits_nat: Tensor, logits_adv: Tensor, y: Tensor
@@ -63,13 +68,21 @@ class Twins(Method):
 
         return terms(slice(0, half)), terms(slice(half, batch))
 
+    def half_weights(self) -> tuple[float, float]:
+        """(weight of the fixed half, weight of the adaptive half): γ on the half
+        ``twins_gamma_on`` names, 1 on the other (SPEC 4.2)."""
+        gamma = self.settings.twins_gamma
+        return (gamma, 1.0) if self.settings.twins_gamma_on == "fixed" else (1.0, gamma)
+
     def training_step(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None
     ) -> StepResult:
         logits_nat, logits_adv = self._forwards(model, x, y, generator)
         fixed, adaptive = self._halves(logits_nat, logits_adv, y)
-        gamma, beta = self.settings.twins_gamma, self.settings.beta
-        loss = gamma * fixed.ce + adaptive.ce + beta * (gamma * fixed.kl + adaptive.kl)
+        w_fixed, w_adaptive = self.half_weights()
+        beta = self.settings.beta
+        loss = w_fixed * fixed.ce + w_adaptive * adaptive.ce
+        loss = loss + beta * (w_fixed * fixed.kl + w_adaptive * adaptive.kl)
         metrics = metrics_to_floats(
             {
                 "loss": loss,
@@ -89,15 +102,17 @@ class Twins(Method):
     def gradient_similarity(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None
     ) -> float:
-        """Cosine of ∇θ1 [CE_fixed + γ·CE_adaptive] and ∇θ1 [KL_fixed + γ·KL_adaptive] (SPEC 4.5)."""
-        # SPEC 4.5 taken literally: γ weighs the *adaptive* half here, whereas the training loss
-        # (SPEC 4.2) weighs the fixed half. With the paper's γ = 1 (all datasets but CUB) the two
-        # agree; keep this literal reading unless the SPEC changes.
-        gamma = self.settings.twins_gamma
+        """Cosine of ∇θ1 of the natural and the adversarial objective, γ on the same half as in the
+        loss (SPEC 4.5): [γ·CE_F + CE_A] and [γ·KL_F + KL_A] under ``twins_gamma_on="fixed"``,
+        [CE_F + γ·CE_A] and [KL_F + γ·KL_A] (the paper's Eq. 4) under ``"adaptive"``."""
+        w_fixed, w_adaptive = self.half_weights()
 
         def objectives() -> tuple[Tensor, Tensor]:
             logits_nat, logits_adv = self._forwards(model, x, y, generator)
             fixed, adaptive = self._halves(logits_nat, logits_adv, y)
-            return fixed.ce + gamma * adaptive.ce, fixed.kl + gamma * adaptive.kl
+            return (
+                w_fixed * fixed.ce + w_adaptive * adaptive.ce,
+                w_fixed * fixed.kl + w_adaptive * adaptive.kl,
+            )
 
         return diagnostics.gradient_similarity(model, objectives)

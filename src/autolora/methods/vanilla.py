@@ -29,9 +29,12 @@ class VanillaRFT(Method):
     def _forwards(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
+        """(clean logits, adversarial logits). The adversarial forward runs first, as in the
+        released code (SPEC 4.1): the BN running statistics see x̃, then x."""
         x_adv = training_attack(model, x, y, self.settings, generator)
         model.train()
-        return model(x), model(x_adv)
+        logits_adv = model(x_adv)
+        return model(x), logits_adv
 
     def training_step(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None

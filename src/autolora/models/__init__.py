@@ -5,17 +5,22 @@ from autolora.models.loading import load_backbone_state
 from autolora.models.lora import LoRaConv2d
 from autolora.models.resnet import (
     ARCHS,
+    LORA_BLOCKS,
     RobustNet,
     TinyResNet,
     build_model,
     classifier_parameters,
     count_lora_parameters,
+    count_used_lora_parameters,
     fe_parameters,
     lora_parameters,
+    parameter_counts,
+    used_lora_parameters,
 )
 
 __all__ = [
     "ARCHS",
+    "LORA_BLOCKS",
     "DualBatchNorm2d",
     "FixedStatsBatchNorm2d",
     "LoRaConv2d",
@@ -24,7 +29,10 @@ __all__ = [
     "build_model",
     "classifier_parameters",
     "count_lora_parameters",
+    "count_used_lora_parameters",
     "fe_parameters",
     "load_backbone_state",
     "lora_parameters",
+    "parameter_counts",
+    "used_lora_parameters",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from autolora.models.lora import LoRaConv2d
 
 ARCHS = ("resnet18", "resnet50", "tiny")
 BRANCHES = ("fe", "lora")
+LORA_BLOCKS = ("last", "all")  # where the LoRa forward adds ΔBA (SPEC 4.3, protocol `lora_blocks`)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_WIDTHS = (8, 16, 32, 64)
@@ -70,9 +72,25 @@ def build_backbone(arch: str, num_classes: int) -> tv_resnet.ResNet:
     return backbone
 
 
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
 def _residual_blocks(backbone: nn.Module) -> Iterator[nn.Module]:
-    for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4):
-        yield from stage
+    for stage in STAGES:
+        yield from getattr(backbone, stage)
+
+
+def lora_update_block_names(backbone: nn.Module, lora_blocks: str) -> list[str]:
+    """The residual blocks whose LoRa convolutions add ΔBA in the LoRa forward, by module name:
+    every block (``"all"``) or the last block of each stage (``"last"``, the released code)."""
+    if lora_blocks not in LORA_BLOCKS:
+        raise ValueError(f"lora_blocks must be one of {LORA_BLOCKS}, got {lora_blocks!r}")
+    names = []
+    for stage in STAGES:
+        count = len(getattr(backbone, stage))
+        first = count - 1 if lora_blocks == "last" else 0
+        names += [f"{stage}.{index}" for index in range(first, count)]
+    return names
 
 
 def add_lora(backbone: nn.Module, rank: int) -> None:
@@ -99,9 +117,11 @@ class RobustNet(nn.Module):
     ``forward(x, branch="fe", bn="adaptive")``:
     - ``branch="fe"``: the ordinary network (theta1 and the classifier).
     - ``branch="lora"``: every backbone weight except the classifier is replaced by a detached copy
-      (convs, BN affine, both BN copies) and the LoRa convs add their update, so the loss reaches
-      theta1 and BN affine not at all, LoRa A/B and the classifier fully. BN keeps its current mode
-      (train mode: batch statistics, running statistics updated).
+      (convs, BN affine, both BN copies) and the LoRa convs of the blocks ``lora_blocks`` names
+      add their update (``"all"``: every residual block; ``"last"``: the last block of each stage,
+      the other blocks' LoRa matrices never act), so the loss reaches theta1 and BN affine not at
+      all, the acting LoRa A/B and the classifier fully. BN keeps its current mode (train mode:
+      batch statistics, running statistics updated).
     - ``bn``: ``"adaptive"`` | ``"fixed"`` | ``"mix"`` for dual-BN models (see ``DualBatchNorm2d``).
 
     The normaliser constants are non-persistent buffers: they follow ``.to(device)`` but are not in
@@ -115,12 +135,16 @@ class RobustNet(nn.Module):
         *,
         arch: str,
         lora_rank: int | None = None,
+        lora_blocks: str = "all",
         dual_bn: bool = False,
         input_upsample: int | None = None,
     ) -> None:
         super().__init__()
+        if lora_blocks not in LORA_BLOCKS:
+            raise ValueError(f"lora_blocks must be one of {LORA_BLOCKS}, got {lora_blocks!r}")
         self.arch = arch
         self.lora_rank = lora_rank
+        self.lora_blocks = lora_blocks
         self.dual_bn = dual_bn
         self.input_upsample = input_upsample
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -156,14 +180,14 @@ class RobustNet(nn.Module):
     def _routing(self, branch: str, bn: str) -> Iterator[None]:
         """Tell the LoRa convs and dual BNs of this model which path to take, for one call."""
         routes = self._routes_now()
-        for conv in routes.lora_convs:
+        for conv in routes.acting_lora_convs:
             conv.use_lora = branch == "lora"
         for norm in routes.dual_bns:
             norm.mode = bn
         try:
             yield
         finally:
-            for conv in routes.lora_convs:
+            for conv in routes.acting_lora_convs:
                 conv.use_lora = False
             for norm in routes.dual_bns:
                 norm.mode = "adaptive"
@@ -172,12 +196,20 @@ class RobustNet(nn.Module):
         # Walking ~150 modules on each of the ~12 forwards of a training step costs milliseconds
         # of host time (issue 8), so the walk is cached; it is redone if the backbone is replaced.
         if self._routes is None or self._routes.backbone is not self.backbone:
-            self._routes = _Routes(self.backbone)
+            self._routes = _Routes(self.backbone, self.lora_blocks)
         return self._routes
 
+    def lora_update_blocks(self) -> list[str]:
+        """The residual blocks whose LoRa convolutions act in the LoRa forward (empty without
+        LoRa), e.g. ``["layer1.1", "layer2.1", "layer3.1", "layer4.1"]`` (ResNet-18, "last")."""
+        if self.lora_rank is None:
+            return []
+        return lora_update_block_names(self.backbone, self.lora_blocks)
+
     def extra_repr(self) -> str:
+        lora = f", lora_blocks={self.lora_blocks}" if self.lora_rank is not None else ""
         return (
-            f"arch={self.arch}, lora_rank={self.lora_rank}, dual_bn={self.dual_bn}, "
+            f"arch={self.arch}, lora_rank={self.lora_rank}{lora}, dual_bn={self.dual_bn}, "
             f"input_upsample={self.input_upsample}"
         )
 
@@ -187,11 +219,14 @@ def build_model(
     num_classes: int,
     *,
     lora_rank: int | None = None,
+    lora_blocks: str = "all",
     dual_bn: bool = False,
     input_upsample: int | None = None,
 ) -> RobustNet:
     """A ``RobustNet`` over a randomly initialised backbone (load weights with
-    ``load_backbone_state``); ``input_upsample`` is the side length the input is resized to."""
+    ``load_backbone_state``); ``input_upsample`` is the side length the input is resized to.
+    With ``lora_rank`` every residual-block convolution gets LoRa matrices; ``lora_blocks`` says
+    in which blocks they act in the LoRa forward ("all" or "last" of each stage)."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     backbone = build_backbone(arch, num_classes)
@@ -203,21 +238,22 @@ def build_model(
         backbone,
         arch=arch,
         lora_rank=lora_rank,
+        lora_blocks=lora_blocks,
         dual_bn=dual_bn,
         input_upsample=input_upsample,
     )
 
 
 class _Routes:
-    """The LoRa convs, dual BNs and theta1 parameter slots of a backbone, found once.
+    """The acting LoRa convs, dual BNs and theta1 parameter slots of a backbone, found once.
 
     Slots are (module, parameter name) pairs, read at call time, so a parameter object replaced
     later (e.g. ``load_state_dict(assign=True)``) is still the one used.
     """
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, lora_blocks: str) -> None:
         self.backbone = backbone
-        self.lora_convs = [m for m in backbone.modules() if isinstance(m, LoRaConv2d)]
+        self.acting_lora_convs = _acting_lora_convs(backbone, lora_blocks)
         self.dual_bns = [m for m in backbone.modules() if isinstance(m, DualBatchNorm2d)]
         modules = dict(backbone.named_modules())
         self.fe_slots = []
@@ -228,6 +264,13 @@ class _Routes:
     def detached_fe(self) -> dict[str, torch.Tensor]:
         """theta1 (convs and BN affine of the backbone, classifier and LoRa excluded), detached."""
         return {name: module._parameters[leaf].detach() for name, module, leaf in self.fe_slots}
+
+
+def _acting_lora_convs(backbone: nn.Module, lora_blocks: str) -> list[LoRaConv2d]:
+    blocks = [
+        backbone.get_submodule(name) for name in lora_update_block_names(backbone, lora_blocks)
+    ]
+    return [m for block in blocks for m in block.modules() if isinstance(m, LoRaConv2d)]
 
 
 def _lora_parameter_ids(backbone: nn.Module) -> set[int]:
@@ -258,5 +301,48 @@ def classifier_parameters(model: RobustNet) -> list[nn.Parameter]:
     return list(model.backbone.fc.parameters())
 
 
+def used_lora_parameters(model: RobustNet) -> list[nn.Parameter]:
+    """The LoRa matrices that act in the LoRa forward (all of them under ``lora_blocks="all"``);
+    the others never get a gradient and never change an output."""
+    if model.lora_rank is None:
+        return []
+    return [
+        p
+        for conv in _acting_lora_convs(model.backbone, model.lora_blocks)
+        for p in (conv.lora_A, conv.lora_B)
+    ]
+
+
 def count_lora_parameters(model: RobustNet) -> int:
+    """LoRa parameters created (every residual-block convolution's A and B)."""
     return sum(p.numel() for p in lora_parameters(model))
+
+
+def count_used_lora_parameters(model: RobustNet) -> int:
+    """LoRa parameters that act in the LoRa forward (see ``used_lora_parameters``)."""
+    return sum(p.numel() for p in used_lora_parameters(model))
+
+
+def parameter_counts(arch: str, lora_rank: int, lora_blocks: str) -> dict[str, Any]:
+    """Table 3's parameter counts, from the built models (SPEC 4.3): the feature extractor of
+    ``arch`` without LoRa (θ1, classifier excluded), the LoRa parameters created at ``lora_rank``
+    (what the paper's ratio counts) and those the LoRa forward uses under ``lora_blocks``.
+    Built on the meta device: shapes only, no memory, no initialisation cost."""
+    with torch.device("meta"):
+        plain = build_model(arch, 2)
+        with_lora = build_model(arch, 2, lora_rank=lora_rank, lora_blocks=lora_blocks)
+    total_difference = sum(p.numel() for p in with_lora.parameters()) - sum(
+        p.numel() for p in plain.parameters()
+    )
+    created = count_lora_parameters(with_lora)
+    if total_difference != created:  # LoRa must be the only thing the branch adds
+        raise RuntimeError(f"{arch}: LoRa adds {total_difference} parameters, counted {created}")
+    return {
+        "arch": arch,
+        "lora_rank": lora_rank,
+        "lora_blocks": lora_blocks,
+        "feature_extractor": sum(p.numel() for p in fe_parameters(plain)),
+        "lora_created": created,
+        "lora_used": count_used_lora_parameters(with_lora),
+        "update_blocks": with_lora.lora_update_blocks(),
+    }
