@@ -167,11 +167,14 @@ def test_the_workflow_writes_a_crate_of_its_run(crate, folder):
         assert action["endTime"] == record["finished"].replace("Z", "+00:00")
         assert graph[action["location"]["@id"]]["name"] == record["host"]
         assert record["command"] in action["description"]
-    # the protocol's resolved choices, the software environment, licence and paper
-    choices = {
-        e["propertyID"]: e["value"] for e in crate["@graph"] if e["@id"].startswith("#protocol/")
-    }
-    assert choices == record["protocol"]["choices"]
+        # the protocol's resolved choices (null where a choice does not apply to the method)
+        choices = {
+            graph[i]["propertyID"]: graph[i].get("value")
+            for i in ids(action["object"])
+            if i.startswith("#protocol/")
+        }
+        assert choices == record["protocol"]["choices"]
+    # the software environment, licence and paper
     software = {e.get("name"): e.get("softwareVersion") for e in crate["@graph"]}
     for package in ("torch", "torchvision", "pyautoattack", "snakemake"):
         assert software[package] == record["packages"][package]

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from autolora import __version__
 from autolora.crate.graph import CrateBuilder, ref, rule_files
@@ -226,11 +227,13 @@ def _describe_training(
         objects.append(file)
     protocol = run.get("protocol") or {}
     for choice, value in sorted((protocol.get("choices") or {}).items()):
+        token = value if isinstance(value, str) else json.dumps(value)
         pv = builder.property_value(
-            f"#protocol/{protocol.get('name')}/{choice}",
+            f"#protocol/{protocol.get('name')}/{choice}/{quote(token, safe='')}",
             choice,
             value,
-            description=f"resolved choice of protocol {protocol.get('name')!r} (SPEC §7)",
+            description=f"resolved choice of protocol {protocol.get('name')!r} (SPEC §7)"
+            + ("; null: the choice does not apply to this cell's method" if value is None else ""),
         )
         builder.example_of(pv, "train", "protocol_choice")
         builder.example_of(pv, "", "protocol_choice")
