@@ -92,6 +92,9 @@ def copy_workflow_source(
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide it from the group
         final = folder / SOURCE_DIR
         if final.exists():
             shutil.rmtree(final)
@@ -380,13 +383,16 @@ def _describe_dataset(builder: CrateBuilder, cells: _Cells, item: Mapping[str, A
     metadata = read_json(metadata_file)
     name = metadata.get("name") or Path(path).parent.name
     directory = Path(path).parent.as_posix()
-    metadata_id = builder.record_file(path, item.get("sha256"))
+    where = "referenced, not copied: the file at localPath (relative to the crate) has this sha256"
+    metadata_id = builder.record_file(
+        path, item.get("sha256"), description=f"metadata of prepared dataset {name}; {where}"
+    )
     results = [metadata_id]
     for file, digest in sorted((metadata.get("files") or {}).items()):
-        results.append(builder.record_file(f"{directory}/{file}", digest))
-    for result in results:
-        builder.graph.add(
-            {"@id": result, "description": f"prepared dataset {name}: {Path(result).name}"}
+        results.append(
+            builder.record_file(
+                f"{directory}/{file}", digest, description=f"prepared dataset {name}; {where}"
+            )
         )
     sources = metadata.get("sources") or []
     synthetic = any("generator" in source for source in sources)

@@ -29,7 +29,8 @@ from autolora.io import sha256_file
 
 @dataclass
 class EntityGraph:
-    """Entities by ``@id``; adding an entity twice merges it, list values are unioned in order."""
+    """Entities by ``@id``; adding an entity twice merges it: list values are unioned in order, a
+    scalar keeps its first value, and two different sha256 for one file are an error."""
 
     entities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
