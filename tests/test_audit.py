@@ -147,3 +147,33 @@ def test_unknown_number_and_bad_arguments_are_user_errors(aggregated, capsys):
     assert status == 2 and "rows: cifar10/vanilla" in err
     status, _, err = audit(capsys, "table1")
     assert status == 2 and "--all" in err
+
+
+def test_the_chain_reaches_the_archive_and_checkpoint_checksums(aggregated, capsys):
+    status, out, err = audit(capsys, "table1", "cifar10/autolora", "PGD10")
+    assert status == 0, err
+    data = "resources/data/cifar10"
+    assert f"prepared data file {data}/labels.npy: sha256" in out
+    assert "archive cifar-10-python.tar.gz: md5 c58f30108f71 (published)" in out
+    archive = "resources/downloads/cifar10/cifar-10-python.tar.gz"
+    assert f"archive {archive}: not present (only needed to prepare or convert)" in out
+    assert "converted from resnet18_linf_eps4.0.ckpt: sha256 6f8ccef1ae49 (published)" in out
+    ckpt = "resources/downloads/weights/resnet18-eps4.ckpt"
+    assert f"checkpoint download {ckpt}: not present" in out
+    # downloads still present are re-hashed: files other than the published ones fail
+    for path in (archive, ckpt):
+        (aggregated / path).parent.mkdir(parents=True, exist_ok=True)
+        (aggregated / path).write_bytes(b"not the published file")
+    status, out, err = audit(capsys, "--all")
+    assert status != 0
+    assert f"{archive}: md5 mismatch" in err and f"{ckpt}: sha256 mismatch" in err
+
+
+def test_a_changed_prepared_data_file_or_backbone_record_fails(aggregated, capsys):
+    flip_one_byte(aggregated / "resources/data/cifar10/labels.npy")
+    record = aggregated / "resources/weights/resnet18-eps4.json"
+    record.write_text(record.read_text().replace("6f8ccef1ae49", "6f8ccef1ae40"))
+    status, out, err = audit(capsys, "--all")
+    assert status != 0
+    assert "resources/data/cifar10/labels.npy: sha256 mismatch" in err
+    assert "resources/weights/resnet18-eps4.json: sha256 mismatch (weights_record" in err

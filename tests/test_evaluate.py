@@ -212,6 +212,6 @@ def test_evaluating_on_other_data_than_the_run_was_trained_on_is_refused(run, tm
         image_size=16,
         seed=99,
     )
-    with pytest.raises(DataError, match="dataset.json is not the dataset run"):
+    with pytest.raises(DataError, match=r"dataset.json \(sha256 \w+\) is not the dataset run"):
         evaluate_run(run["run"], other, checkpoint="final", out=tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()

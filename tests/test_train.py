@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from autolora.cells import resolve_cell
 from autolora.cli import main
@@ -20,6 +20,7 @@ from autolora.data.synthetic import write_synthetic_dataset
 from autolora.errors import ConfigError
 from autolora.models import build_model
 from autolora.train import parse_spec, train_cell
+from autolora.weights import write_backbone
 
 NUM_CLASSES = 4
 TRAIN_SIZE = 120  # 114 train + 6 validation images (5% held out)
@@ -30,7 +31,8 @@ HYPER = {
 
 
 def make_inputs(root: Path, num_classes: int = NUM_CLASSES) -> tuple[Path, Path]:
-    """A tiny synthetic dataset and random tiny-backbone weights (torchvision key names)."""
+    """A tiny synthetic dataset and random tiny-backbone weights (torchvision key names) with
+    the record beside them that `autolora train` checks them against."""
     data = write_synthetic_dataset(
         root / "data",
         name="synth",
@@ -43,7 +45,7 @@ def make_inputs(root: Path, num_classes: int = NUM_CLASSES) -> tuple[Path, Path]
     torch.manual_seed(123)
     backbone = build_model("tiny", 10).backbone.state_dict()
     weights = root / "weights.safetensors"
-    save_file({k: v.contiguous() for k, v in backbone.items()}, str(weights))
+    write_backbone(backbone, weights, arch="tiny", eps_pt=0, source={"random_init_seed": 123})
     return Path(data), weights
 
 

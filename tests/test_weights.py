@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +169,11 @@ def test_converted_checkpoint_reproduces_the_torchvision_model(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), net((x - mean) / std))
 
-    assert record["source"] == {"file": src.name, "sha256": sha256(src.read_bytes())}
+    assert record["source"] == {
+        "file": src.name,
+        "sha256": sha256(src.read_bytes()),
+        "catalogue_file": "resnet18_linf_eps4.0.ckpt",
+    }
     assert record["sha256"] == sha256(out.read_bytes())
     assert (record["arch"], record["eps_pt"]) == ("resnet18", 4)
     assert weights.record_path(out).is_file()
@@ -263,3 +269,67 @@ def test_cli_convert_infers_arch_from_the_file_name_and_checks_it(tmp_path, caps
     src.rename(other)
     assert cli.main(["weights", "convert", "--src", str(other), "--out", str(out)]) == 2
     assert "pass --arch and --eps" in capsys.readouterr().err
+
+
+def test_converting_the_same_checkpoint_twice_gives_identical_bytes(tmp_path):
+    src = tmp_path / "ckpt.pt"
+    torch.save(robustness_checkpoint(tiny_state(), epoch=np.int64(90)), src)
+    first = weights.convert_checkpoint(src, tmp_path / "a.safetensors", arch="tiny", eps_pt=4)
+    second = weights.convert_checkpoint(src, tmp_path / "b.safetensors", arch="tiny", eps_pt=4)
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    assert first["sha256"] == second["sha256"]
+    # and in a fresh process (safetensors' metadata order was random per process and per file)
+    out = tmp_path / "c.safetensors"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = ["weights", "convert", "--src", str(src), "--out", str(out), "--arch", "tiny"]
+    subprocess.run(
+        [sys.executable, "-m", "autolora.cli", *command, "--eps", "4"], env=env, check=True
+    )
+    assert out.read_bytes() == (tmp_path / "a.safetensors").read_bytes()
+
+
+def test_first_conversion_of_an_unpinned_checkpoint_pins_it(tmp_path):
+    lock = tmp_path / "weights.lock"  # no line for resnet18_linf_eps8.0.ckpt: nothing published
+    src = tmp_path / "resnet18-eps8.ckpt"
+    torch.save(robustness_checkpoint(randomised_resnet18().state_dict()), src)
+    out = tmp_path / "resnet18-eps8.safetensors"
+    record = weights.convert_checkpoint(src, out, arch="resnet18", eps_pt=8, lock_path=lock)
+    assert weights.read_lock(lock) == {"resnet18_linf_eps8.0.ckpt": sha256(src.read_bytes())}
+    assert record["source"]["checked_against"] == f"{lock} (recorded now)"
+    # what `autolora train` checks before using it: the record, and the source against the lock
+    checked = weights.verify_backbone(
+        out.read_bytes(), out, arch="resnet18", eps_pt=8, lock_path=lock
+    )
+    assert checked[-1] == {
+        "path": "resnet18_linf_eps8.0.ckpt",
+        "sha256": sha256(src.read_bytes()),
+        "checked_against": str(lock),
+        "source": True,
+    }
+    with pytest.raises(ChecksumError, match="neither published nor pinned"):
+        weights.verify_backbone(
+            out.read_bytes(), out, arch="resnet18", eps_pt=8, lock_path=tmp_path / "other.lock"
+        )
+    # a different file converted later under the same name is refused, naming both hashes
+    net = randomised_resnet18()
+    with torch.no_grad():
+        net.conv1.weight.add_(1)
+    other = tmp_path / "other.ckpt"
+    torch.save(robustness_checkpoint(net.state_dict()), other)
+    later = tmp_path / "later.safetensors"
+    with pytest.raises(ChecksumError) as error:
+        weights.convert_checkpoint(other, later, arch="resnet18", eps_pt=8, lock_path=lock)
+    assert sha256(src.read_bytes()) in str(error.value)
+    assert sha256(other.read_bytes()) in str(error.value)
+    assert not later.exists() and not weights.record_path(later).exists()
+
+
+def test_a_truncated_backbone_is_one_clear_error(tmp_path):
+    out = tmp_path / "tiny.safetensors"
+    weights.write_backbone(tiny_state(), out, arch="tiny", eps_pt=4, source={"test": True})
+    out.write_bytes(out.read_bytes()[:1000])
+    with pytest.raises(ChecksumError, match="differs from .* recorded in .*tiny.json"):
+        weights.load_verified_backbone(out, arch="tiny", eps_pt=4)
+    weights.record_path(out).unlink()
+    with pytest.raises(DataError, match="has no record .*tiny.json beside it"):
+        weights.load_verified_backbone(out, arch="tiny", eps_pt=4)

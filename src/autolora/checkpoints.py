@@ -1,7 +1,9 @@
 """Weights and resume state on disk, in safetensors (no pickle is ever written or read here).
 
-Weights file (``best_val.safetensors`` ...): a model state dict; its safetensors metadata holds
-``format`` and one JSON-encoded value per key (epoch, selected_by, metric, value, cell_id, ...).
+Weights file (``best_val.safetensors`` ...): a model state dict; its safetensors metadata is one
+entry, ``autolora``, holding canonical JSON (``format``, epoch, selected_by, metric, value,
+cell_id, ...). One entry because safetensors writes several metadata keys in a random order: the
+same tensors and metadata must always give the same bytes (and sha256).
 
 Resume state, a folder (``<cell>/state/``)::
 
@@ -23,14 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 from torch import Tensor
 
-from autolora.errors import ChecksumError, DataError
-from autolora.io import atomic_path, read_json, sha256_file, write_json
+from autolora.errors import DataError
+from autolora.io import canonical_json, read_json, read_verified, write_bytes, write_json
 
-WEIGHTS_FORMAT = "autolora-weights/1"
+WEIGHTS_FORMAT = "autolora-weights/2"
+METADATA_KEY = "autolora"
 STATE_FORMAT = 1
 STATE_FILE = "state.json"
 
@@ -40,29 +43,64 @@ def _storable(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
 
 
-def save_weights(path: str | os.PathLike, state_dict: dict[str, Tensor], metadata: dict) -> None:
-    """Write a state dict with JSON-encoded ``metadata`` values, atomically."""
-    encoded = {key: json.dumps(value) for key, value in metadata.items()}
-    encoded["format"] = WEIGHTS_FORMAT
-    with atomic_path(path) as tmp:
-        save_file(_storable(state_dict), str(tmp), metadata=encoded)
+def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, Any] | None = None) -> bytes:
+    """The safetensors file of ``tensors`` with ``metadata`` as one canonical-JSON entry: equal
+    tensors and metadata give equal bytes."""
+    encoded = None if metadata is None else {METADATA_KEY: canonical_json(metadata)}
+    return save(_storable(tensors), metadata=encoded)
+
+
+def tensors_from_bytes(data: bytes, path: str | os.PathLike, fix: str) -> dict[str, Tensor]:
+    """Parse safetensors ``data`` (the contents of ``path``); a damaged file is a DataError."""
+    try:
+        return load(data)
+    except (SafetensorError, ValueError) as error:
+        raise DataError(
+            f"{path} is not a readable safetensors file ({error}): it is truncated or damaged; "
+            f"{fix}"
+        ) from None
+
+
+def metadata_from_bytes(data: bytes, path: str | os.PathLike, fix: str) -> dict[str, Any]:
+    """The ``autolora`` metadata entry of a safetensors file's bytes ({} when it has none)."""
+    try:
+        header_size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_size])
+        raw = header.get("__metadata__") or {}
+        return json.loads(raw[METADATA_KEY]) if METADATA_KEY in raw else {}
+    except (ValueError, AttributeError, TypeError):
+        raise DataError(
+            f"{path} is not a readable safetensors file (damaged header): it is truncated or "
+            f"damaged; {fix}"
+        ) from None
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict[str, Tensor], metadata: dict) -> str:
+    """Write a state dict with ``metadata`` (JSON-serialisable), atomically; returns its sha256."""
+    return write_bytes(path, safetensors_bytes(state_dict, {**metadata, "format": WEIGHTS_FORMAT}))
 
 
 def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint {path} does not exist: train the cell first")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = handle.metadata() or {}
-    except Exception as error:  # safetensors raises its own error types
-        raise DataError(f"checkpoint {path} is not a readable safetensors file: {error}") from error
-    if raw.get("format") != WEIGHTS_FORMAT:
+    fix = "it was not written by this version of `autolora train`: retrain the cell"
+    metadata = metadata_from_bytes(path.read_bytes(), path, fix)
+    if metadata.get("format") != WEIGHTS_FORMAT:
         raise DataError(
-            f"checkpoint {path} has format {raw.get('format')!r}, expected {WEIGHTS_FORMAT!r}: "
-            "it was not written by `autolora train`"
+            f"checkpoint {path} has format {metadata.get('format')!r}, expected "
+            f"{WEIGHTS_FORMAT!r}: {fix}"
         )
-    return {key: json.loads(value) for key, value in raw.items() if key != "format"}
+    return {key: value for key, value in metadata.items() if key != "format"}
+
+
+def load_verified_weights(
+    path: str | os.PathLike, sha256: str, *, recorded_in: str, fix: str, device: str = "cpu"
+) -> dict[str, Tensor]:
+    """The tensors of ``path`` after checking its bytes against ``sha256`` (read once)."""
+    data = read_verified(path, sha256, recorded_in=recorded_in, fix=fix, what="checkpoint")
+    tensors = tensors_from_bytes(data, path, fix)
+    return tensors if str(device) == "cpu" else {k: t.to(device) for k, t in tensors.items()}
 
 
 def optimizer_to_tensors(state_dict: dict) -> tuple[dict[str, Tensor], dict]:
@@ -91,7 +129,8 @@ def optimizer_from_tensors(tensors: dict[str, Tensor], meta: dict) -> dict:
 def read_state_info(state_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The JSON part of a resume state, or None when there is none (cheap: no tensors read)."""
     path = Path(state_dir) / STATE_FILE
-    return read_json(path) if path.is_file() else None
+    fix = f"delete {Path(state_dir)} to start the run over"
+    return read_json(path, fix) if path.is_file() else None
 
 
 def save_state(
@@ -111,9 +150,8 @@ def save_state(
                 files[group] = previous["files"][group]
             continue
         name = f"{group}-{token}.safetensors"
-        with atomic_path(state_dir / name) as tmp:
-            save_file(_storable(group_tensors), str(tmp))
-        files[group] = {"file": name, "sha256": sha256_file(state_dir / name)}
+        sha256 = write_bytes(state_dir / name, safetensors_bytes(group_tensors))
+        files[group] = {"file": name, "sha256": sha256}
     write_json(state_dir / STATE_FILE, {**info, "format": STATE_FORMAT, "files": files})
     keep = {entry["file"] for entry in files.values()} | {STATE_FILE}
     for path in state_dir.iterdir():
@@ -137,13 +175,13 @@ def load_state(
         )
     groups: dict[str, dict[str, Tensor]] = {}
     for group, entry in info["files"].items():
-        path = state_dir / entry["file"]
-        if not path.is_file() or sha256_file(path) != entry["sha256"]:
-            raise ChecksumError(
-                f"resume state file {path} is missing or does not match its sha256 in "
-                f"{state_dir / STATE_FILE}: delete {state_dir} to start the run over"
-            )
-        groups[group] = load_file(str(path), device=str(device))
+        groups[group] = load_verified_weights(
+            state_dir / entry["file"],
+            entry["sha256"],
+            recorded_in=str(state_dir / STATE_FILE),
+            fix=f"delete {state_dir} to start the run over",
+            device=str(device),
+        )
     return info, groups
 
 

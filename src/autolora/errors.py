@@ -20,4 +20,8 @@ class DataError(AutoloraError):
 
 
 class ChecksumError(DataError):
-    """A file's checksum does not match the one published or pinned."""
+    """A file's checksum does not match the one published, pinned or recorded."""
+
+
+class StorageError(AutoloraError):
+    """A file could not be written for lack of space (disk full or quota exceeded)."""

@@ -2,6 +2,11 @@
 
 The accuracy loops here are also what the training loop uses for its per-epoch validation/test
 numbers and for the AutoLoRa λ pass. All accuracies are in percent.
+
+Before anything is evaluated, every input is verified where it is read: the run record's seal, the
+checkpoint against the run record's sha256 (hashed on the bytes that are then parsed), the prepared
+dataset's ``dataset.json`` and split files against the run record, and the data files the
+evaluation reads against ``dataset.json``. The evaluation record lists them under ``verified``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torch import Tensor, nn
 from autolora import records
 from autolora.attacks import autoattack_evaluation, eval_mode, pgd
 from autolora.errors import ConfigError, DataError
-from autolora.io import read_json, sha256_file, write_json
+from autolora.io import sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -121,16 +126,16 @@ def load_run_record(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "run.json"
     if not path.is_file():
         raise DataError(f"{path} does not exist: the run is not complete; finish `autolora train`")
-    record = read_json(path)
-    if record.get("kind") != "training_run":
-        raise DataError(f"{path} is not a training run record (kind {record.get('kind')!r})")
-    return record
+    return records.read_record(
+        path, "training_run", f"delete {run_dir} and train the cell again (`autolora train`)"
+    )
 
 
-def check_same_data(run_record: dict, data_dir: Path, run_dir: Path) -> None:
+def check_same_data(run_record: dict, data_dir: Path, run_dir: Path) -> list[dict[str, str]]:
     """The prepared dataset must be the one the run was trained on: its ``dataset.json`` and
     split files must hash to the run record's input entries, else the numbers would silently
-    describe other data."""
+    describe other data. Returns what was checked."""
+    checked = []
     expected_places = {
         "dataset": Path(),
         "split_manifest": Path("splits"),
@@ -141,12 +146,21 @@ def check_same_data(run_record: dict, data_dir: Path, run_dir: Path) -> None:
         if place is None or entry.get("path") is None:
             continue
         path = data_dir / place / Path(entry["path"]).name
-        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+        actual = sha256_file(path) if path.is_file() else "missing"
+        if actual != entry["sha256"]:
             raise DataError(
-                f"{path} is not the {entry['role']} run {run_dir} was trained on (sha256 "
-                f"{entry['sha256'][:12]}... in its run.json): pass the prepared dataset of that "
-                "run as --data, or retrain the cell on this one"
+                f"{path} (sha256 {actual}) is not the {entry['role']} run {run_dir} was trained "
+                f"on (sha256 {entry['sha256']} in its run.json): pass the prepared dataset of "
+                "that run as --data, or retrain the cell on this one"
             )
+        checked.append(
+            {
+                "path": records.record_path(path),
+                "sha256": actual,
+                "checked_against": records.record_path(run_dir / "run.json"),
+            }
+        )
+    return checked
 
 
 def evaluate_run(
@@ -166,9 +180,8 @@ def evaluate_run(
     ``n`` and ``autoattack`` default to the cell's ``autoattack`` settings; ``device`` to its
     ``runtime.device``.
     """
-    from safetensors.torch import load_file
-
     from autolora.cells import CellConfig
+    from autolora.checkpoints import load_verified_weights
     from autolora.data.loaders import make_loader
     from autolora.data.prepared import PreparedDataset, SplitView
     from autolora.models import build_model
@@ -186,22 +199,39 @@ def evaluate_run(
             f"{', '.join(run_record['checkpoints'])}); choose another --checkpoint"
         )
     checkpoint_path = run_dir / f"{name}.safetensors"
-    if not checkpoint_path.is_file():
-        raise DataError(f"checkpoint {checkpoint_path} is missing: re-run `autolora train`")
-    checkpoint_sha = sha256_file(checkpoint_path)
-    if checkpoint_sha != checkpoint_entry["sha256"]:
-        raise DataError(
-            f"checkpoint {checkpoint_path} does not match the sha256 in {run_dir / 'run.json'}: "
-            "it was changed after training; re-run `autolora train`"
-        )
+    verification_started = time.monotonic()
+    state_dict = load_verified_weights(
+        checkpoint_path,
+        checkpoint_entry["sha256"],
+        recorded_in=str(run_dir / "run.json"),
+        fix=f"delete {run_dir} and train the cell again (`autolora train`)",
+    )
+    checkpoint_sha = checkpoint_entry["sha256"]
+    verified = [
+        {
+            "path": records.record_path(checkpoint_path),
+            "sha256": checkpoint_sha,
+            "checked_against": records.record_path(run_dir / "run.json"),
+        }
+    ]
     n = config.autoattack.n if n is None else n
     if n is not None and n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     run_autoattack = config.autoattack.enabled if autoattack is None else autoattack
     torch_device = resolve_device(device or config.runtime.device)
 
-    check_same_data(run_record, data_dir, run_dir)
-    dataset = PreparedDataset.open(data_dir)
+    verified += check_same_data(run_record, data_dir, run_dir)
+    verification_seconds = time.monotonic() - verification_started
+    dataset = PreparedDataset.open(data_dir, verify=config.split_scheme)
+    verification_seconds += dataset.verification_seconds
+    verified += [
+        {
+            "path": records.record_path(data_dir / item["file"]),
+            "sha256": item["sha256"],
+            "checked_against": records.record_path(data_dir / "dataset.json"),
+        }
+        for item in dataset.verified
+    ]
     test_view = dataset.split(config.split_scheme, "test")
     subset = None
     if n is not None and n < len(test_view):
@@ -223,7 +253,7 @@ def evaluate_run(
         input_upsample=dataset.metadata.get("input_upsample"),
         **method.model_options(),
     )
-    model.load_state_dict(load_file(str(checkpoint_path)))
+    model.load_state_dict(state_dict)
     model.to(torch_device).eval()
 
     def test_batches() -> Iterator[tuple[Tensor, Tensor]]:
@@ -293,6 +323,7 @@ def evaluate_run(
             records.file_entry("split_manifest", data_dir / "splits" / f"{scheme}.csv"),
             records.file_entry("checkpoint", checkpoint_path),
         ],
+        "verified": {"files": verified, "seconds": round(verification_seconds, 6)},
         **env,
         "seconds": round(time.monotonic() - clock, 3),
         "started": started,
@@ -300,5 +331,6 @@ def evaluate_run(
         "command": command if command is not None else records.command_line(),
     }
     del record["run_record"]["role"]
+    record = records.seal(record)
     write_json(out, record)
     return record

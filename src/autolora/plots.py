@@ -7,6 +7,7 @@ Agg canvas directly (no pyplot, no global backend switch).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from autolora.errors import DataError
-from autolora.io import atomic_path
+from autolora.io import atomic_path, read_verified
+from autolora.records import read_record
 from autolora.tables import DATASET_LABELS, METHOD_LABELS, EntryLike
 
 HISTORY_FILE = "history.csv"
+RUN_RECORD = "run.json"
 FIGURES = {  # history column: (title, y label)
     "grad_similarity": (
         "Gradient similarity (natural vs adversarial objective)",
@@ -43,17 +46,28 @@ class MethodSeries:
     per_seed: dict[int, dict[int, float]] = field(default_factory=dict)  # seed -> {epoch: value}
 
 
-def read_history(path: str | Path) -> pd.DataFrame | None:
-    """A cell's ``history.csv``, or None when it does not exist yet."""
-    path = Path(path)
-    if not path.is_file():
+def read_history(cell_dir: str | Path) -> pd.DataFrame | None:
+    """A finished cell's ``history.csv``, checked against the sha256 its run record gives; None
+    when the cell has not finished (no ``run.json``): an unfinished run's curve is not drawn."""
+    cell_dir = Path(cell_dir)
+    run_path = cell_dir / RUN_RECORD
+    if not run_path.is_file():
         return None
+    fix = f"rerun the cell (delete {cell_dir} and `snakemake` it again)"
+    record = read_record(run_path, "training_run", fix)
+    recorded = [o for o in record.get("outputs") or [] if o.get("role") == "history"]
+    path = cell_dir / HISTORY_FILE
+    if not recorded:
+        raise DataError(f"{run_path} lists no history output; {fix}")
+    data = read_verified(
+        path, recorded[0]["sha256"], recorded_in=str(run_path), fix=fix, what="history"
+    )
     try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise DataError(f"{path}: unreadable training history ({error}); rerun the cell") from error
+        frame = pd.read_csv(io.BytesIO(data))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise DataError(f"{path}: unreadable training history ({error}); {fix}") from None
     if "epoch" not in frame.columns:
-        raise DataError(f"{path}: no 'epoch' column; rerun the cell to rewrite its history")
+        raise DataError(f"{path}: no 'epoch' column; {fix}")
     return frame
 
 
@@ -135,7 +149,7 @@ def draw_figures(
     for entry in entries:
         methods = groups.setdefault((entry.arch, entry.dataset), {})
         seeds = methods.setdefault(entry.method, {})
-        history = read_history(Path(results_root) / entry.cell_id / HISTORY_FILE)
+        history = read_history(Path(results_root) / entry.cell_id)
         if history is not None:
             seeds[entry.seed] = history
     plotted = {}

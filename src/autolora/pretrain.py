@@ -12,11 +12,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from autolora.errors import ConfigError
-from autolora.io import write_json
 
 SOURCE_SEED = 7919  # the demo's downstream datasets use other seeds
 
@@ -170,21 +168,16 @@ def pretrain(settings: PretrainSettings) -> tuple[Any, dict[str, Any]]:
 def pretrain_to_file(settings: PretrainSettings, out: str | os.PathLike) -> dict[str, Any]:
     """Pre-train and write ``out`` (safetensors, torchvision keys) and its JSON record beside it."""
     from autolora.data.synthetic import GENERATOR_NAME, GENERATOR_VERSION
-    from autolora.weights import record_path, save_backbone
+    from autolora.weights import write_backbone
 
     started = time.monotonic()
     backbone, metrics = pretrain(settings)
-    state = backbone.state_dict()
-    sha = save_backbone(
-        state,
+    return write_backbone(
+        backbone.state_dict(),
         out,
-        {"format": "torchvision", "arch": settings.arch, "eps_pt": settings.eps_255},
-    )
-    record = {
-        "kind": "backbone_weights",
-        "arch": settings.arch,
-        "eps_pt": settings.eps_255,
-        "source": {
+        arch=settings.arch,
+        eps_pt=settings.eps_255,
+        source={
             "pretrained_by": "autolora pretrain",
             "generator": GENERATOR_NAME,
             "version": GENERATOR_VERSION,
@@ -194,16 +187,11 @@ def pretrain_to_file(settings: PretrainSettings, out: str | os.PathLike) -> dict
             "test": settings.test_size,
             "image_size": settings.image_size,
         },
-        "settings": asdict(settings),
-        "attack": {
+        settings=asdict(settings),
+        attack={
             "train": {"eps": settings.eps, "step": settings.step, "steps": settings.attack_steps},
             "eval": {"eps": settings.eps, "step": settings.eps / 4, "steps": settings.eval_steps},
         },
-        "metrics": metrics,
-        "file": Path(out).name,
-        "sha256": sha,
-        "num_tensors": len(state),
-        "seconds": round(time.monotonic() - started, 2),
-    }
-    write_json(record_path(out), record)
-    return record
+        metrics=metrics,
+        seconds=round(time.monotonic() - started, 2),
+    )

@@ -1,11 +1,25 @@
-"""Provenance: a sidecar index per table and the audit that walks and re-verifies it.
+"""Provenance: a sidecar index per table, one index of the whole results folder, and the audit
+that walks and re-verifies them.
 
 The index of a table maps every number (table, row, column) to the evaluation records of its seeds
-(path + sha256), and through them to the checkpoint, the run record and every input the run record
-names (split manifest, weights, ...), each with its sha256. Hashes claimed by the records themselves
-are copied, not recomputed, at aggregation time; only the evaluation records (which nothing else
-hashes) are hashed then. ``audit`` re-hashes every file on the chain, checks that the records agree
-with one another and recomputes the number from the per-seed values.
+(path + sha256), and through them to the checkpoint, the run record, the run's history and every
+input the run record names (dataset metadata, split manifest, weights and their record), each with
+its sha256. Hashes claimed by the records themselves are copied, not recomputed, at aggregation
+time; only the evaluation records (which nothing else hashes) are hashed then.
+
+The results index (``provenance/results.json``) lists every other file of the results folder with
+its sha256: each table index, the rendered tables, the paper comparison, the claims, the figures,
+the report, the missing-cells list, and the inputs of the aggregation (configuration, the paper's
+numbers). Its own sha256 is the folder's **seal**: one digest that, with a passing audit, stands for
+every byte behind every number, and that a user can publish or commit.
+
+``audit`` re-hashes every file on the chain down to each prepared data file (through
+``dataset.json``), the backbone (through its record) and the archive / ``.ckpt`` checksums (present
+files are re-hashed; the recorded checksums are compared with the published or pinned ones), checks
+that the records agree with one another and recomputes the number from the per-seed values. What it
+cannot detect: a consistent rewrite (an evaluation record edited, re-sealed and re-aggregated passes
+by construction); ``autolora audit --recompute`` (``autolora.recompute``) re-evaluates the
+checkpoints instead, and a published seal makes any later rewrite visible.
 """
 
 from __future__ import annotations
@@ -13,19 +27,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from autolora import __version__
 from autolora.errors import ChecksumError, ConfigError, DataError
-from autolora.io import read_json, sha256_file, write_json
+from autolora.io import md5_file, read_json, sha256_file, write_json
 from autolora.stats import TEST_DESCRIPTIONS, summarize, two_sample_ttest
 from autolora.tables import parameter_ratio_pct
 
 INDEX_FORMAT = 1
 INDEX_KIND = "provenance_index"
+RESULTS_INDEX = "results.json"
+RESULTS_KIND = "results_index"
+SEAL_PREFIX = "sha256:"
 VALUE_TOLERANCE = 1e-9
+WEIGHTS_LOCK = "config/weights.lock"
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,6 +88,11 @@ def cell_chain(evaluation_path: str, root: str | Path) -> dict:
     if run_path and (root / run_path).is_file():
         run = read_json(root / run_path)
         files += [_claimed(item, run_path) for item in run.get("inputs") or []]
+        files += [
+            _claimed(item, run_path)
+            for item in run.get("outputs") or []
+            if item.get("role") == "history"
+        ]
     return {
         "status": "ok",
         "evaluation": {"path": evaluation_path, "sha256": sha256_file(file)},
@@ -147,7 +169,6 @@ def build_index(
         "protocol": protocol,
         "checkpoint": table.checkpoint,
         "results": table.results_root,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "autolora_version": __version__,
         "outputs": [
             {
@@ -165,6 +186,47 @@ def write_index(index_dir: str | Path, index: dict) -> Path:
     path = Path(index_dir) / f"{index['table']}.json"
     write_json(path, index)
     return path
+
+
+def build_results_index(
+    *,
+    root: str | Path,
+    protocol: str | None,
+    table_indices: Iterable[str | Path],
+    files: Mapping[str, Iterable[str | Path]],
+    inputs: Mapping[str, str | Path | None],
+) -> dict:
+    """The index of a whole results folder: every table index, every other file the aggregation
+    wrote (``files``: role -> paths) and the files it read besides the records (``inputs``)."""
+
+    def entries(role: str, paths: Iterable[str | Path]) -> list[dict]:
+        relative = sorted(relative_to_root(p, root) for p in paths)
+        return [
+            {"role": role, "path": rel, "sha256": sha256_file(Path(root) / rel)} for rel in relative
+        ]
+
+    return {
+        "format": INDEX_FORMAT,
+        "kind": RESULTS_KIND,
+        "protocol": protocol,
+        "autolora_version": __version__,
+        "tables": entries("table index", table_indices),
+        "files": [item for role, paths in files.items() for item in entries(role, paths)],
+        "inputs": [item for role, path in inputs.items() if path for item in entries(role, [path])],
+    }
+
+
+def write_results_index(index_dir: str | Path, index: dict) -> str:
+    """Write ``provenance/results.json``; returns its sha256 (the folder's seal, without prefix)."""
+    return write_json(Path(index_dir) / RESULTS_INDEX, index)
+
+
+def seal_of(index_dir: str | Path) -> str:
+    """The seal of a results folder: the sha256 of its results index (``sha256:<hex>``)."""
+    path = resolve_index_dir(index_dir) / RESULTS_INDEX
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: run `autolora aggregate` to write it")
+    return SEAL_PREFIX + sha256_file(path)
 
 
 def _json_float(value: float) -> float | None:
@@ -202,8 +264,10 @@ def load_index(index_dir: str | Path, table: str) -> dict:
 
 
 def all_indices(index_dir: str | Path) -> list[dict]:
+    """Every table index of a provenance folder (not the results index)."""
     directory = resolve_index_dir(index_dir)
-    return [load_index(directory, p.stem) for p in sorted(directory.glob("*.json"))]
+    paths = sorted(p for p in directory.glob("*.json") if p.name != RESULTS_INDEX)
+    return [load_index(directory, p.stem) for p in paths]
 
 
 def find_number(index: dict, row: str, column: str) -> dict:
@@ -232,13 +296,33 @@ class Audit:
     count_parameters: Callable[[str, int, str], Mapping[str, Any]] | None = None
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    verified: int = 0
+    verified: int = 0  # hash checks that passed (a file checked twice counts twice)
     _hashes: dict[str, str] = field(default_factory=dict)
     _cells_done: set[str] = field(default_factory=set)
+    _done: set[str] = field(default_factory=set)  # datasets and backbones audited above
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def rehashed(self) -> int:
+        """Distinct files whose bytes were hashed."""
+        return len(self._hashes)
+
+    def load_json(self, path: str, indent: int = 2) -> Any:
+        """The JSON of a file on the chain, or None (and a problem) when it is unreadable."""
+        try:
+            return read_json(self.root / path)
+        except (OSError, DataError) as error:
+            self.problem(f"{path}: unreadable ({error})", indent)
+            return None
+
+    def first_time(self, key: str) -> bool:
+        if key in self._done:
+            return False
+        self._done.add(key)
+        return True
 
     def say(self, text: str, indent: int = 0) -> None:
         self.lines.append("  " * indent + text)
@@ -279,6 +363,33 @@ class Audit:
         if key not in self._hashes:
             self._hashes[key] = sha256_file(file)
         return self._hashes[key]
+
+    def check_archive(self, role: str, path: str, algorithm: str, expected: str, indent: int):
+        """Re-hash a downloaded archive or checkpoint when it is still present (it is only needed
+        to prepare or convert); say so when it is not."""
+        file = self.root / path
+        if not file.is_file():
+            self.say(
+                f"{role} {path}: not present (only needed to prepare or convert); recorded "
+                f"{algorithm} {_short(expected)}",
+                indent,
+            )
+            return
+        if algorithm == "sha256":
+            self.check_file(role, path, expected, indent)
+            return
+        key = f"md5:{file.resolve()}"
+        if key not in self._hashes:
+            self._hashes[key] = md5_file(file)
+        if self._hashes[key] != expected:
+            self.problem(
+                f"{path}: md5 mismatch ({role}; recorded {_short(expected)}, found "
+                f"{_short(self._hashes[key])}) — the archive is not the published one",
+                indent,
+            )
+            return
+        self.verified += 1
+        self.say(f"{role} {path}: md5 {_short(expected)} verified", indent)
 
 
 def audit_number(audit: Audit, index: dict, number: dict) -> None:
@@ -337,7 +448,9 @@ def _audit_chain(audit: Audit, chain: dict) -> None:
     evaluation = chain["evaluation"]
     if not audit.check_file("evaluation record", evaluation["path"], evaluation["sha256"], 2):
         return
-    record = read_json(audit.root / evaluation["path"])
+    record = audit.load_json(evaluation["path"])
+    if record is None:
+        return
     checkpoint = chain.get("checkpoint") or {}
     audit.say(
         f"checkpoint {checkpoint.get('name')!r}: epoch {checkpoint.get('epoch')}, selected by "
@@ -350,10 +463,17 @@ def _audit_chain(audit: Audit, chain: dict) -> None:
         2,
     )
     for item in chain["files"]:
-        audit.check_file(item["role"], item["path"], item["sha256"], 2)
+        if not audit.check_file(item["role"], item["path"], item["sha256"], 2):
+            continue
+        if item["role"] == "dataset":
+            _audit_dataset(audit, item["path"], 3)
+        elif item["role"] == "weights":
+            _audit_backbone(audit, item["path"], item["sha256"], 3)
     run_path = (chain.get("run_record") or {}).get("path")
     if run_path and (audit.root / run_path).is_file():
-        _describe_run(audit, read_json(audit.root / run_path), run_path, checkpoint)
+        run = audit.load_json(run_path)
+        if run is not None:
+            _describe_run(audit, run, run_path, checkpoint)
 
 
 def _describe_run(audit: Audit, run: dict, run_path: str, checkpoint: dict) -> None:
@@ -380,6 +500,108 @@ def _describe_run(audit: Audit, run: dict, run_path: str, checkpoint: dict) -> N
         )
 
 
+def _audit_dataset(audit: Audit, metadata_path: str, indent: int) -> None:
+    """Every file a prepared dataset's ``dataset.json`` lists (checked against its sha256 there)
+    and the archives it was prepared from."""
+    if not audit.first_time(f"dataset:{metadata_path}"):
+        audit.say("its data files: verified above", indent)
+        return
+    metadata = audit.load_json(metadata_path, indent)
+    if metadata is None:
+        return
+    folder = Path(metadata_path).parent
+    files = metadata.get("files") or {}
+    if not files:
+        audit.problem(f"{metadata_path}: lists no data files to verify; re-prepare the dataset")
+    for name, digest in sorted(files.items()):
+        audit.check_file("prepared data file", (folder / name).as_posix(), digest, indent)
+    _audit_dataset_sources(audit, metadata, folder, indent)
+
+
+def _audit_dataset_sources(audit: Audit, metadata: dict, folder: Path, indent: int) -> None:
+    from autolora.data.sources import CATALOGUE
+
+    name = metadata.get("name")
+    published = {a.name: a.checksum for a in CATALOGUE[name].files} if name in CATALOGUE else {}
+    downloads = folder.parent.parent / "downloads" / str(name)
+    for source in metadata.get("sources") or []:
+        if "file" not in source:  # synthetic data: the generator and its seed
+            audit.say(f"generated, not downloaded: {_words(source)}", indent)
+            continue
+        algorithm = "md5" if "md5" in source else "sha256"
+        recorded = source.get(algorithm)
+        checksum = published.get(source["file"])
+        if checksum is not None and (checksum.algorithm, checksum.hexdigest) != (
+            algorithm,
+            recorded,
+        ):
+            audit.problem(
+                f"dataset {name}: archive {source['file']} recorded with {algorithm} "
+                f"{_short(recorded)}, but its published {checksum.algorithm} is "
+                f"{_short(checksum.hexdigest)}",
+                indent,
+            )
+            continue
+        origin = "published" if checksum is not None else "no checksum published; recorded"
+        audit.say(f"archive {source['file']}: {algorithm} {_short(recorded)} ({origin})", indent)
+        audit.check_archive(
+            "archive", (downloads / source["file"]).as_posix(), algorithm, recorded, indent + 1
+        )
+
+
+def _audit_backbone(audit: Audit, weights_path: str, trained_sha256: str, indent: int) -> None:
+    """The record beside a backbone, and through it the published or pinned sha256 of the
+    checkpoint it was converted from (re-hashed when the ``.ckpt`` is still present)."""
+    if not audit.first_time(f"weights:{weights_path}"):
+        audit.say("its record and source: verified above", indent)
+        return
+    from autolora.weights import ARCHS, CATALOGUE, pinned_sha256, record_path
+
+    record_file = record_path(weights_path).as_posix()
+    if not (audit.root / record_file).is_file():
+        audit.problem(f"{record_file}: missing (the record of backbone {weights_path})", indent)
+        return
+    record = audit.load_json(record_file, indent)
+    if record is None:
+        return
+    if record.get("sha256") != trained_sha256:
+        audit.problem(
+            f"{record_file}: records sha256 {_short(record.get('sha256'))} for the backbone, the "
+            f"run trained on {_short(trained_sha256)}",
+            indent,
+        )
+        return
+    audit.say(f"backbone record {record_file}: agrees ({_short(trained_sha256)})", indent)
+    arch, source = record.get("arch"), record.get("source") or {}
+    entry = CATALOGUE.get((arch, float(record.get("eps_pt", -1)))) if arch in ARCHS else None
+    if entry is None:
+        audit.say(f"pre-trained here, not downloaded: {_words(source)}", indent)
+        return
+    try:
+        expected, origin = pinned_sha256(entry, audit.root / WEIGHTS_LOCK)
+    except ConfigError as error:
+        audit.problem(str(error), indent)
+        return
+    if expected is None or source.get("sha256") != expected:
+        pinned = "neither published nor pinned" if expected is None else _short(expected)
+        audit.problem(
+            f"{record_file}: converted from {entry.file} with sha256 "
+            f"{_short(source.get('sha256'))}; expected {pinned} ({origin})",
+            indent,
+        )
+        return
+    audit.say(f"converted from {entry.file}: sha256 {_short(expected)} ({origin})", indent)
+    if source.get("file"):
+        downloads = Path(weights_path).parent.parent / "downloads" / "weights" / source["file"]
+        audit.check_archive(
+            "checkpoint download", downloads.as_posix(), "sha256", expected, indent + 1
+        )
+
+
+def _words(source: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(source.items())) or "no details recorded"
+
+
 def _autoattack_words(record: dict) -> str:
     version = (record.get("autoattack") or {}).get("version")
     return f"AutoAttack {version}" if version else "no AutoAttack"
@@ -390,15 +612,17 @@ def _machine(record: dict) -> str:
     where = (
         f"SLURM job {slurm.get('job_id')} on node {slurm.get('node')}" if slurm else "outside SLURM"
     )
-    return f"host {record.get('host')}, device {record.get('device')}, {where}"
+    threads = (record.get("threads") or {}).get("intra_op")
+    torch_threads = f", {threads} torch thread(s)" if threads else ""
+    return f"host {record.get('host')}, device {record.get('device')}{torch_threads}, {where}"
 
 
 def _check_seed_value(audit: Audit, chain: dict, number: dict, seed: dict) -> None:
     path = audit.root / chain["evaluation"]["path"]
-    if not path.is_file():
-        return
+    if not path.is_file() or audit._sha256(path) != chain["evaluation"]["sha256"]:
+        return  # reported as changed or missing above
     recorded = (read_json(path).get("metrics") or {}).get(number["metric"])
-    if not _same(recorded, seed["value"]):
+    if not same_value(recorded, seed["value"]):
         audit.problem(
             f"{chain['evaluation']['path']}: {number['metric']} is {recorded}, the index "
             f"says {seed['value']}",
@@ -406,22 +630,22 @@ def _check_seed_value(audit: Audit, chain: dict, number: dict, seed: dict) -> No
         )
 
 
-def _check_value(audit: Audit, index: dict, number: dict) -> None:
-    values = [s["value"] for s in number["seeds"] if s["status"] == "ok"]
+def number_value(number: dict, seeds: list[dict]) -> float | None:
+    """A mean or p-value number computed from per-seed values (``seeds``: as in the index)."""
+    values = [s["value"] for s in seeds if s["status"] == "ok" and s["value"] is not None]
     if number["kind"] == "mean":
-        recomputed = summarize(values).mean if values else None
-    else:
-        a = [
-            s["value"] for s in number["seeds"] if s["status"] == "ok" and s["group"] == "autolora"
-        ]
-        b = [
-            s["value"] for s in number["seeds"] if s["status"] == "ok" and s["group"] != "autolora"
-        ]
-        enough = len(a) >= 2 and len(b) >= 2
-        recomputed = (
-            two_sample_ttest(a, b, welch=number["test"] == "welch").pvalue if enough else None
-        )
-    if _same(_json_float(recomputed), number["value"]):
+        return _json_float(summarize(values).mean) if values else None
+    ok = [s for s in seeds if s["status"] == "ok" and s["value"] is not None]
+    a = [s["value"] for s in ok if s["group"] == "autolora"]
+    b = [s["value"] for s in ok if s["group"] != "autolora"]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return _json_float(two_sample_ttest(a, b, welch=number["test"] == "welch").pvalue)
+
+
+def _check_value(audit: Audit, index: dict, number: dict) -> None:
+    recomputed = number_value(number, number["seeds"])
+    if same_value(recomputed, number["value"]):
         audit.say("recomputed from the per-seed values: matches", 1)
     else:
         audit.problem(
@@ -436,7 +660,7 @@ def _check_ratio(audit: Audit, index: dict, number: dict) -> None:
     if number["value"] is None or not counts:
         return
     recomputed = parameter_ratio_pct(counts[counts["counted"]], counts["feature_extractor"])
-    if not _same(recomputed, number["value"]):
+    if not same_value(recomputed, number["value"]):
         audit.problem(f"{index['table']}: ratio {number['column']} does not match its counts", 1)
         return
     if audit.count_parameters is None:
@@ -460,7 +684,7 @@ def _check_outputs(audit: Audit, index: dict) -> None:
         audit.check_file("table file", item["path"], item["sha256"], 1)
 
 
-def _same(a: float | None, b: float | None) -> bool:
+def same_value(a: float | None, b: float | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     if math.isnan(a) and math.isnan(b):
@@ -491,19 +715,46 @@ def audit_all(
     root: str | Path = ".",
     count_parameters: Callable[[str, int, str], Mapping[str, Any]] | None = None,
 ) -> Audit:
-    """Every number of every indexed table, and the table files themselves."""
+    """Every file of the results folder (through its results index), every number of every
+    indexed table and the chain behind each."""
     audit = Audit(Path(root), count_parameters)
     indices = all_indices(index_dir)
     if not indices:
         raise ConfigError(
             f"no provenance index in {resolve_index_dir(index_dir)}: run `autolora aggregate` first"
         )
+    _audit_results_index(audit, resolve_index_dir(index_dir))
     for index in indices:
         audit.say(f"== {index['table']}: {index['title']} ({len(index['numbers'])} numbers)")
         _check_outputs(audit, index)
         for number in index["numbers"]:
             audit_number(audit, index, number)
     return audit
+
+
+def _audit_results_index(audit: Audit, index_dir: Path) -> None:
+    path = index_dir / RESULTS_INDEX
+    shown = relative_to_root(path.resolve(), audit.root)
+    if not path.is_file():
+        audit.problem(
+            f"{shown}: missing, so the derived files (comparison, claims, report, figures) "
+            "cannot be checked; rerun `autolora aggregate`"
+        )
+        return
+    index = read_json(path)
+    audit.say(f"== results folder: {shown} (seal {SEAL_PREFIX}{sha256_file(path)})")
+    listed = set()
+    for group in ("tables", "files", "inputs"):
+        for item in index.get(group) or []:
+            audit.check_file(item["role"], item["path"], item["sha256"], 1)
+            listed.add((audit.root / item["path"]).resolve())
+    for table_index in sorted(index_dir.glob("*.json")):
+        if table_index.name != RESULTS_INDEX and table_index.resolve() not in listed:
+            audit.problem(
+                f"{relative_to_root(table_index.resolve(), audit.root)}: a table "
+                f"index not listed in {shown}; rerun `autolora aggregate`",
+                1,
+            )
 
 
 def raise_if_failed(audit: Audit) -> None:

@@ -1,14 +1,21 @@
-"""The environment a result was produced in, for run and evaluation records.
+"""Run and evaluation records: the environment a result was produced in, and the record seal.
 
 Code version (git commit and dirty flag of the package's repository, when there is one), package
-versions, Python, host, device name, SLURM job context, time stamps, the command line and files with
-their sha256. Torch is imported lazily (only ``device_name`` needs it).
+versions, Python, host, device name, torch thread counts, SLURM job context, time stamps, the
+command line and files with their sha256. Torch is imported lazily (only ``device_name`` and
+``torch_threads`` need it).
+
+Seal: every record carries ``record_sha256``, the sha256 of its own canonical JSON without that
+key (:func:`seal`). Readers check it (:func:`read_record`), so a changed byte or a hand edit of a
+record is refused by name before any number is taken from it. A seal detects damage and edits
+that do not recompute it; it is not a signature (see the README on what the audit cannot detect).
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import shlex
@@ -19,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from autolora import __version__
-from autolora.io import sha256_file
+from autolora.errors import DataError
+from autolora.io import canonical_json, read_json, sha256_bytes, sha256_file
+
+SEAL_KEY = "record_sha256"
 
 RECORDED_PACKAGES = (
     "torch",
@@ -113,6 +123,18 @@ def device_name(device: Any) -> str:
     return device.type
 
 
+def torch_threads() -> dict[str, Any]:
+    """Torch's intra-op and inter-op thread counts (a different intra-op count can change the
+    order of floating-point reductions on the CPU, hence results) and ``OMP_NUM_THREADS``."""
+    import torch
+
+    return {
+        "intra_op": torch.get_num_threads(),
+        "inter_op": torch.get_num_interop_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
 def python_version() -> str:
     return f"{platform.python_implementation()} {platform.python_version()}"
 
@@ -129,6 +151,7 @@ def environment(device: Any) -> dict[str, Any]:
         "python": python_version(),
         "host": host(),
         "device": device_name(device),
+        "threads": torch_threads(),
         "slurm": slurm_context(),
     }
 
@@ -146,3 +169,34 @@ def record_path(path: str | os.PathLike) -> str:
 def file_entry(role: str, path: str | os.PathLike) -> dict[str, str]:
     """``{role, path, sha256}`` of an existing file."""
     return {"role": role, "path": record_path(path), "sha256": sha256_file(path)}
+
+
+def seal_digest(record: dict[str, Any]) -> str:
+    """sha256 of the record's canonical JSON without its seal."""
+    content = {key: value for key, value in record.items() if key != SEAL_KEY}
+    return sha256_bytes(canonical_json(content).encode())
+
+
+def seal(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its ``record_sha256`` (computed on the JSON form, as written)."""
+    content = json.loads(canonical_json({k: v for k, v in record.items() if k != SEAL_KEY}))
+    return {**content, SEAL_KEY: seal_digest(content)}
+
+
+def read_record(path: str | os.PathLike, kind: str, fix: str) -> dict[str, Any]:
+    """A sealed record of ``kind`` from ``path``: damaged JSON, another kind, a missing or broken
+    seal are each a DataError naming the file and ``fix``."""
+    record = read_json(path, fix)
+    if not isinstance(record, dict) or record.get("kind") != kind:
+        found = record.get("kind") if isinstance(record, dict) else type(record).__name__
+        raise DataError(f"{path} is not a {kind} record (kind {found!r}); {fix}")
+    recorded = record.get(SEAL_KEY)
+    if recorded is None:
+        raise DataError(f"{path} has no {SEAL_KEY} (it was not written by autolora); {fix}")
+    actual = seal_digest(record)
+    if actual != recorded:
+        raise DataError(
+            f"{path}: its content hashes to {actual}, not to its {SEAL_KEY} {recorded}: the record "
+            f"was changed after it was written; {fix}"
+        )
+    return record

@@ -10,7 +10,6 @@ and the command that produces each.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +20,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from autolora.errors import DataError
+from autolora.records import read_record
 from autolora.stats import (
     STD_DESCRIPTION,
     TEST_DESCRIPTIONS,
@@ -120,13 +120,7 @@ class EvaluationStore:
         path = self.path(cell_id)
         if not path.is_file():
             return None
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise DataError(
-                f"{path}: unreadable evaluation record ({error}); delete it and rerun "
-                f"`snakemake {path}`"
-            ) from error
+        record = read_record(path, "evaluation", f"delete it and rerun `snakemake {path}`")
         problem = _evaluation_problem(record, cell_id, self.checkpoint)
         if problem:
             raise DataError(f"{path}: {problem}; delete it and rerun `snakemake {path}`")

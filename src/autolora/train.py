@@ -26,6 +26,14 @@ Fast paths (``runtime.channels_last``, ``bf16``, ``compile``, ``cudnn_benchmark`
 ``runtime.deterministic`` turns on ``torch.use_deterministic_algorithms`` (warn-only: a CUDA op
 without a deterministic kernel warns) and turns cuDNN autotuning off.
 
+Verification at the point of use: before anything is trained, every input file is checked
+against its record: the prepared data files the run reads against ``dataset.json`` (hashed as they
+are read; ``images.u8`` in one streaming pass), the backbone against the record beside it and, for
+a downloaded checkpoint, the published or pinned hash in ``config/weights.lock``. A ``--data``
+whose dataset is not the spec's, or weights of another arch / ε_pt, are refused. The run record's
+``verified`` lists every file checked and the seconds it took. A finished cell's outputs are
+checked against its run record before "already complete" is reported.
+
 Non-finite loss: the run stops with a message naming epoch and batch (exit code 3); the last
 saved state (normally the last finished epoch) is kept.
 
@@ -70,7 +78,7 @@ from autolora.data.transforms import TransformSpec
 from autolora.errors import ConfigError, DataError
 from autolora.evaluate import batches_on, clean_and_pgd_accuracy, lora_accuracy
 from autolora.fastpath import FastPaths, configure_backends, prepare_model, training_autocast
-from autolora.io import atomic_write, read_json, write_json
+from autolora.io import read_json, write_json, write_text
 from autolora.methods import Method, MethodSettings, build_method
 from autolora.models import (
     build_model,
@@ -80,6 +88,8 @@ from autolora.models import (
 )
 from autolora.protocol import PROTOCOL_CHOICES, protocol_choices
 from autolora.schedules import AutoLR, lambda_weights, multistep_lr
+from autolora.weights import DEFAULT_LOCK, load_verified_backbone
+from autolora.weights import record_path as weights_record_path
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +171,7 @@ def parse_spec(text: str) -> tuple[dict[str, Any], Path | None]:
 
         spec = yaml.safe_load(path.read_text())
     elif path.suffix == ".json":
-        spec = read_json(path)
+        spec = read_json(path, f"fix the --spec file {path} (a JSON mapping)")
     else:
         raise ConfigError(f"--spec file {path} must end in .json, .yaml or .yml")
     if not isinstance(spec, dict):
@@ -320,8 +330,12 @@ class CellTraining:
         out_dir: Path,
         spec_file: Path | None,
         command: str,
+        weights_lock: Path = DEFAULT_LOCK,
     ) -> None:
         self.config = config
+        self.weights_lock = weights_lock
+        self.verified: list[dict[str, Any]] = []
+        self.verification_seconds = 0.0
         self.spec = spec
         self.data_dir = data_dir
         self.weights_path = weights
@@ -346,7 +360,17 @@ class CellTraining:
 
     def _open_data(self) -> None:
         config = self.config
-        self.dataset = PreparedDataset.open(self.data_dir)
+        self.dataset = PreparedDataset.open(self.data_dir, verify=config.split_scheme)
+        check_dataset_name(self.dataset, config, self.data_dir)
+        self.verified += [
+            {
+                "path": records.record_path(self.data_dir / item["file"]),
+                "sha256": item["sha256"],
+                "checked_against": records.record_path(self.data_dir / "dataset.json"),
+            }
+            for item in self.dataset.verified
+        ]
+        self.verification_seconds += self.dataset.verification_seconds
         self.split_info = self.dataset.split_info(config.split_scheme)
         self.views = {
             name: self.dataset.split(config.split_scheme, name) for name in ("train", "val", "test")
@@ -361,13 +385,17 @@ class CellTraining:
     def _build(self) -> None:
         config = self.config
         self.method: Method = build_method(config.method, method_settings(config))
-        if not self.weights_path.is_file():
-            raise DataError(
-                f"weights file {self.weights_path} does not exist: convert or download it"
-            )
-        from safetensors.torch import load_file
-
-        backbone_state = load_file(str(self.weights_path))
+        backbone_state, verified, seconds = load_verified_backbone(
+            self.weights_path, arch=config.arch, eps_pt=config.eps_pt, lock_path=self.weights_lock
+        )
+        self.verified += [
+            {
+                **item,
+                "path": item["path"] if item.get("source") else records.record_path(item["path"]),
+            }
+            for item in verified
+        ]
+        self.verification_seconds += seconds
         torch.manual_seed(derive_seed(config.seed, "init"))  # head and LoRa A init
         self.model = build_model(
             config.arch,
@@ -739,8 +767,8 @@ class CellTraining:
         for name, entry in entries.items():
             path = self.out_dir / f"{name}.safetensors"
             metadata = self._weights_metadata(name, entry["epoch"], entry["metric"], entry["value"])
-            checkpoints.save_weights(path, entry["weights"], metadata)
-            output = records.file_entry(name, path)
+            sha256 = checkpoints.save_weights(path, entry["weights"], metadata)
+            output = {"role": name, "path": records.record_path(path), "sha256": sha256}
             outputs.append(output)
             checkpoint_records[name] = {
                 "epoch": entry["epoch"],
@@ -751,8 +779,10 @@ class CellTraining:
                 "sha256": output["sha256"],
             }
         history_path = self.out_dir / HISTORY_FILE
-        write_history(history_path, progress.history)
-        outputs.append(records.file_entry("history", history_path))
+        history_sha256 = write_history(history_path, progress.history)
+        outputs.append(
+            {"role": "history", "path": records.record_path(history_path), "sha256": history_sha256}
+        )
         record = {
             "kind": "training_run",
             "cell": self.config.identity,
@@ -770,6 +800,10 @@ class CellTraining:
             "finished": records.timestamp(),
             "command": self.command,
             "inputs": self._inputs(),
+            "verified": {
+                "files": self.verified,
+                "seconds": round(self.verification_seconds, 6),
+            },
             "outputs": outputs,
             "checkpoints": checkpoint_records,
             "attempts": progress.attempts,
@@ -777,7 +811,8 @@ class CellTraining:
             "stop_reason": progress.stop_reason,
             "seconds_this_attempt": round(time.monotonic() - started_at, 3),
         }
-        write_json(self.out_dir / RUN_RECORD, _jsonable(record))
+        record = records.seal(record)
+        write_json(self.out_dir / RUN_RECORD, record)
         checkpoints.clear_state(self.state_dir)
         return record
 
@@ -811,6 +846,7 @@ class CellTraining:
             records.file_entry("split_manifest", self.data_dir / "splits" / f"{scheme}.csv"),
             records.file_entry("split_info", self.data_dir / "splits" / f"{scheme}.json"),
             records.file_entry("weights", self.weights_path),
+            records.file_entry("weights_record", weights_record_path(self.weights_path)),
         ]
 
     # -- the whole run --
@@ -841,6 +877,8 @@ class CellTraining:
             "host": records.host(),
             "slurm": records.slurm_context(),
             "runtime": self.config_dict["runtime"],
+            "threads": records.torch_threads(),
+            "verification_seconds": round(self.verification_seconds, 6),
         }
         progress.attempts.append(attempt)
         if resumed:
@@ -886,15 +924,15 @@ def history_columns(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_history(path: Path, rows: list[dict[str, Any]]) -> str:
+    """Write history.csv atomically; returns its sha256."""
     columns = history_columns(rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({key: "" if row.get(key) is None else row.get(key) for key in columns})
-    with atomic_write(path) as handle:
-        handle.write(buffer.getvalue())
+    return write_text(path, buffer.getvalue())
 
 
 def _epoch_line(row: dict[str, Any]) -> str:
@@ -925,13 +963,49 @@ def _without_runtime(config_dict: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in config_dict.items() if key != "runtime"}
 
 
+def check_dataset_name(dataset: PreparedDataset, config: CellConfig, data_dir: Path) -> None:
+    """Refuse a prepared dataset that is not the cell's (its records would name the wrong data)."""
+    if dataset.name != config.dataset:
+        raise ConfigError(
+            f"--data {data_dir} holds dataset {dataset.name!r}, but the cell is of "
+            f"{config.dataset!r}: pass the prepared {config.dataset} dataset "
+            f"(resources/data/{config.dataset} in the workflow)"
+        )
+
+
+def read_run_record(out_dir: Path) -> dict[str, Any]:
+    """The sealed run record of a finished cell (a damaged or edited one is a DataError)."""
+    return records.read_record(
+        out_dir / RUN_RECORD,
+        "training_run",
+        f"delete {out_dir} and train the cell again (or restore the file from a backup)",
+    )
+
+
+def verify_run_outputs(out_dir: Path, record: dict[str, Any]) -> None:
+    """Check every output a run record lists (checkpoints, history) against its sha256."""
+    from autolora.io import sha256_file
+
+    for output in record.get("outputs") or []:
+        path = out_dir / Path(output["path"]).name
+        fix = f"delete {out_dir} and train the cell again"
+        if not path.is_file():
+            raise DataError(f"{path} is missing (listed in {out_dir / RUN_RECORD}); {fix}")
+        actual = sha256_file(path)
+        if actual != output["sha256"]:
+            raise DataError(
+                f"{path}: sha256 {actual} differs from {output['sha256']} recorded in "
+                f"{out_dir / RUN_RECORD}: the file changed after training; {fix}"
+            )
+
+
 def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
-    """The complete run record in ``out_dir`` if it is of ``config``; None if there is none;
-    ConfigError if it is of another configuration."""
+    """The complete run record in ``out_dir`` if it is of ``config`` and its outputs are intact;
+    None if there is none; ConfigError if it is of another configuration."""
     path = out_dir / RUN_RECORD
     if not path.is_file():
         return None
-    record = read_json(path)
+    record = read_run_record(out_dir)
     if _without_runtime(record.get("config") or {}) != _without_runtime(
         _jsonable(config.to_dict())
     ):
@@ -939,6 +1013,7 @@ def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | No
             f"{out_dir} holds a finished run of a different configuration "
             f"({record.get('cell_id')}): delete {out_dir} or choose another --out"
         )
+    verify_run_outputs(out_dir, record)
     return record
 
 
@@ -950,6 +1025,7 @@ def train_cell(
     out_dir: str | os.PathLike,
     spec_file: str | os.PathLike | None = None,
     command: str | None = None,
+    weights_lock: str | os.PathLike = DEFAULT_LOCK,
 ) -> TrainResult:
     """Train one cell into ``out_dir`` (resuming its state if present). Raises
     TrainingInterrupted after a stop signal and NonFiniteLoss on a NaN/inf loss."""
@@ -967,6 +1043,7 @@ def train_cell(
         out_dir=out_dir,
         spec_file=None if spec_file is None else Path(spec_file),
         command=command if command is not None else records.command_line(),
+        weights_lock=Path(weights_lock),
     )
     with runtime_settings(config):
         record = training.run()

@@ -21,7 +21,7 @@ from typing import Any
 
 from autolora.data.sources.download import Checksum, download
 from autolora.errors import ChecksumError, ConfigError, DataError
-from autolora.io import atomic_path, atomic_write, sha256_file, write_json
+from autolora.io import atomic_write, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,28 @@ def verify_weights(
     later call checks against it. Returns the file's sha256.
     """
     actual = sha256_file(path)
+    check_pinned(actual, entry, lock_path, path)
+    return actual
+
+
+def pinned_sha256(entry: WeightFile, lock_path: str | os.PathLike) -> tuple[str | None, str]:
+    """The sha256 ``entry``'s file must have and where it comes from ("published" or the lock);
+    (None, lock) when neither knows it."""
     pinned = read_lock(lock_path).get(entry.file)
     if entry.sha256 and pinned and entry.sha256 != pinned:
         raise ConfigError(
             f"{lock_path}: pins {entry.file} to {pinned}, but the published sha256 is "
             f"{entry.sha256}; correct or delete that line of the lock file"
         )
-    expected, origin = (entry.sha256, "published") if entry.sha256 else (pinned, str(lock_path))
+    return (entry.sha256, "published") if entry.sha256 else (pinned, str(lock_path))
+
+
+def check_pinned(
+    actual: str, entry: WeightFile, lock_path: str | os.PathLike, path: str | os.PathLike
+) -> str:
+    """Compare ``actual`` (the sha256 of ``path``, a copy of ``entry.file``) with the published
+    or pinned hash; pin it where there is none (trust on first use). Returns the origin."""
+    expected, origin = pinned_sha256(entry, lock_path)
     if expected is None:
         record_lock(lock_path, entry.file, actual)
         log.warning(
@@ -166,7 +181,7 @@ def verify_weights(
             actual,
             lock_path,
         )
-        return actual
+        return f"{lock_path} (recorded now)"
     if actual != expected:
         fix = "delete it and download it again"
         if origin != "published":
@@ -174,7 +189,7 @@ def verify_weights(
         raise ChecksumError(
             f"{path}: sha256 is {actual}, expected {expected} ({origin}) for {entry.file}; {fix}"
         )
-    return actual
+    return origin
 
 
 def download_weights(
@@ -318,18 +333,49 @@ def check_architecture(state: Mapping[str, Any], arch: str, src: str | os.PathLi
 def save_backbone(
     state: Mapping[str, Any], out: str | os.PathLike, metadata: Mapping[str, Any]
 ) -> str:
-    """Write a torchvision-named state dict as safetensors (atomically); returns its sha256."""
-    from safetensors.torch import save_file
+    """Write a torchvision-named state dict as safetensors (atomically; ``metadata`` as one
+    canonical-JSON entry, so the same weights always give the same bytes); returns its sha256."""
+    from autolora.checkpoints import safetensors_bytes
+    from autolora.io import write_bytes
 
-    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state.items()}
-    with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
-    return sha256_file(out)
+    return write_bytes(out, safetensors_bytes(dict(state), dict(metadata)))
 
 
 def record_path(out: str | os.PathLike) -> Path:
     """The JSON record written beside a converted or pre-trained backbone."""
     return Path(out).with_suffix(".json")
+
+
+def write_backbone(
+    state: Mapping[str, Any],
+    out: str | os.PathLike,
+    *,
+    arch: str,
+    eps_pt: float,
+    source: Mapping[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write a backbone (safetensors) and its record beside it; returns the record. Every
+    consumer checks the backbone against the record's sha256 before using it. ``eps_pt`` is
+    stored as a float, so that 4 and 4.0 give the same bytes."""
+    eps_pt = float(eps_pt)
+    sha = save_backbone(
+        state,
+        out,
+        {"format": "torchvision", "arch": arch, "eps_pt": eps_pt, "source": dict(source)},
+    )
+    record = {
+        "kind": "backbone_weights",
+        "arch": arch,
+        "eps_pt": eps_pt,
+        "source": dict(source),
+        **extra,
+        "file": Path(out).name,
+        "sha256": sha,
+        "num_tensors": len(state),
+    }
+    write_json(record_path(out), record)
+    return record
 
 
 def convert_checkpoint(
@@ -339,10 +385,14 @@ def convert_checkpoint(
     arch: str,
     eps_pt: float,
     expected_sha256: str | None = None,
+    lock_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Convert a robustness-library checkpoint to ``out`` (safetensors) plus its JSON record.
 
-    With ``expected_sha256`` the source is checked before it is opened. Returns the record.
+    The source is checked before it is opened: against ``expected_sha256`` when given, and, for
+    a catalogue checkpoint with a ``lock_path``, against its published or pinned sha256; one with
+    neither is pinned in the lock file now (trust on first use), so every later conversion or
+    training run checks against it. Returns the record.
     """
     src, out = Path(src), Path(out)
     if not src.is_file():
@@ -355,21 +405,107 @@ def convert_checkpoint(
             f"{src}: sha256 is {source_sha}, expected {expected_sha256}; the checkpoint is corrupt "
             "or not the published one: delete it and download it again"
         )
+    entry = CATALOGUE.get((arch, float(eps_pt))) if arch in ARCHS else None
+    if entry is not None and lock_path is not None:
+        expected, origin = pinned_sha256(entry, lock_path)
+        if expected is not None and source_sha != expected:
+            check_pinned(source_sha, entry, lock_path, src)  # raises, naming both hashes
     state = torchvision_state(load_checkpoint(src), src)
     check_architecture(state, arch, src)
-    metadata = {"arch": arch, "eps_pt": eps_pt, "source_sha256": source_sha}
-    converted_sha = save_backbone(state, out, {"format": "torchvision", **metadata})
-    record = {
-        "kind": "backbone_weights",
-        "arch": arch,
-        "eps_pt": eps_pt,
-        "source": {"file": src.name, "sha256": source_sha},
-        "file": out.name,
-        "sha256": converted_sha,
-        "num_tensors": len(state),
-    }
-    write_json(record_path(out), record)
-    return record
+    source: dict[str, Any] = {"file": src.name, "sha256": source_sha}
+    if entry is not None:
+        source["catalogue_file"] = entry.file
+        if lock_path is not None:  # pins an unpinned file, now that it converted
+            source["checked_against"] = check_pinned(source_sha, entry, lock_path, src)
+    return write_backbone(state, out, arch=arch, eps_pt=eps_pt, source=source)
+
+
+def verify_backbone(
+    data: bytes,
+    path: str | os.PathLike,
+    *,
+    arch: str,
+    eps_pt: float,
+    lock_path: str | os.PathLike = DEFAULT_LOCK,
+) -> list[dict[str, Any]]:
+    """Check a backbone's bytes against the record beside it (sha256, arch, ε_pt) and, for a
+    converted catalogue checkpoint, the record's source hash against the published or pinned one.
+    Returns what was verified, for the run record."""
+    from autolora.io import parse_json, sha256_bytes
+
+    path = Path(path)
+    record_file = record_path(path)
+    rebuild = (
+        "convert it again with `autolora weights convert` (or `autolora pretrain` for the tiny "
+        "backbone), or rerun the workflow's weights rule"
+    )
+    if not record_file.is_file():
+        raise DataError(f"backbone {path} has no record {record_file} beside it; {rebuild}")
+    record_bytes = record_file.read_bytes()
+    record = parse_json(record_bytes, record_file, rebuild)
+    if not isinstance(record, dict) or record.get("kind") != "backbone_weights":
+        raise DataError(f"{record_file} is not a backbone weights record; {rebuild}")
+    if record.get("arch") != arch or float(record.get("eps_pt", -1)) != float(eps_pt):
+        raise ConfigError(
+            f"{path} holds {record.get('arch')} weights pre-trained at eps_pt "
+            f"{record.get('eps_pt')} ({record_file}), but the cell asks for {arch} at eps_pt "
+            f"{eps_pt:g}: pass the cell's backbone, e.g. resources/weights/{arch}-eps{eps_pt:g}"
+            ".safetensors"
+        )
+    actual = sha256_bytes(data)
+    if actual != record.get("sha256"):
+        raise ChecksumError(
+            f"{path}: sha256 {actual} differs from {record.get('sha256')} recorded in "
+            f"{record_file}: the file changed after it was written; {rebuild}"
+        )
+    verified = [
+        {"path": path, "sha256": actual, "checked_against": str(record_file)},
+        {"path": record_file, "sha256": sha256_bytes(record_bytes), "checked_against": None},
+    ]
+    entry = CATALOGUE.get((arch, float(eps_pt))) if arch in ARCHS else None
+    if entry is not None:
+        source_sha = (record.get("source") or {}).get("sha256")
+        expected, origin = pinned_sha256(entry, lock_path)
+        if expected is None:
+            raise ChecksumError(
+                f"{record_file}: its source {entry.file} (sha256 {source_sha}) is neither "
+                f"published nor pinned in {lock_path}: run `autolora weights verify --arch {arch} "
+                f"--eps {eps_pt:g} --file <the .ckpt>` to pin it, or pass the lock file that does"
+            )
+        if source_sha != expected:
+            raise ChecksumError(
+                f"{record_file}: its source {entry.file} has sha256 {source_sha}, expected "
+                f"{expected} ({origin}): {path} was converted from another file; download the "
+                f"checkpoint again and {rebuild}"
+            )
+        verified.append(
+            {"path": entry.file, "sha256": source_sha, "checked_against": origin, "source": True}
+        )
+    return verified
+
+
+def load_verified_backbone(
+    path: str | os.PathLike,
+    *,
+    arch: str,
+    eps_pt: float,
+    lock_path: str | os.PathLike = DEFAULT_LOCK,
+) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
+    """A backbone's tensors, read once and checked (:func:`verify_backbone`) before they are
+    parsed; the list of what was verified; the seconds the verification took."""
+    import time
+
+    from autolora.checkpoints import tensors_from_bytes
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"weights file {path} does not exist: convert or download it")
+    data = path.read_bytes()
+    started = time.monotonic()
+    verified = verify_backbone(data, path, arch=arch, eps_pt=eps_pt, lock_path=lock_path)
+    seconds = time.monotonic() - started
+    state = tensors_from_bytes(data, path, "convert or pre-train it again")
+    return state, verified, seconds
 
 
 def load_backbone_weights(path: str | os.PathLike) -> dict[str, Any]:

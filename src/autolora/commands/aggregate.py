@@ -9,6 +9,10 @@ Output folder layout::
     provenance/<table>.json         sidecar index read by `autolora audit`
     missing.txt                     cells without an evaluation record and the command for each
     report.md, report.html          the reproduction report
+    provenance/results.json         every file above with its sha256, written last; its sha256 is
+                                    the folder's seal (`autolora audit --all --seal`)
+
+Equal records give equal bytes: a re-aggregation of unchanged results gives the same seal.
 """
 
 from __future__ import annotations
@@ -68,7 +72,6 @@ def table3_parameter_counts(grid) -> dict[tuple[str, int], dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     from autolora import grid as grid_module
-    from autolora.io import atomic_write
     from autolora.protocol import protocol_choices
 
     config = grid_module.load_config(args.config)
@@ -91,11 +94,9 @@ def run(args: argparse.Namespace) -> int:
         parameter_counts=table3_parameter_counts(grid),
     )
     missing = outputs["missing"]
-    with atomic_write(out / "missing.txt") as handle:
-        handle.writelines(f"{cell}\tsnakemake {target}\n" for cell, target in missing.items())
     print(
         f"aggregate: {len(outputs['tables'])} table(s), {outputs['numbers']} number(s), "
-        f"{len(missing)} missing cell(s); report {out / 'report.md'}"
+        f"{len(missing)} missing cell(s); report {out / 'report.md'}; seal {outputs['seal']}"
     )
     return 0
 
@@ -127,7 +128,13 @@ def aggregate(
     )
     from autolora.io import atomic_write
     from autolora.plots import draw_figures
-    from autolora.provenance import build_index, write_index
+    from autolora.provenance import (
+        SEAL_PREFIX,
+        build_index,
+        build_results_index,
+        write_index,
+        write_results_index,
+    )
     from autolora.report import ReportInputs, write_report
     from autolora.stats import ttest_kind
     from autolora.tables import build_tables
@@ -191,12 +198,31 @@ def aggregate(
         indices=indices,
         config_path=config_path,
     )
-    write_report(inputs, out_dir)
+    report_files = write_report(inputs, out_dir)
     missing = {c: t.eval_target(c) for t in tables for c in t.missing_cells}
+    missing = dict(sorted(missing.items()))
+    with atomic_write(out_dir / "missing.txt") as handle:
+        handle.writelines(f"{cell}\tsnakemake {target}\n" for cell, target in missing.items())
+    results_index = build_results_index(
+        root=root,
+        protocol=protocol,
+        table_indices=indices,
+        files={
+            "table file": [p for files in table_files.values() for p in files],
+            "comparison": [out_dir / "comparison.csv", out_dir / "comparison.md"],
+            "claims": [out_dir / "claims.csv"],
+            "figure": sorted(figures),
+            "report": list(report_files),
+            "missing cells": [out_dir / "missing.txt"],
+        },
+        inputs={"configuration": config_path or None, "paper results": paper_results},
+    )
+    seal = SEAL_PREFIX + write_results_index(out_dir / "provenance", results_index)
     return {
         "tables": tables,
         "numbers": sum(len(t.numbers) for t in tables),
-        "missing": dict(sorted(missing.items())),
+        "missing": missing,
         "figures": figures,
         "indices": indices,
+        "seal": seal,
     }

@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--weights", required=True, help="backbone weights (safetensors, torchvision key names)"
     )
     parser.add_argument("--out", required=True, help="the cell's output directory")
+    parser.add_argument(
+        "--lock",
+        default="config/weights.lock",
+        help="pinned checksums of the downloaded checkpoints the --weights were converted from",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +32,12 @@ def run(args: argparse.Namespace) -> int:
     spec, spec_file = train.parse_spec(args.spec)
     try:
         result = train.train_cell(
-            spec, data_dir=args.data, weights=args.weights, out_dir=args.out, spec_file=spec_file
+            spec,
+            data_dir=args.data,
+            weights=args.weights,
+            out_dir=args.out,
+            spec_file=spec_file,
+            weights_lock=args.lock,
         )
     except train.TrainingInterrupted as stop:
         print(f"autolora train: {stop}", file=sys.stderr)

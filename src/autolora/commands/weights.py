@@ -36,9 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument(
         "--sha256",
         default=None,
-        help="expected sha256 of --src (default: the published or pinned one of --arch/--eps)",
+        help="expected sha256 of --src (checked in addition to the published or pinned one)",
     )
-    convert.add_argument("--lock", default="config/weights.lock", help="lock file of pinned hashes")
+    convert.add_argument(
+        "--lock",
+        default="config/weights.lock",
+        help="lock file of pinned hashes; a catalogue checkpoint with no published or pinned "
+        "hash is pinned here on its first conversion (trust on first use)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,12 +60,13 @@ def run(args: argparse.Namespace) -> int:
             entry = weights.entry_for_file(args.src)
             args.arch = entry.arch if args.arch is None else args.arch
             args.eps = entry.eps_pt if args.eps is None else args.eps
-        expected = args.sha256
-        if expected is None and (args.arch, args.eps) in weights.CATALOGUE:
-            entry = weights.lookup(args.arch, args.eps)
-            expected = entry.sha256 or weights.read_lock(args.lock).get(entry.file)
         record = weights.convert_checkpoint(
-            args.src, args.out, arch=args.arch, eps_pt=args.eps, expected_sha256=expected
+            args.src,
+            args.out,
+            arch=args.arch,
+            eps_pt=args.eps,
+            expected_sha256=args.sha256,
+            lock_path=args.lock,
         )
         print(f"{args.out}: {record['num_tensors']} tensors, sha256 {record['sha256']}")
     return 0

@@ -12,15 +12,22 @@ Layout (docs/internals.md, "Prepared dataset format")::
 
 A dataset is written into a temporary sibling directory and renamed into place at the end, so a
 directory under the final name is always complete. A cell only reads it.
+
+Verification at the point of use: ``PreparedDataset.open(directory, verify=scheme)`` hashes every
+file that training or evaluation under ``scheme`` reads (the arrays, ``images.u8``, the scheme's
+split files) as it reads them, checks each against ``dataset.json`` and refuses a mismatch before
+any of it is used; ``dataset.verified`` lists what was checked, for the run and evaluation records.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import json
 import os
 import shutil
-import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +36,18 @@ from typing import Any
 import numpy as np
 
 from autolora.errors import ChecksumError, DataError
-from autolora.io import atomic_path, atomic_write, read_json, sha256_file, write_json
+from autolora.io import (
+    atomic_path,
+    atomic_write,
+    is_no_space,
+    make_temporary_dir,
+    no_space_error,
+    parse_json,
+    read_json,
+    sha256_bytes,
+    sha256_file,
+    write_json,
+)
 
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")
@@ -193,8 +211,7 @@ def write_prepared_dataset(
     if out_dir.exists() and not overwrite:
         raise DataError(f"{out_dir} already exists; delete it to prepare the dataset again")
     _validate_inputs(labels, sources, class_names, augmentation, splits)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = make_temporary_dir(out_dir)
     try:
         index, digests, images_sha256 = _write_images(tmp, images)
         if len(digests) != len(labels):
@@ -232,8 +249,10 @@ def write_prepared_dataset(
         }
         write_json(tmp / METADATA_FILE, metadata)
         _move_into_place(tmp, out_dir, overwrite)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_no_space(error):
+            raise no_space_error(out_dir, error) from None
         raise
     return out_dir
 
@@ -263,7 +282,7 @@ def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise DataError(f"{out_dir} already exists; delete it to prepare the dataset again")
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    old = make_temporary_dir(out_dir, suffix=".old")
     os.rename(out_dir, old / out_dir.name)
     os.rename(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
@@ -285,12 +304,16 @@ def _rebuild_hint(directory: Path, metadata: Mapping[str, Any] | None) -> str:
 class PreparedDataset:
     """A prepared dataset opened for reading (validated; images read lazily via np.memmap)."""
 
-    def __init__(self, directory: Path, metadata: dict[str, Any]):
+    def __init__(self, directory: Path, metadata: dict[str, Any], verify: str | None = None):
         self.directory = directory
         self.metadata = metadata
+        self.verified: list[dict[str, str]] = []  # files checked against dataset.json
+        self.verification_seconds = 0.0  # time spent hashing them
+        self._split_cache: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
+        self._verify = verify is not None
         try:
-            self.index = np.load(directory / INDEX_FILE)
-            self.labels = np.load(directory / LABELS_FILE)
+            self.index = np.load(io.BytesIO(self._read(INDEX_FILE)))
+            self.labels = np.load(io.BytesIO(self._read(LABELS_FILE)))
         except ValueError as error:
             raise DataError(
                 f"prepared dataset {directory}: unreadable array ({error}); "
@@ -298,9 +321,44 @@ class PreparedDataset:
             ) from None
         self._pixels: np.memmap | None = None
         self._check_arrays()
+        if verify is not None:
+            self._check_scheme(verify)
+            # images.u8 is read through a memmap, image by image: hash it in one streaming pass
+            # now (which also brings it into the page cache the memmap then reads from).
+            started = time.monotonic()
+            digest = sha256_file(self.directory / IMAGES_FILE)
+            self.verification_seconds += time.monotonic() - started
+            self._check_hash(IMAGES_FILE, digest)
+            self._load_scheme(verify)
+
+    def _check_hash(self, name: str, actual: str) -> None:
+        """Compare the sha256 of file ``name`` with dataset.json's; record it as verified."""
+        path = self.directory / name
+        expected = self.metadata["files"].get(name)
+        if expected != actual:
+            recorded = f"differs from {expected}" if expected else "is not listed"
+            raise ChecksumError(
+                f"{path}: sha256 {actual} {recorded} in {self.directory / METADATA_FILE}: the "
+                "prepared dataset changed after it was written; "
+                + _rebuild_hint(self.directory, self.metadata)
+            )
+        self.verified.append({"file": name, "sha256": actual})
+
+    def _read(self, name: str) -> bytes:
+        """The bytes of file ``name``, checked against dataset.json when verifying."""
+        data = (self.directory / name).read_bytes()
+        if self._verify:
+            started = time.monotonic()
+            digest = sha256_bytes(data)
+            self.verification_seconds += time.monotonic() - started
+            self._check_hash(name, digest)
+        return data
 
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> PreparedDataset:
+    def open(cls, directory: str | os.PathLike, *, verify: str | None = None) -> PreparedDataset:
+        """Open (and validate) a prepared dataset. With ``verify`` (a split scheme) every file
+        that training or evaluation under that scheme reads is checked against dataset.json
+        first; a mismatch is a ChecksumError naming the file, both hashes and the fix."""
         directory = Path(directory)
         metadata_path = directory / METADATA_FILE
         if not metadata_path.is_file():
@@ -308,12 +366,7 @@ class PreparedDataset:
                 f"prepared dataset {directory}: {METADATA_FILE} is missing; "
                 + _rebuild_hint(directory, None)
             )
-        try:
-            metadata = read_json(metadata_path)
-        except ValueError as error:
-            raise DataError(
-                f"{metadata_path} is not valid JSON ({error}); " + _rebuild_hint(directory, None)
-            ) from None
+        metadata = read_json(metadata_path, _rebuild_hint(directory, None))
         if not isinstance(metadata, dict):
             raise DataError(
                 f"{metadata_path} is not a JSON object; " + _rebuild_hint(directory, None)
@@ -335,7 +388,7 @@ class PreparedDataset:
                     f"prepared dataset {directory}: file {name} is missing; "
                     + _rebuild_hint(directory, metadata)
                 )
-        return cls(directory, metadata)
+        return cls(directory, metadata, verify)
 
     def _check_arrays(self) -> None:
         where = f"prepared dataset {self.directory}"
@@ -394,31 +447,29 @@ class PreparedDataset:
                 f"it has: {', '.join(self.metadata['schemes'])}"
             )
 
+    def _load_scheme(self, scheme: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """splits/<scheme>.json and the indices of splits/<scheme>.csv, read (and, when
+        verifying, checked) once."""
+        if scheme not in self._split_cache:
+            self._check_scheme(scheme)
+            info_name, manifest_name = f"splits/{scheme}.json", f"splits/{scheme}.csv"
+            hint = _rebuild_hint(self.directory, self.metadata)
+            info = parse_json(self._read(info_name), self.directory / info_name, hint)
+            manifest = self._read(manifest_name).decode("utf-8", errors="replace")
+            indices = _parse_manifest(manifest, self.directory / manifest_name)
+            self._split_cache[scheme] = (info, indices)
+        return self._split_cache[scheme]
+
     def split_info(self, scheme: str) -> dict[str, Any]:
         """The contents of splits/<scheme>.json."""
-        self._check_scheme(scheme)
-        return read_json(self.directory / "splits" / f"{scheme}.json")
+        return json.loads(json.dumps(self._load_scheme(scheme)[0]))
 
     def num_outputs(self, scheme: str) -> int:
         return int(self.split_info(scheme)["num_outputs"])
 
     def split_indices(self, scheme: str) -> dict[str, np.ndarray]:
         """Example indices of every split of ``scheme``, in position order."""
-        self._check_scheme(scheme)
-        path = self.directory / "splits" / f"{scheme}.csv"
-        rows: dict[str, list[tuple[int, int]]] = {name: [] for name in SPLIT_NAMES}
-        with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
-                if row["split"] not in rows:
-                    raise DataError(f"{path}: unknown split {row['split']!r}")
-                rows[row["split"]].append((int(row["position"]), int(row["example"])))
-        result = {}
-        for name, pairs in rows.items():
-            pairs.sort()
-            if [p for p, _ in pairs] != list(range(len(pairs))):
-                raise DataError(f"{path}: positions of split {name!r} are not 0..{len(pairs) - 1}")
-            result[name] = np.asarray([e for _, e in pairs], dtype=np.int64)
-        return result
+        return {name: array.copy() for name, array in self._load_scheme(scheme)[1].items()}
 
     def split(self, scheme: str, name: str) -> SplitView:
         if name not in SPLIT_NAMES:
@@ -432,13 +483,8 @@ class PreparedDataset:
     def verify(self, *, images: bool = False) -> None:
         """Recompute the sha256 of every file (and, with ``images``, of every image)."""
         hint = _rebuild_hint(self.directory, self.metadata)
-        for name, expected in self.metadata["files"].items():
-            actual = sha256_file(self.directory / name)
-            if actual != expected:
-                raise ChecksumError(
-                    f"{self.directory / name}: sha256 {actual} differs from the recorded "
-                    f"{expected}; {hint}"
-                )
+        for name in self.metadata["files"]:
+            self._check_hash(name, sha256_file(self.directory / name))
         if images:
             for row in self.read_examples():
                 example = int(row["example"])
@@ -448,6 +494,25 @@ class PreparedDataset:
                         f"{self.directory}: image {example} ({row['source']}) has sha256 "
                         f"{actual}, examples.csv records {row['sha256']}; {hint}"
                     )
+
+
+def _parse_manifest(text: str, path: Path) -> dict[str, np.ndarray]:
+    """splits/<scheme>.csv (split, position, example) as example indices per split."""
+    rows: dict[str, list[tuple[int, int]]] = {name: [] for name in SPLIT_NAMES}
+    try:
+        for row in csv.DictReader(io.StringIO(text, newline="")):
+            if row["split"] not in rows:
+                raise DataError(f"{path}: unknown split {row['split']!r}")
+            rows[row["split"]].append((int(row["position"]), int(row["example"])))
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"{path}: malformed split manifest ({error})") from None
+    result = {}
+    for name, pairs in rows.items():
+        pairs.sort()
+        if [p for p, _ in pairs] != list(range(len(pairs))):
+            raise DataError(f"{path}: positions of split {name!r} are not 0..{len(pairs) - 1}")
+        result[name] = np.asarray([e for _, e in pairs], dtype=np.int64)
+    return result
 
 
 class SplitView:
