@@ -146,14 +146,18 @@ def describe_results(
     checkpoint = reported_checkpoint(config)
     results_root = str(config.get("results", "results"))
 
-    source_files = _describe_source(builder)
+    paper_claim = load_claims(builder)
+    source_files = _describe_source(builder, paper_claim)
     cells = _describe_cells(builder, sorted(grid.cells), results_root, checkpoint)
     aggregate = _describe_aggregate(builder)
     return _assemble(builder, source_files, cells, aggregate, authors)
 
 
-def _describe_source(builder: CrateBuilder) -> dict[str, list[str]]:
-    """The copied workflow definition; returns the config and paper-results copies."""
+def _describe_source(
+    builder: CrateBuilder, paper_claim: Mapping[str, Any] | None
+) -> dict[str, list[str]]:
+    """The copied workflow definition; returns the config and paper-results copies. The copy of
+    the paper's numbers must be the file the aggregation read (``paper_claim``)."""
     found: dict[str, list[str]] = {"config": [], "paper_results": []}
     source = builder.folder / SOURCE_DIR
     configured = {"schema.yaml", "weights.lock"}
@@ -162,6 +166,13 @@ def _describe_source(builder: CrateBuilder) -> dict[str, list[str]]:
         inner = file.relative_to(source).as_posix()
         if path == MAIN_WORKFLOW:
             continue
+        if inner == "config/paper_results.csv" and paper_claim:
+            builder.payload_file(
+                path,
+                claimed=paper_claim["sha256"],
+                claimed_by=f"{paper_claim['claimed_by']} (as {paper_claim['path']}; pass "
+                "--paper <the file the aggregation read>)",
+            )
         builder.payload_file(path)
         if inner == "config/paper_results.csv":
             found["paper_results"].append(path)
@@ -509,7 +520,7 @@ def _describe_weights(builder: CrateBuilder, cells: _Cells, item: Mapping[str, A
         rule,
         label,
         name=f"{'pre-train' if pretrained else 'convert'} backbone {label}",
-        description=f"{STEP_PURPOSE[rule]}: {detail}; no time or host is recorded for this step",
+        description=f"{STEP_PURPOSE[rule]}: {detail}",
         objects=objects,
         results=[weights, record_id],
     )
@@ -533,19 +544,46 @@ TOP_LEVEL = {
 }
 
 
+def load_claims(builder: CrateBuilder) -> dict[str, Any] | None:
+    """Register the sha256 the provenance indices claim for files of the folder (tables, report,
+    figures, table indices, the resolved config); returns the claim on the paper's numbers."""
+    from autolora.provenance import RESULTS_INDEX, all_indices
+
+    folder = builder.folder
+    if not (folder / "provenance").is_dir():
+        return None
+    for index in all_indices(folder):
+        for output in index.get("outputs") or []:
+            inside = builder.crate_path(output["path"])
+            if inside:
+                builder.claims[inside] = (
+                    output["sha256"],
+                    f"{folder}/provenance/{index['table']}.json",
+                )
+    paper = None
+    results_index = folder / "provenance" / RESULTS_INDEX
+    if results_index.is_file():
+        index = read_json(results_index)
+        for item in [
+            *(index.get("tables") or []),
+            *(index.get("files") or []),
+            *(index.get("inputs") or []),
+        ]:
+            inside = builder.crate_path(item["path"])
+            if inside:
+                builder.claims[inside] = (item["sha256"], str(results_index))
+            elif item.get("role") == "paper results":
+                paper = {**item, "claimed_by": str(results_index)}
+    return paper
+
+
 def _describe_aggregate(builder: CrateBuilder) -> _Aggregate:
     from autolora.provenance import all_indices
 
     aggregate = _Aggregate()
     folder = builder.folder
     indices = all_indices(folder) if (folder / "provenance").is_dir() else []
-    claimed: dict[str, tuple[str, str]] = {}
     for index in indices:
-        index_path = f"provenance/{index['table']}.json"
-        for output in index.get("outputs") or []:
-            inside = builder.crate_path(output["path"])
-            if inside:
-                claimed[inside] = (output["sha256"], f"{folder / index_path}")
         if index.get("created") and (aggregate.end is None or index["created"] > aggregate.end):
             aggregate.end = index["created"]
 
@@ -559,8 +597,7 @@ def _describe_aggregate(builder: CrateBuilder) -> _Aggregate:
             or path.endswith(LARGE_SUFFIXES + SKIPPED_SUFFIXES)
         ):
             continue
-        expected, claimed_by = claimed.get(path, (None, None))
-        entity = builder.payload_file(path, claimed=expected, claimed_by=claimed_by)
+        entity = builder.payload_file(path)
         parameter, description = _aggregate_output(path)
         builder.graph.add({"@id": entity, "description": description})
         if parameter:
@@ -581,6 +618,12 @@ def _aggregate_output(path: str) -> tuple[str | None, str]:
         return "tables", f"table {Path(path).stem} ({media_type(path)})"
     if path.startswith("figures/"):
         return "figures", f"figure {Path(path).stem}"
+    if path == "provenance/results.json":
+        return (
+            "provenance_index",
+            "results index: every other file of the folder with its sha256; its own sha256 is "
+            "the folder's seal (`autolora audit --all --seal`)",
+        )
     if path.startswith("provenance/"):
         return (
             "provenance_index",

@@ -84,6 +84,8 @@ class CrateBuilder:
     rule_files: dict[str, str] = field(default_factory=dict)  # rule -> crate path of its file
     examples_of: dict[str, dict[str, None]] = field(default_factory=dict)  # parameter -> ids
     digests: dict[str, str] = field(default_factory=dict)  # crate path -> sha256
+    # crate path -> (sha256, the index claiming it): files the provenance indices hash
+    claims: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     # ---- files ---------------------------------------------------------------------------
 
@@ -104,7 +106,10 @@ class CrateBuilder:
         claimed_by: str | None = None,
         **properties: Any,
     ) -> str:
-        """A file inside the crate: hashed now; a hash claimed by a record must agree."""
+        """A file inside the crate: hashed now; a hash claimed by a record or an index must
+        agree."""
+        if claimed is None and crate_path in self.claims:
+            claimed, claimed_by = self.claims[crate_path]
         file = self.folder / crate_path
         if not file.is_file():
             raise DataError(
@@ -319,6 +324,8 @@ class CrateBuilder:
         """A step's CreateAction (and its ControlAction, for the Provenance Run Crate)."""
         tool = self.tool(rule)
         identifier = f"#action/{rule}/{key}"
+        if not start and not end:
+            description += "; no time or host is recorded for this step"
         places = [p for p in (self.place(h) for h in hosts) if p]
         job_ids = [j for j in (self.slurm_job(job) for job in jobs) if j]
         self.graph.add(
