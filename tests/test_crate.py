@@ -499,7 +499,6 @@ def test_describing_a_folder_the_workflow_has_not_finished_is_a_clear_error(tmp_
 
 # ---- a paper-like folder: real dataset archives, downloaded weights, SLURM jobs ----------------
 
-CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 PAPER_LIKE = {
     "protocol": "paper",
     "seeds": [0, 6, 66],
@@ -515,51 +514,17 @@ PAPER_LIKE = {
 
 @pytest.fixture
 def paper_like(tmp_path, monkeypatch):
-    """Records as `records_factory` writes them (cells trained and evaluated under SLURM), with a
-    prepared CIFAR-10 from its archive and a converted ResNet-18 backbone, aggregated."""
+    """Records as `records_factory` writes them (cells trained and evaluated under SLURM, CIFAR-10
+    prepared from its published archive, a converted ResNet-18 backbone), aggregated."""
     from records_factory import metrics_of, write_cell
 
     from autolora.grid import expand_grid
-    from autolora.io import sha256_file, write_json
-    from autolora.weights import lookup
 
     monkeypatch.chdir(tmp_path)
-    data = tmp_path / "resources/data/cifar10"
-    (data / "splits").mkdir(parents=True)
-    (data / "splits/paper.csv").write_text("split,position,example\ntrain,0,0\ntest,0,1\n")
-    (data / "images.u8").write_bytes(bytes(range(48)))
-    write_json(
-        data / "dataset.json",
-        {
-            "format": 1,
-            "name": "cifar10",
-            "num_classes": 10,
-            "sources": [{"file": "cifar-10-python.tar.gz", "md5": CIFAR_MD5}],
-            "files": {
-                "images.u8": sha256_file(data / "images.u8"),
-                "splits/paper.csv": sha256_file(data / "splits/paper.csv"),
-            },
-        },
-    )
     for e in {e.cell_id: e for e in expand_grid(PAPER_LIKE).entries}.values():
         pgd = {"vanilla": 52.0, "twins": 53.0, "autolora": 54.0}[e.method] + e.seed / 100
         write_cell(tmp_path, e, metrics_of(80 + e.seed / 10, pgd, pgd - 5))
-    weights = tmp_path / "resources/weights/resnet18-eps4.safetensors"
-    published = lookup("resnet18", 4)
-    write_json(
-        weights.with_suffix(".json"),
-        {
-            "kind": "backbone_weights",
-            "arch": "resnet18",
-            "eps_pt": 4,
-            "source": {"file": "resnet18-eps4.ckpt", "sha256": published.sha256},
-            "file": weights.name,
-            "sha256": sha256_file(weights),
-            "num_tensors": 1,
-        },
-    )
     folder = tmp_path / "results/paper"
-    folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.resolved.yaml").write_text(json.dumps(PAPER_LIKE))
     assert (
         main(
@@ -575,32 +540,26 @@ def paper_like(tmp_path, monkeypatch):
         )
         == 0
     )
-    assert (
-        main(
-            [
-                "crate",
-                "results/paper",
-                "--workflow-dir",
-                str(ROOT),
-                "--author",
-                "Ada Lovelace <https://orcid.org/0000-0000-0000-0000>",
-            ]
-        )
-        == 0
-    )
-    return folder, published
+    author = "Ada Lovelace <https://orcid.org/0000-0000-0000-0000>"
+    assert main(["crate", "results/paper", "--workflow-dir", str(ROOT), "--author", author]) == 0
+    return folder
 
 
 def test_archives_downloaded_weights_and_slurm_jobs_are_described(paper_like, validator, capsys):
-    folder, published = paper_like
+    from autolora.data.sources import CATALOGUE
+    from autolora.weights import lookup
+
+    folder = paper_like
     crate = json.loads((folder / METADATA_FILE).read_text())
     graph = entities(crate)
     # the published archive and checkpoint, as web-based data entities with their checksums
-    archive = graph["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
-    assert archive["identifier"] == f"md5:{CIFAR_MD5}"
+    (published_archive,) = CATALOGUE["cifar10"].files
+    archive = graph[published_archive.url]
+    assert archive["identifier"] == f"md5:{published_archive.checksum.hexdigest}"
     prepare = graph["#action/prepare_dataset/cifar10"]
     assert ids(prepare["object"]) == [archive["@id"]]
-    assert "#resources/data/cifar10/images.u8" in ids(prepare["result"])
+    assert "#resources/data/cifar10/labels.npy" in ids(prepare["result"])
+    published = lookup("resnet18", 4)
     checkpoint = graph[published.url]
     assert checkpoint["sha256"] == published.sha256
     convert = graph["#action/convert_weights/resnet18-eps4"]

@@ -166,14 +166,14 @@ def _describe_source(
         inner = file.relative_to(source).as_posix()
         if path == MAIN_WORKFLOW:
             continue
+        claim = {}
         if inner == "config/paper_results.csv" and paper_claim:
-            builder.payload_file(
-                path,
-                claimed=paper_claim["sha256"],
-                claimed_by=f"{paper_claim['claimed_by']} (as {paper_claim['path']}; pass "
+            claim = {
+                "claimed": paper_claim["sha256"],
+                "claimed_by": f"{paper_claim['claimed_by']} (as {paper_claim['path']}; pass "
                 "--paper <the file the aggregation read>)",
-            )
-        builder.payload_file(path)
+            }
+        builder.payload_file(path, **claim)
         if inner == "config/paper_results.csv":
             found["paper_results"].append(path)
             builder.graph.add({"@id": path, "description": "the paper's reported numbers"})
@@ -204,11 +204,11 @@ def _describe_cells(
             cells.missing += 1
             continue
         run = read_json(builder.root / run_path)
-        train = _describe_training(builder, cells, cell_id, run_path, run)
+        _describe_training(builder, cells, cell_id, run_path, run)
         cells.trained += 1
         eval_path = f"{directory}/eval-{checkpoint}.json"
         if (builder.root / eval_path).is_file():
-            _describe_evaluation(builder, cells, cell_id, eval_path, train)
+            _describe_evaluation(builder, cells, cell_id, eval_path)
     return cells
 
 
@@ -221,7 +221,7 @@ def _inputs_by_role(record: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]
 
 def _describe_training(
     builder: CrateBuilder, cells: _Cells, cell_id: str, run_path: str, run: Mapping[str, Any]
-) -> dict[str, str]:
+) -> None:
     builder.note_code(run)
     inputs = _inputs_by_role(run)
     objects: list[str] = []
@@ -234,8 +234,13 @@ def _describe_training(
             data_files.append(file)
             builder.example_of(file, "train", "prepared_dataset")
     objects += data_files
+    weights_records = inputs.get("weights_record", [])
     for item in inputs.get("weights", []):
-        _describe_weights(builder, cells, item)
+        _describe_weights(builder, cells, item, weights_records[0] if weights_records else None)
+        file = builder.record_file(item["path"], item.get("sha256"), claimed_by=run_path)
+        builder.example_of(file, "train", "backbone")
+        objects.append(file)
+    for item in weights_records:
         file = builder.record_file(item["path"], item.get("sha256"), claimed_by=run_path)
         builder.example_of(file, "train", "backbone")
         objects.append(file)
@@ -271,7 +276,6 @@ def _describe_training(
             builder.example_of(history, "aggregate", "histories")
             cells.histories.append(history)
             results.append(history)
-    checkpoint_ids: dict[str, str] = {}
     for name, info in sorted((run.get("checkpoints") or {}).items()):
         file = builder.record_file(
             info["path"],
@@ -281,7 +285,6 @@ def _describe_training(
         )
         builder.example_of(file, "train", "checkpoints")
         builder.example_of(file, "", "checkpoints")
-        checkpoint_ids[name] = file
         results.append(file)
     log = Path(run_path).with_name("train.log").as_posix()
     if builder.crate_path(log) and (builder.root / log).is_file():
@@ -310,11 +313,10 @@ def _describe_training(
         jobs=[*(a.get("slurm") for a in attempts), run.get("slurm")],
         software=builder.environment(run),
     )
-    return {"run_record": record, **checkpoint_ids}
 
 
 def _describe_evaluation(
-    builder: CrateBuilder, cells: _Cells, cell_id: str, eval_path: str, train: Mapping[str, str]
+    builder: CrateBuilder, cells: _Cells, cell_id: str, eval_path: str
 ) -> None:
     evaluation = read_json(builder.root / eval_path)
     builder.note_code(evaluation)
@@ -456,14 +458,20 @@ def _describe_dataset(builder: CrateBuilder, cells: _Cells, item: Mapping[str, A
     cells.datasets[path] = metadata_id
 
 
-def _describe_weights(builder: CrateBuilder, cells: _Cells, item: Mapping[str, Any]) -> None:
-    """The convert/pre-train step behind a backbone, from the JSON record beside it."""
+def _describe_weights(
+    builder: CrateBuilder,
+    cells: _Cells,
+    item: Mapping[str, Any],
+    record_item: Mapping[str, Any] | None,
+) -> None:
+    """The convert/pre-train step behind a backbone, from the JSON record beside it (whose
+    sha256 the run record claims, ``record_item``, in runs since the records were sealed)."""
     from autolora.weights import lookup
 
     path = item["path"]
     if path in cells.weights:
         return
-    record_path = Path(path).with_suffix(".json").as_posix()
+    record_path = record_item["path"] if record_item else Path(path).with_suffix(".json").as_posix()
     if not (builder.root / record_path).is_file():
         raise DataError(
             f"{builder.root / record_path}: the record of backbone {path} is missing; rerun the "
@@ -479,7 +487,13 @@ def _describe_weights(builder: CrateBuilder, cells: _Cells, item: Mapping[str, A
         else Path(path).stem
     )
     weights = builder.record_file(path, item.get("sha256"))
-    record_id = builder.record_file(record_path, sha256_file(builder.root / record_path))
+    digest = sha256_file(builder.root / record_path)
+    if record_item and record_item.get("sha256") and digest != record_item["sha256"]:
+        raise ChecksumError(
+            f"{builder.root / record_path}: changed after the runs that used backbone {path} "
+            "recorded its sha256; rerun the workflow (snakemake) before writing the crate"
+        )
+    record_id = builder.record_file(record_path, digest)
     builder.example_of(weights, rule, "backbone")
     builder.example_of(record_id, rule, "backbone_record")
     if pretrained:
