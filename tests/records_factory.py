@@ -122,8 +122,10 @@ def write_cell(
     checkpoint: str = "best_test",
     history: Sequence[Mapping[str, Any]] | None = None,
     protocol_choices: Mapping[str, Any] | None = None,
+    autoattack_version: str = "standard",
 ) -> Path:
-    """One finished, evaluated cell with ``metrics`` (percent) in its evaluation record."""
+    """One finished, evaluated cell with ``metrics`` (percent) in its evaluation record; its AA
+    (if any) from the AutoAttack variant ``autoattack_version``."""
     root = Path(root)
     cell_dir = root / results / table_entry.cell_id
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -204,7 +206,9 @@ def write_cell(
                 },
                 "metrics": dict(metrics),
                 "n": 100,
-                "autoattack": {"version": "standard", "progression": [], "seed": 0},
+                "autoattack": None
+                if metrics.get("AA") is None
+                else {"version": autoattack_version, "progression": [], "seed": 0},
                 "run_record": {
                     "path": run_path.relative_to(root).as_posix(),
                     "sha256": sha256_file(run_path),

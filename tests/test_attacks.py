@@ -12,6 +12,7 @@ from pyautoattack import AutoAttack
 from torch import nn
 
 from autolora.attacks import autoattack_evaluation, pgd
+from autolora.autoattack_variants import REDUCED, STANDARD
 from autolora.models import LoRaConv2d, build_model
 
 EPS, STEP = 8 / 255, 2 / 255
@@ -231,6 +232,59 @@ def test_autoattack_adapter_matches_the_reference_on_a_fixed_model():
     assert [p["attack"] for p in result.progression] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert [p["robust_accuracy"] for p in result.progression] == PINNED_PROGRESSION
     assert any("robust accuracy after APGD-T" in m for m in messages)
+
+
+def test_reduced_autoattack_is_standard_autoattack_stopped_after_apgd_t():
+    model, x, y = linear_problem()
+    messages = []
+    reduced = autoattack_evaluation(
+        model, x, y, eps=LINEAR_EPS, device="cpu", seed=0, version=REDUCED, log=messages.append
+    )
+    standard = autoattack_evaluation(model, x, y, eps=LINEAR_EPS, device="cpu", seed=0)
+
+    assert (reduced.version, reduced.attacks) == (REDUCED, ("apgd-ce", "apgd-t"))
+    assert (standard.version, standard.attacks) == (
+        STANDARD,
+        ("apgd-ce", "apgd-t", "fab-t", "square"),
+    )
+    # The same attacks with standard's settings on the same points: standard's first two stages.
+    assert reduced.progression == standard.progression[:2]
+    assert reduced.robust_accuracy == standard.progression[1]["robust_accuracy"]
+    assert reduced.clean_accuracy == standard.clean_accuracy == PINNED_CLEAN
+    assert any("custom version including apgd-ce, apgd-t" in m for m in messages)
+    assert not any(attack in m for m in messages for attack in ("FAB-T", "SQUARE"))
+
+
+def test_reduced_autoattack_runs_apgd_ce_with_standards_single_restart(monkeypatch):
+    """pyautoattack's custom version would run APGD-CE with 5 restarts; standard runs 1."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    runs = []
+
+    def counted(cls):
+        original = cls.perturb
+
+        def perturb(self, x, y=None, **kwargs):
+            runs.append((cls.__name__, self.n_restarts, getattr(self, "n_target_classes", None)))
+            return original(self, x, y, **kwargs)
+
+        monkeypatch.setattr(cls, "perturb", perturb)
+
+    counted(APGDAttack)
+    counted(APGDAttack_targeted)
+    model, x, y = linear_problem()
+    for version in (STANDARD, REDUCED):
+        runs.clear()
+        autoattack_evaluation(model, x, y, eps=LINEAR_EPS, device="cpu", version=version)
+        assert set(runs) == {("APGDAttack", 1, None), ("APGDAttack_targeted", 1, 9)}, version
+
+
+def test_unknown_autoattack_variant_is_a_config_error():
+    from autolora.errors import ConfigError
+
+    model, x, y = linear_problem()
+    with pytest.raises(ConfigError, match="autoattack_version.*standard, apgd-ce\\+apgd-t"):
+        autoattack_evaluation(model, x, y, eps=LINEAR_EPS, device="cpu", version="plus")
 
 
 def test_autoattack_adapter_attacks_the_fe_forward_in_eval_mode_and_restores_state(caplog):

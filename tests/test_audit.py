@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from records_factory import metrics_of, read_json, write_cell
 
+from autolora.autoattack_variants import configured_variant
 from autolora.cli import main
-from autolora.grid import expand_grid
+from autolora.commands.aggregate import table8_sources
+from autolora.grid import expand_grid, load_config
+from autolora.tables import build_tables
 
-PAPER_CSV = Path(__file__).parents[1] / "config" / "paper_results.csv"
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_CSV = ROOT / "config" / "paper_results.csv"
 CONFIG = {
     "protocol": "paper",
     "seeds": [0, 6, 66],
@@ -149,6 +157,76 @@ def test_unknown_number_and_bad_arguments_are_user_errors(aggregated, capsys):
     assert status == 2 and "--all" in err
 
 
+def report_audit_commands(report: Path) -> list[list[str]]:
+    """The `autolora audit` command lines of the report's Provenance section."""
+    section = report.read_text().split("## Provenance", 1)[1]
+    return [shlex.split(line) for line in section.splitlines() if line.startswith("autolora audit")]
+
+
+def test_the_reports_audit_examples_name_its_own_numbers_and_pass(aggregated):
+    commands = report_audit_commands(aggregated / "report" / "report.md")
+    assert [c[:4] for c in commands] == [["autolora", "audit", "--index", "report"]] * 2
+    # a complete AA number of a row this folder has (not a row of another grid)
+    assert commands[0][4:] == ["table1", "cifar10/vanilla", "AA"]
+    assert commands[1][4:] == ["--all"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    for command in commands:
+        run = subprocess.run(
+            [sys.executable, "-m", "autolora.cli", *command[1:]],
+            cwd=aggregated,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "audit passed" in run.stdout
+
+
+def readme_audit_numbers() -> list[tuple[str | None, list[str]]]:
+    """(--index or None, [table, row, column]) of each README example naming one number."""
+    examples = []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if not line.startswith("autolora audit"):
+            continue
+        words = shlex.split(line.split("#", 1)[0])[2:]
+        index = words[words.index("--index") + 1] if "--index" in words else None
+        positional, skip = [], False
+        for word in words:
+            if skip:
+                skip = False
+            elif word.startswith("--"):
+                skip = word in OPTIONS_WITH_VALUES
+            else:
+                positional.append(word)
+        if positional:
+            examples.append((index, positional))
+    return examples
+
+
+OPTIONS_WITH_VALUES = ("--index", "--root", "--expect-seal", "--device", "--tolerance")
+
+
+def test_readme_audit_examples_name_numbers_of_the_grid_they_audit():
+    """Without --index the README's example runs on the demo's folder (the only one after
+    `make demo`); with `--index results/paper` on the paper's grid."""
+    configs = {None: "demo.yaml", "results/paper": "config.yaml"}
+    examples = readme_audit_numbers()
+    assert {index for index, _ in examples} == set(configs)
+    for index, (table, row, column) in examples:
+        config = load_config(ROOT / "config" / configs[index])
+        grid = expand_grid(config)
+        tables = build_tables(
+            [e for e in grid.entries if e.table not in ("table8", "figures")],
+            "no-results-needed",
+            "best_test",
+            table8_sources=table8_sources(config),
+            autoattack_version=configured_variant(config).name,
+        )
+        numbers = {(t.name, n.row, n.column) for t in tables for n in t.numbers}
+        assert (table, row, column) in numbers, (index, table, row, column)
+
+
 def test_the_chain_reaches_the_archive_and_checkpoint_checksums(aggregated, capsys):
     status, out, err = audit(capsys, "table1", "cifar10/autolora", "PGD10")
     assert status == 0, err
@@ -177,3 +255,19 @@ def test_a_changed_prepared_data_file_or_backbone_record_fails(aggregated, capsy
     assert status != 0
     assert "resources/data/cifar10/labels.npy: sha256 mismatch" in err
     assert "resources/weights/resnet18-eps4.json: sha256 mismatch (weights_record" in err
+
+
+@pytest.mark.parametrize("version", ["standard", "apgd-ce+apgd-t", None])
+def test_recompute_evaluates_aa_again_with_the_variant_it_was_recorded_with(tmp_path, version):
+    from autolora.recompute import _evaluation_arguments
+
+    (entry,) = [e for e in expand_grid(CONFIG).entries if e.table == "table1"][:1]
+    cell = write_cell(tmp_path, entry, metrics_of(80.0, 50.0, 45.0), autoattack_version="x")
+    record = read_json(cell / "eval-best_test.json")
+    record["inputs"].append({"role": "dataset", "path": "resources/data/cifar10/dataset.json"})
+    if version is None:  # written before variants existed: standard AutoAttack
+        del record["autoattack"]["version"]
+    else:
+        record["autoattack"]["version"] = version
+    arguments = _evaluation_arguments(record, tmp_path, "AA")
+    assert arguments["autoattack"] and arguments["autoattack_version"] == (version or "standard")

@@ -123,7 +123,14 @@ def test_whole_test_set_pgd_matches_the_training_history(run, tmp_path):
     )
 
 
-def test_cli_runs_autoattack_through_the_adapter(run, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("option", "version", "attacks"),
+    [
+        ([], "standard", ["apgd-ce", "apgd-t", "fab-t", "square"]),
+        (["--autoattack-version", "apgd-ce+apgd-t"], "apgd-ce+apgd-t", ["apgd-ce", "apgd-t"]),
+    ],
+)
+def test_cli_runs_autoattack_through_the_adapter(run, tmp_path, capsys, option, version, attacks):
     out = tmp_path / "eval-final.json"
     argv = [
         "evaluate",
@@ -137,12 +144,13 @@ def test_cli_runs_autoattack_through_the_adapter(run, tmp_path, capsys):
         "8",
         "--device",
         "cpu",
+        *option,
         "--out",
         str(out),
     ]
     assert main(argv) == 0
     record = json.loads(out.read_text())
-    assert "AA" in capsys.readouterr().out
+    assert f"({version})" in capsys.readouterr().out
     metrics, autoattack = record["metrics"], record["autoattack"]
     assert record["n"] == 8 and record["checkpoint"]["name"] == "final"
     # AutoAttack's own clean accuracy is the SA computed by the plain loop
@@ -153,7 +161,8 @@ def test_cli_runs_autoattack_through_the_adapter(run, tmp_path, capsys):
     assert progression == sorted(progression, reverse=True)
     if progression:
         assert progression[-1] == pytest.approx(metrics["AA"])
-    assert autoattack["version"] == "standard"
+    assert autoattack["version"] == version and autoattack["attacks"] == attacks
+    assert {step["attack"] for step in autoattack["progression"]} <= set(attacks)
 
 
 def test_the_subset_is_seeded_class_stratified_and_recorded(run, tmp_path):

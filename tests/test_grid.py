@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from autolora import costmodel
+from autolora.autoattack_variants import autoattack_variant, configured_variant
 from autolora.cli import main as cli_main
 from autolora.commands.plan import planned_jobs
 from autolora.errors import ConfigError
@@ -203,6 +204,7 @@ def broken(paper, path: str, value) -> dict:
         ("tables.table4.eps_pt", [3], "eps_pt"),
         ("evaluation", {"autoattack_seeds": [1]}, "evaluation.autoattack_seeds"),
         ("evaluation", {"aa": True}, "evaluation.aa"),
+        ("evaluation", {"autoattack_version": "plus"}, "evaluation.autoattack_version"),
     ],
 )
 def test_bad_config_names_the_key(paper, path, value, named):
@@ -316,6 +318,55 @@ def test_autoattack_by_default_only_on_the_tables_that_report_it():
         check_config({**config, "evaluation": {"autoattack_tables": ["table9"]}})
 
 
+def test_the_paper_runs_standard_autoattack_and_the_demo_the_reduced_one_on_every_table1_cell():
+    paper = load_config(PAPER_CONFIG)
+    assert configured_variant(paper).name == "standard"
+    assert paper["evaluation"]["autoattack_version"] == "standard"  # said, not only defaulted
+    assert configured_variant({"evaluation": {}}).name == "standard"
+    demo = load_config(DEMO_CONFIG)
+    assert configured_variant(demo).name == "apgd-ce+apgd-t"
+    grid = expand_grid(demo)
+    assert grid.autoattack_cells(demo) == set(grid.cells_of("table1"))
+    # what is left without AA (Table 3's r = 2 cells) is explained by the key that decides it
+    assert set(grid.autoattack_skip_reasons(demo).values()) == {
+        "`evaluation.autoattack_tables` = [table1, table2] (default)"
+    }
+
+
+def test_skip_reasons_name_every_config_key_that_excludes_a_cell():
+    config = {
+        **SMALL,
+        "seeds": [0, 1],
+        "datasets": {"cifar10": {"source": "cifar10"}, "dtd": {"source": "dtd"}},
+        "tables": {"table1": {"arch": "resnet50", "datasets": ["cifar10", "dtd"]}},
+        "evaluation": {"autoattack_seeds": [0], "autoattack_datasets": ["cifar10"]},
+    }
+    grid = expand_grid(config)
+    reasons = grid.autoattack_skip_reasons(config)
+    assert set(reasons) == set(grid.cells) - grid.autoattack_cells(config)
+    seeds, datasets = (
+        "`evaluation.autoattack_seeds` = [0]",
+        "`evaluation.autoattack_datasets` = [cifar10]",
+    )
+    cell = "paper/runs/resnet50-eps4/{}/twins/seed{}"
+    assert reasons[cell.format("cifar10", 1)] == seeds
+    assert reasons[cell.format("dtd", 0)] == datasets
+    assert reasons[cell.format("dtd", 1)] == f"{seeds} and {datasets}"
+    off = {**config, "evaluation": {"autoattack": False}}
+    assert set(grid.autoattack_skip_reasons(off).values()) == {"`evaluation.autoattack` = false"}
+
+
+def test_reduced_autoattack_costs_its_share_of_standard():
+    config = {**SMALL, "evaluation": {"autoattack_version": "apgd-ce+apgd-t"}}
+    (spec,) = expand_grid(config).cells.values()
+    model = costmodel.CostModel.from_config(config)
+    share = autoattack_variant("apgd-ce+apgd-t").relative_cost
+    assert 0 < share < 1
+    assert costmodel.evaluate_minutes(spec, config, model) == pytest.approx(
+        10_000 * 2.0 * (2 / 500 + share / 10) / 60
+    )
+
+
 def test_synthetic_dataset_sizes_come_from_the_config():
     config = load_config(DEMO_CONFIG)
     declared = config["datasets"]["synth-a"]
@@ -334,6 +385,7 @@ def test_plan_prints_cells_jobs_and_gpu_hours(capsys):
     assert "264 unique cells" in out
     assert "train                  264" in out
     assert "total                  555" in out
+    assert "AutoAttack: standard AutoAttack on 108 of 264 cells" in out
     assert "estimated GPU-hours" in out
 
 

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import statistics
 
+import pandas as pd
 import pytest
 from PIL import Image
 from records_factory import entry, metrics_of, write_cell
 
-from autolora.plots import FIGURE_DPI, FIGURE_SIZE_IN, draw_figures, figure_path
+from autolora.plots import (
+    FIGURE_DPI,
+    FIGURE_SIZE_IN,
+    build_figure,
+    draw_figures,
+    figure_path,
+    method_series,
+)
 
 
 def history(seed: int, epochs: int, *, similarity: bool = True):
@@ -65,3 +73,16 @@ def test_history_without_similarity_draws_an_empty_figure(tmp_path):
     assert plotted[similarity] == [] and similarity.stat().st_size > 0
     pgd = figure_path(tmp_path / "figures", "test_pgd10", "resnet18", "dtd")
     assert [s.method for s in plotted[pgd]] == ["vanilla"]
+
+
+def test_epoch_axis_has_integer_ticks_only():
+    # 3 epochs: matplotlib's default locator would put ticks at 1.25, 1.5, ...
+    series = method_series(
+        "vanilla", {0: pd.DataFrame(history(0, 3)), 6: pd.DataFrame(history(6, 3))}, "test_pgd10"
+    )
+    figure = build_figure([series], title="t", ylabel="y")
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    low, high = axes.get_xlim()
+    ticks = [t for t in axes.get_xticks() if low <= t <= high]
+    assert ticks == [1.0, 2.0, 3.0]

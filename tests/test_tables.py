@@ -3,8 +3,10 @@ the paper comparison and `autolora aggregate` end to end."""
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -137,20 +139,117 @@ def test_missing_seed_is_marked_incomplete_with_footnote_and_command(root, grid)
     assert table.number("dtd/twins", "SA").display() == "—"
     missing = "paper/runs/resnet18-eps4/cifar10/autolora/seed66"
     assert missing in table.missing_cells and not table.complete
-    notes = "\n".join(table.footnotes())
-    assert f"snakemake results/{missing}/eval-best_test.json" in notes
-    assert "paper/runs/resnet18-eps4/dtd/twins/seed0" in notes
+    assert table.eval_target(missing) == f"results/{missing}/eval-best_test.json"
+    # one footnote for the four missing cells, with the count; the cells are in missing.txt
+    (note,) = [n for n in table.footnotes() if "no evaluation record" in n]
+    assert note.startswith("—: no evaluation record yet for 4 of 18 cells")
+    assert "`snakemake`" in note and "missing.txt" in note and "seed" not in note
     markdown = table.to_markdown()
     assert "54.30 ± 0.42 (2/3)†" in markdown and "fewer seeds than configured" in markdown
-    assert f"`snakemake results/{missing}/eval-best_test.json`" in markdown
+    assert missing not in markdown and missing not in table.to_latex()
 
 
 def test_metric_not_computed_reads_na(root, grid):
+    populate(root, grid)
     for e in grid.entries:
         if e.table == "table1" and e.dataset == "cifar10" and e.method == "vanilla":
             write_cell(root, e, metrics_of(80.0, 50.0, None))
-    number = build(grid)["table1"].number("cifar10/vanilla", "AA")
+    tables = build(grid)
+    number = tables["table1"].number("cifar10/vanilla", "AA")
     assert number.display() == "n/a" and len(number.not_computed_cells) == 3
+    # no reason from the config: the records themselves lack AA
+    for table in tables.values():
+        (note,) = [n for n in table.footnotes() if n.startswith("n/a")]
+        assert note.startswith("n/a: AA not computed for 3 of 18 cells: their evaluation records")
+    assert tables["table8"].number("table1/cifar10", "vanilla/AA").display() == "n/a"
+
+
+def wrapped_lines(note: str, width: int = 100) -> int:
+    return len(textwrap.wrap(note, width))
+
+
+def test_footnotes_group_gaps_by_cause_with_counts_and_config_keys(root, grid):
+    """AA left out by seed and by dataset, one seed without any record: one short footnote per
+    cause, each naming its config key; no cell list in any table footnote."""
+    config = {
+        **CONFIG,
+        "evaluation": {"autoattack_seeds": [0, 6], "autoattack_datasets": ["cifar10"]},
+    }
+    aa_cells = grid.autoattack_cells(config)
+    for e in grid.entries:
+        if e.table != "table1" or (e.dataset, e.method, e.seed) == ("cifar10", "twins", 6):
+            continue
+        sa, pgd, aa = VALUES[(e.dataset, e.method)][SEEDS.index(e.seed)]
+        write_cell(root, e, metrics_of(sa, pgd, aa if e.cell_id in aa_cells else None))
+    tables = build(grid, not_computed_reasons=grid.autoattack_skip_reasons(config))
+    seeds, datasets = (
+        "`evaluation.autoattack_seeds` = [0, 6]",
+        "`evaluation.autoattack_datasets` = [cifar10]",
+    )
+    for table in tables.values():
+        notes = table.footnotes()
+        assert f"n/a: AA not computed for 3 of 18 cells: {seeds} (the cells: missing.txt)." in notes
+        assert (
+            f"n/a: AA not computed for 6 of 18 cells: {datasets} (the cells: missing.txt)." in notes
+        )
+        assert (
+            f"n/a: AA not computed for 3 of 18 cells: {seeds} and {datasets} (the cells: missing.txt)."
+            in notes
+        )
+        assert any(n.startswith("—: no evaluation record yet for 1 of 18 cells") for n in notes)
+        assert all(wrapped_lines(n) <= 3 for n in notes), [n for n in notes if wrapped_lines(n) > 3]
+        assert not any("paper/runs/" in n for n in notes)
+    assert tables["table1"].number("dtd/autolora", "AA").display() == "n/a"
+    assert tables["table1"].number("cifar10/autolora", "AA").display().endswith("(2/3)†")
+    frame = pd.read_csv(io.StringIO(tables["table1"].values_csv()), keep_default_na=False)
+    line = frame[(frame.row == "dtd/vanilla") & (frame.column == "AA")].iloc[0]
+    assert line.not_computed_cells.split(";") == [
+        f"paper/runs/resnet18-eps4/dtd/vanilla/seed{seed}" for seed in SEEDS
+    ]
+    assert line.autoattack == "standard"
+    assert frame[frame.column == "SA"].autoattack.eq("").all()
+
+
+@pytest.mark.parametrize("version", ["standard", "apgd-ce+apgd-t"])
+def test_every_table_with_aa_names_the_autoattack_variant(root, grid, version):
+    for e in grid.entries:
+        if e.table == "table1":
+            values = VALUES[(e.dataset, e.method)][SEEDS.index(e.seed)]
+            write_cell(root, e, metrics_of(*values), autoattack_version=version)
+    tables = build(grid, autoattack_version=version)
+    name = (
+        "reduced AutoAttack (APGD-CE + APGD-T)" if version != "standard" else "standard AutoAttack"
+    )
+    for table in tables.values():
+        assert table.full_title.endswith(f"; AA: {name}")
+        assert f"**{table.full_title}**" in table.to_markdown()
+        assert f"% {table.full_title}" in table.to_latex()
+        (note,) = [n for n in table.footnotes() if n.startswith("AA: ")]
+        assert f"`evaluation.autoattack_version` = {version}" in note
+        assert ("not comparable with the paper" in note) == (version != "standard")
+        assert wrapped_lines(note) <= 3
+        assert table.complete
+
+
+def test_aa_from_another_autoattack_variant_is_refused(root, grid):
+    populate(root, grid)  # standard AutoAttack records
+    with pytest.raises(DataError, match=r"AutoAttack 'standard'.*evaluation\.autoattack_version"):
+        build(grid, autoattack_version="apgd-ce+apgd-t")
+
+
+def test_tables_without_aa_name_no_variant(root):
+    config = {
+        **CONFIG,
+        "tables": {"table3": {"arch": "resnet18", "datasets": ["cifar10"], "ranks": [8]}},
+    }
+    grid = expand_grid(config)
+    for e in grid.entries:
+        write_cell(root, e, metrics_of(80.0, 50.0, None))
+    (table,) = build_tables(
+        grid.entries, "results", "best_test", autoattack_version="apgd-ce+apgd-t"
+    )
+    assert "AutoAttack" not in table.full_title
+    assert not any("AutoAttack" in n or n.startswith("n/a") for n in table.footnotes())
 
 
 def test_a_broken_record_names_the_file(root, grid):
@@ -340,6 +439,22 @@ def test_comparison_differences_and_claims(root, grid):
     assert claims.loc[("dtd", "AA"), "ours"] == HOLDS  # 21.8 > 20.9 > 20.23
 
 
+def test_reduced_autoattack_is_not_set_beside_the_papers_aa(root, grid):
+    for e in grid.entries:
+        if e.table == "table1":
+            values = VALUES[(e.dataset, e.method)][SEEDS.index(e.seed)]
+            write_cell(root, e, metrics_of(*values), autoattack_version="apgd-ce+apgd-t")
+    tables = list(build(grid, autoattack_version="apgd-ce+apgd-t").values())
+    paper = load_paper_results(PAPER_CSV)
+    comparison = comparison_frame(tables, paper).set_index(["table", "row", "column"])
+    assert comparison.loc[("table1", "cifar10/autolora", "PGD10"), "paper"] == 54.27
+    assert math.isnan(comparison.loc[("table1", "cifar10/autolora", "AA"), "paper"])
+    assert math.isnan(comparison.loc[("table8", "table1/cifar10", "vanilla/AA"), "paper"])
+    claims = claims_frame(tables, paper).set_index(["dataset", "metric"])
+    assert "reduced AutoAttack" in claims.loc[("cifar10", "AA"), "note"]
+    assert claims.loc[("cifar10", "PGD10"), "note"] == ""
+
+
 # ---- the command ------------------------------------------------------------------------------
 
 
@@ -386,6 +501,52 @@ def test_aggregate_command_writes_every_output(root, grid):
     assert "dtd/autolora/seed66\tsnakemake results/" in (out / "missing.txt").read_text()
     comparison = pd.read_csv(out / "comparison.csv")
     assert {"ours", "paper", "difference"} <= set(comparison.columns)
+
+
+def aggregate_into(root, config) -> Path:
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    argv = ["aggregate", "--config", "config.yaml", "--out", "report", "--paper", str(PAPER_CSV)]
+    assert main(argv) == 0
+    return root / "report"
+
+
+def status_of(report: Path) -> str:
+    return report.read_text().split("status: ", 1)[1].split("\n", 1)[0]
+
+
+def test_report_status_says_what_is_incomplete_and_why_in_one_sentence(root, grid):
+    config = {**CONFIG, "evaluation": {"autoattack_seeds": [0, 6]}}
+    aa_cells = grid.autoattack_cells(config)
+    for e in grid.entries:
+        if e.table == "table1" and (e.dataset, e.method, e.seed) != ("dtd", "twins", 0):
+            sa, pgd, aa = VALUES[(e.dataset, e.method)][SEEDS.index(e.seed)]
+            write_cell(root, e, metrics_of(sa, pgd, aa if e.cell_id in aa_cells else None))
+    out = aggregate_into(root, config)
+    assert status_of(out / "report.md") == (
+        "**incomplete**: AA not computed for 6 of 18 cells (`evaluation.autoattack_seeds` = "
+        "[0, 6]); no evaluation record yet for 1 of 18 cells (`snakemake` produces them)."
+    )
+    lines = (out / "missing.txt").read_text().splitlines()
+    assert lines[0].startswith("# cells without an evaluation record")
+    assert lines[1] == (
+        "paper/runs/resnet18-eps4/dtd/twins/seed0\t"
+        "snakemake results/paper/runs/resnet18-eps4/dtd/twins/seed0/eval-best_test.json"
+    )
+    assert lines[2].startswith("# cells whose evaluation has no AA")
+    assert lines[3:] == [
+        f"paper/runs/resnet18-eps4/{d}/{m}/seed66\t`evaluation.autoattack_seeds` = [0, 6]"
+        for d in ("cifar10", "dtd")
+        for m in ("autolora", "twins", "vanilla")
+    ]
+
+
+def test_report_status_is_complete_when_every_number_is(root, grid):
+    populate(root, grid)
+    out = aggregate_into(root, CONFIG)
+    assert status_of(out / "report.md") == "complete."
+    assert (out / "missing.txt").read_text() == ""
+    report = (out / "report.md").read_text()
+    assert "; AA: standard AutoAttack**" in report
 
 
 def test_tables_provenance_grid_and_stats_do_not_import_torch():

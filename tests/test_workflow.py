@@ -68,7 +68,7 @@ def paper_dry_run(tmp_path_factory):
     shutil.copy(ROOT / "config" / "paper_results.csv", workdir / "config")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    result = snakemake("-n", "--configfile", str(PAPER_CONFIG), workdir=workdir)
+    result = snakemake("-n", "-p", "--configfile", str(PAPER_CONFIG), workdir=workdir)
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -97,6 +97,41 @@ def test_train_and_evaluate_resources_come_from_the_cost_model(paper_dry_run):
     assert f"runtime={train_limit}," in train and "gpu=1" in train and "mem_mb=48000" in train
     assert f"runtime={eval_limit}," in evaluate and "gpu=1" in evaluate
     assert "eval-best_test.json" in evaluate  # protocol paper reports the best-test checkpoint
+
+
+def evaluate_commands(output: str, results: str) -> dict[str, str]:
+    """Cell id -> the `autolora evaluate` command a dry run (-p) prints for it."""
+    found = re.finditer(r"^Shell command: (.*autolora evaluate --run (\S+) .*)$", output, re.M)
+    return {m.group(2).removeprefix(f"{results}/"): m.group(1) for m in found}
+
+
+def test_the_paper_grid_runs_standard_autoattack_on_tables_1_and_2(paper_dry_run):
+    output, _, _ = paper_dry_run
+    config = load_config(PAPER_CONFIG)
+    grid = expand_grid(config)
+    commands = evaluate_commands(output, "results")
+    assert set(commands) == set(grid.cells)
+    aa_cells = set(grid.cells_of("table1")) | set(grid.cells_of("table2"))
+    for cell, command in commands.items():
+        expected = "--autoattack-version standard" if cell in aa_cells else "--no-autoattack"
+        assert expected in command, command
+
+
+def test_the_demo_runs_reduced_autoattack_on_every_table1_cell(tmp_path):
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config" / "paper_results.csv", tmp_path / "config")
+    config = load_config(ROOT / "config" / "demo.yaml")
+    result = snakemake(
+        "-n", "-p", "--configfile", str(ROOT / "config" / "demo.yaml"), workdir=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    commands = evaluate_commands(result.stdout + result.stderr, config["results"])
+    grid = expand_grid(config)
+    assert set(commands) == set(grid.cells)
+    for cell, command in commands.items():
+        table1 = cell in grid.cells_of("table1")
+        expected = "--autoattack-version apgd-ce+apgd-t" if table1 else "--no-autoattack"
+        assert expected in command, command
 
 
 def local_rules() -> set[str]:
@@ -222,6 +257,18 @@ def test_deleting_one_evaluation_reruns_only_it_and_the_aggregation(tmp_path):
 
     up_to_date = snakemake("-n", "--configfile", str(config), workdir=tmp_path)
     assert "Nothing to be done" in up_to_date.stdout + up_to_date.stderr
+
+    # another AutoAttack variant re-evaluates every AA cell; it retrains nothing
+    with_aa = tmp_path / "with-aa.yaml"
+    evaluation = {"autoattack": True, "autoattack_version": "apgd-ce+apgd-t", "n": 8}
+    with_aa.write_text(yaml.safe_dump({**TINY, "evaluation": evaluation}))
+    variant = snakemake("-n", "--configfile", str(with_aa), workdir=tmp_path)
+    assert job_counts(variant.stdout + variant.stderr) == {
+        "evaluate": 2,
+        "resolve_config": 1,
+        "aggregate": 1,
+        "all": 1,
+    }
 
     (cell / "eval-best_test.json").unlink()
     rerun = snakemake("-n", "--configfile", str(config), workdir=tmp_path)

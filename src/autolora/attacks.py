@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autolora.autoattack_variants import STANDARD, AutoAttackVariant, autoattack_variant
 from autolora.errors import ConfigError
 from autolora.models import RobustNet
 
 AUTOATTACK_LOGGER = "auto-attack"
-AUTOATTACK_VERSION = "standard"
 _INITIAL = re.compile(r"^initial accuracy: (?P<percent>[\d.]+)%$")
 _PERTURBED = re.compile(
     r"^(?P<attack>[\w-]+) - \d+/\d+ - (?P<perturbed>\d+) out of \d+ successfully perturbed$"
@@ -98,12 +98,15 @@ class _FeatureExtractorForward(nn.Module):
 
 @dataclass(frozen=True)
 class AutoAttackResult:
-    """Accuracies in percent; ``progression``: robust accuracy after each attack that ran."""
+    """Accuracies in percent; ``progression``: robust accuracy after each attack that ran;
+    ``version`` and ``attacks``: the variant (``autolora.autoattack_variants``) and its attacks."""
 
     clean_accuracy: float
     robust_accuracy: float
     progression: list[dict[str, Any]]
     n: int
+    version: str = STANDARD
+    attacks: tuple[str, ...] = ()
 
 
 class _Relay(logging.Handler):
@@ -165,18 +168,36 @@ def _rng_devices(device: torch.device) -> list[torch.device]:
 AUTOATTACK_TARGET_CLASSES = 9
 
 
-def _check_enough_classes(model: nn.Module, probe: torch.Tensor) -> None:
-    """Standard AutoAttack's targeted attacks (APGD-T, FAB-T) use the 9 runner-up classes, so a
-    head with fewer than 10 outputs makes pyautoattack fail deep inside with an IndexError."""
+def _check_enough_classes(
+    model: nn.Module, probe: torch.Tensor, variant: AutoAttackVariant
+) -> None:
+    """AutoAttack's targeted attacks (APGD-T, FAB-T) use the 9 runner-up classes, so a head with
+    fewer than 10 outputs makes pyautoattack fail deep inside with an IndexError."""
     with torch.no_grad(), eval_mode(model):
         num_outputs = int(_FeatureExtractorForward(model)(probe).shape[1])
     if num_outputs <= AUTOATTACK_TARGET_CLASSES:
         raise ConfigError(
-            f"standard AutoAttack needs at least {AUTOATTACK_TARGET_CLASSES + 1} classes (its "
+            f"{variant.label} needs at least {AUTOATTACK_TARGET_CLASSES + 1} classes (its "
             f"targeted attacks use the {AUTOATTACK_TARGET_CLASSES} runner-up classes), but the "
             f"model has {num_outputs} outputs: use a dataset with more classes or set "
             "`evaluation.autoattack: false` in the config (`--no-autoattack` on the command line)"
         )
+
+
+def _autoattack(forward: nn.Module, variant: AutoAttackVariant, **options: Any):
+    """pyautoattack's AutoAttack running ``variant``: its ``standard`` version, or its ``custom``
+    version with the variant's attacks set up as the standard version sets them."""
+    from pyautoattack import AutoAttack
+
+    if variant.is_standard:
+        return AutoAttack(forward, version="standard", **options)
+    attack = AutoAttack(forward, version="custom", attacks=list(variant.attacks), **options)
+    # The values pyautoattack's standard version gives these attacks under L-inf (its
+    # constructor's defaults differ: APGD-CE would run 5 restarts instead of 1).
+    attack.apgd.n_restarts = 1
+    attack.apgd_targeted.n_restarts = 1
+    attack.apgd_targeted.n_target_classes = AUTOATTACK_TARGET_CLASSES
+    return attack
 
 
 def autoattack_evaluation(
@@ -188,19 +209,20 @@ def autoattack_evaluation(
     device: str | torch.device,
     batch_size: int = 250,
     seed: int = 0,
+    version: str = STANDARD,
     log: Callable[[str], None] | None = None,
 ) -> AutoAttackResult:
-    """Standard L-inf AutoAttack (APGD-CE, APGD-T, FAB-T, Square) of the FE forward, eval mode.
+    """L-inf AutoAttack of the FE forward in eval mode: ``version`` ``standard`` (APGD-CE,
+    APGD-T, FAB-T, Square; the paper's) or a reduced variant of ``autolora.autoattack_variants``.
 
     ``model`` must already be on ``device``. Clean and robust accuracy come from AutoAttack's own
     outputs; the progression is rebuilt exactly from its per-batch counts of perturbed points.
     AutoAttack's log (DEBUG on ``auto-attack``) goes to ``log``, or to this module's logger at
     INFO. The caller's random state is left untouched.
     """
-    from pyautoattack import AutoAttack
-
+    variant = autoattack_variant(version)
     device = torch.device(device)
-    _check_enough_classes(model, x[:1])
+    _check_enough_classes(model, x[:1], variant)
     sink = log if log is not None else logger.info
     forward = _FeatureExtractorForward(model)
     with (
@@ -208,9 +230,7 @@ def autoattack_evaluation(
         _captured_autoattack_log(sink) as relay,
         torch.random.fork_rng(devices=_rng_devices(device)),
     ):
-        attack = AutoAttack(
-            forward, device=device, eps=eps, norm="Linf", seed=seed, version=AUTOATTACK_VERSION
-        )
+        attack = _autoattack(forward, variant, device=device, eps=eps, norm="Linf", seed=seed)
         _, y_adv = attack.run_standard_evaluation(x, y, batch_size=batch_size)
     n = int(y.shape[0])
     robust = int((y_adv.cpu() == y.cpu()).sum())
@@ -227,4 +247,6 @@ def autoattack_evaluation(
         robust_accuracy=100.0 * robust / n,
         progression=progression,
         n=n,
+        version=variant.name,
+        attacks=variant.attacks,
     )

@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from autolora.autoattack_variants import configured_variant
 from autolora.cells import CellConfig, resolve_cell
 from autolora.errors import ConfigError
 
@@ -33,7 +34,8 @@ VALIDATION_FRACTION = 0.05  # synthetic datasets: the 5% seeded split
 class CostModel:
     train_images_per_s: float = 150.0  # vanilla RFT, ResNet-18, 224², one GPU, attack included
     eval_images_per_s: float = 600.0  # PGD-10 evaluation (no update), ResNet-18
-    autoattack_images_per_s: float = 12.0  # standard AutoAttack, ResNet-18
+    # standard AutoAttack, ResNet-18; a reduced variant takes its relative_cost of this time
+    autoattack_images_per_s: float = 12.0
     backbone: dict[str, float] = field(
         default_factory=lambda: {"resnet18": 1.0, "resnet50": 2.6, "tiny": 1.0}
     )
@@ -107,14 +109,15 @@ def evaluate_minutes(
     *,
     autoattack: bool = True,
 ) -> float:
-    """Expected minutes of SA + PGD-10 (+ AutoAttack when ``autoattack`` and the cell enables it)
-    on ``n`` test images (None: all)."""
+    """Expected minutes of SA + PGD-10 (+ AutoAttack when ``autoattack`` and the cell enables it,
+    in the config's ``evaluation.autoattack_version``) on ``n`` test images (None: all)."""
     cell = _resolved(spec)
     test = dataset_sizes(config, cell.dataset)[2]
     images = min(test, n) if n else test
     per_image_s = 2.0 / model.eval_images_per_s  # SA pass + PGD-10 pass
     if autoattack and cell.autoattack.enabled:
-        per_image_s += 1.0 / model.autoattack_images_per_s
+        variant = configured_variant(config)
+        per_image_s += variant.relative_cost / model.autoattack_images_per_s
     return model.factor("backbone", cell.arch) * images * per_image_s / 60.0
 
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from autolora import records
 from autolora.attacks import autoattack_evaluation, eval_mode, pgd
+from autolora.autoattack_variants import STANDARD, autoattack_variant
 from autolora.errors import ConfigError, DataError
 from autolora.io import sha256_file, write_json
 
@@ -171,6 +172,7 @@ def evaluate_run(
     out: str | os.PathLike,
     n: int | None = None,
     autoattack: bool | None = None,
+    autoattack_version: str = STANDARD,
     device: str | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
@@ -178,7 +180,8 @@ def evaluate_run(
     examples, ``stratified_subset``, when ``n`` is given) and write the record.
 
     ``n`` and ``autoattack`` default to the cell's ``autoattack`` settings; ``device`` to its
-    ``runtime.device``.
+    ``runtime.device``; ``autoattack_version`` names the AutoAttack variant
+    (``autolora.autoattack_variants``: ``standard``, the paper's, or a reduced one).
     """
     from autolora.cells import CellConfig
     from autolora.checkpoints import load_verified_weights
@@ -218,6 +221,7 @@ def evaluate_run(
     if n is not None and n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     run_autoattack = config.autoattack.enabled if autoattack is None else autoattack
+    variant = autoattack_variant(autoattack_version)
     torch_device = resolve_device(device or config.runtime.device)
 
     verified += check_same_data(run_record, data_dir, run_dir)
@@ -285,17 +289,19 @@ def evaluate_run(
             device=torch_device,
             batch_size=config.autoattack.batch_size,
             seed=config.seed,
+            version=variant.name,
         )
         aa = result.robust_accuracy
         autoattack_record = {
-            "version": "standard",
+            "version": result.version,
+            "attacks": list(result.attacks),
             "package": records.package_versions(("pyautoattack",))["pyautoattack"],
             "progression": result.progression,
             "clean_accuracy": result.clean_accuracy,
             "seed": config.seed,
             "batch_size": config.autoattack.batch_size,
         }
-        logger.info("%s %s: AutoAttack %.2f", config.cell_id, name, aa)
+        logger.info("%s %s: %s %.2f", config.cell_id, name, variant.label, aa)
 
     metadata = run_record["checkpoints"][name]
     scheme = config.split_scheme

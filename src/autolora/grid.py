@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from autolora.autoattack_variants import configured_variant
 from autolora.cells import GRAD_SIMILARITY_METHODS, cell_id, format_number, resolve_cell
 from autolora.errors import ConfigError
 from autolora.protocol import protocol_choices
@@ -111,6 +112,35 @@ class Grid:
             and (datasets is None or e.dataset in datasets)
         }
 
+    def autoattack_skip_reasons(self, config: Mapping[str, Any]) -> dict[str, str]:
+        """Why each cell outside ``autoattack_cells`` gets no AutoAttack: the config keys and
+        values that exclude it (e.g. "`evaluation.autoattack_seeds` = [0]"), for footnotes."""
+        evaluation = config.get("evaluation") or {}
+        if not evaluation.get("autoattack", True):
+            return {cell: "`evaluation.autoattack` = false" for cell in self.cells}
+        tables = evaluation.get("autoattack_tables") or AUTOATTACK_TABLES
+        default = "" if evaluation.get("autoattack_tables") else " (default)"
+        seeds = evaluation.get("autoattack_seeds")
+        datasets = evaluation.get("autoattack_datasets")
+        tables_of: dict[str, set[str]] = {}
+        for e in self.entries:
+            tables_of.setdefault(e.cell_id, set()).add(e.table)
+        included = self.autoattack_cells(config)
+        reasons: dict[str, str] = {}
+        for key, spec in self.cells.items():
+            if key in included:
+                continue
+            if not tables_of.get(key, set()) & set(tables):
+                reasons[key] = f"`evaluation.autoattack_tables` = {_flow_list(tables)}{default}"
+                continue
+            excluded_by = []
+            if seeds is not None and spec["seed"] not in seeds:
+                excluded_by.append(f"`evaluation.autoattack_seeds` = {_flow_list(seeds)}")
+            if datasets is not None and spec["dataset"] not in datasets:
+                excluded_by.append(f"`evaluation.autoattack_datasets` = {_flow_list(datasets)}")
+            reasons[key] = " and ".join(excluded_by)
+        return reasons
+
     @property
     def tables(self) -> list[str]:
         return list(dict.fromkeys(e.table for e in self.entries))
@@ -123,6 +153,10 @@ class Grid:
     def weights(self) -> list[tuple[str, float]]:
         """The (arch, ε_pt) pairs of the backbones the cells start from."""
         return sorted({(spec["arch"], spec["eps_pt"]) for spec in self.cells.values()})
+
+
+def _flow_list(values: Iterable[Any]) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
 
 
 # ---- loading and checking ----------------------------------------------------------------------
@@ -176,9 +210,17 @@ def check_config(config: Any) -> dict[str, Any]:
     evaluation = config.get("evaluation") or {}
     _reject_unknown(
         evaluation,
-        ("autoattack", "n", "autoattack_seeds", "autoattack_tables", "autoattack_datasets"),
+        (
+            "autoattack",
+            "autoattack_version",
+            "n",
+            "autoattack_seeds",
+            "autoattack_tables",
+            "autoattack_datasets",
+        ),
         "evaluation.",
     )
+    configured_variant(config)  # raises on an unknown variant
     unknown_datasets = set(evaluation.get("autoattack_datasets") or []) - set(datasets)
     if unknown_datasets:
         raise ConfigError(

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from autolora.errors import DataError
 from autolora.io import atomic_path, read_verified
@@ -99,6 +100,13 @@ def draw_figure(
     series: Sequence[MethodSeries], *, title: str, ylabel: str, path: str | Path
 ) -> None:
     """Write a PNG with one line (+ std band) per method; an empty plot says that no data exist yet."""
+    figure = build_figure(series, title=title, ylabel=ylabel)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def build_figure(series: Sequence[MethodSeries], *, title: str, ylabel: str) -> Figure:
+    """The figure ``draw_figure`` writes: epochs on integer ticks only."""
     figure = Figure(figsize=FIGURE_SIZE_IN, dpi=FIGURE_DPI)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -130,11 +138,11 @@ def draw_figure(
         axes.legend()
     axes.set_title(title, fontsize=10)
     axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no tick at epoch 1.25
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
+    return figure
 
 
 def figure_path(out_dir: str | Path, column: str, arch: str, dataset: str) -> Path:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autolora.autoattack_variants import STANDARD, record_variant
 from autolora.errors import ChecksumError, ConfigError
 from autolora.provenance import find_number, load_index, number_value, same_value
 from autolora.records import read_record
@@ -57,6 +58,8 @@ def _evaluation_arguments(record: dict[str, Any], root: Path, metric: str) -> di
         "checkpoint": record["checkpoint"]["name"],
         "n": record.get("n"),
         "autoattack": metric == "AA",
+        # the AutoAttack variant the recorded AA came from (records without one ran standard)
+        "autoattack_version": record_variant(record) or STANDARD,
     }
 
 
@@ -105,15 +108,17 @@ def recompute_number(
                 out=out,
                 n=arguments["n"],
                 autoattack=arguments["autoattack"],
+                autoattack_version=arguments["autoattack_version"],
                 device=device,
                 command="autolora audit --recompute",
             )
             value = fresh["metrics"][metric]
             recomputed_seeds.append({**seed, "value": value})
+            attack = f", AutoAttack {arguments['autoattack_version']}" if metric == "AA" else ""
             words = (
                 f"  {label}seed {seed['seed']}: {metric} recorded {_shown(seed['value'])}, "
                 f"recomputed {_shown(value)} from {arguments['checkpoint']} "
-                f"(n={fresh['n']}, cell {seed['cell_id']})"
+                f"(n={fresh['n']}{attack}, cell {seed['cell_id']})"
             )
             if _close(value, seed["value"], tolerance):
                 say(words + ": same")

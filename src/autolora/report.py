@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import os
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,17 +59,40 @@ def report_markdown(inputs: ReportInputs, out_dir: str | Path) -> str:
 def _summary(inputs: ReportInputs) -> str:
     numbers = [n for t in inputs.tables for n in t.numbers if n.kind != "ratio"]
     complete = sum(n.complete for n in numbers)
-    missing = sorted({c for t in inputs.tables for c in t.missing_cells})
-    status = (
-        "complete"
-        if not missing and complete == len(numbers)
-        else f"**incomplete**: {len(missing)} cell(s) without an evaluation record"
-    )
     return (
         f"Configuration `{inputs.config_path}`, results under `{inputs.results_root}`. "
         f"{complete} of {len(numbers)} reported numbers are complete over all configured seeds; "
-        f"status: {status}."
+        f"status: {status_text(inputs.tables)}."
     )
+
+
+def status_text(tables: Sequence[Table]) -> str:
+    """The report's status: complete, or incomplete with what is missing and why (one sentence)."""
+    cells = {c for t in tables for c in t.cells}
+    missing = {c for t in tables for c in t.missing_cells}
+    aa_cells = {c for t in tables for c in t.autoattack_cells}
+    gaps = [
+        f"AA not computed for {len(group)} of {len(aa_cells)} cells ({reason})"
+        for reason, group in cells_without_aa(tables).items()
+    ]
+    if missing:
+        gaps.append(
+            f"no evaluation record yet for {len(missing)} of {len(cells)} cells "
+            "(`snakemake` produces them)"
+        )
+    numbers = [n for t in tables for n in t.numbers if n.kind != "ratio"]
+    if not gaps and any(not n.complete for n in numbers):
+        gaps.append(f"{sum(not n.complete for n in numbers)} numbers are incomplete")
+    return "**incomplete**: " + "; ".join(gaps) if gaps else "complete"
+
+
+def cells_without_aa(tables: Sequence[Table]) -> dict[str, set[str]]:
+    """The cells whose AA was not computed, over all tables, grouped by the reason."""
+    groups: dict[str, set[str]] = {}
+    for table in tables:
+        for reason, cells in table.not_computed_by_reason().items():
+            groups.setdefault(reason, set()).update(cells)
+    return groups
 
 
 def _protocol_section(inputs: ReportInputs) -> str:
@@ -127,15 +151,20 @@ def _figures_section(inputs: ReportInputs, out_dir: Path) -> str:
 
 def _missing_section(inputs: ReportInputs) -> str:
     missing = {c: t.eval_target(c) for t in inputs.tables for c in t.missing_cells}
+    without_aa = cells_without_aa(inputs.tables)
+    lines = ["## Missing cells"]
     if not missing:
-        return "## Missing cells\n\nNone: every configured cell has an evaluation record."
-    lines = [
-        "## Missing cells",
-        f"{len(missing)} cell(s) have no evaluation record; `snakemake` produces all of them, "
-        "or one at a time:",
-        "",
-    ]
-    lines += [f"- `{cell}`: `snakemake {target}`" for cell, target in sorted(missing.items())]
+        lines.append("None: every configured cell has an evaluation record.")
+    else:
+        lines += [
+            f"{len(missing)} cell(s) have no evaluation record; `snakemake` produces all of "
+            "them, or one at a time:",
+            "",
+        ]
+        lines += [f"- `{cell}`: `snakemake {target}`" for cell, target in sorted(missing.items())]
+    if without_aa:
+        lines += ["", "Evaluated without AA (each cell and why: `missing.txt`):", ""]
+        lines += [f"- {len(group)} cells: {reason}" for reason, group in without_aa.items()]
     return "\n".join(lines)
 
 
@@ -149,14 +178,33 @@ def _provenance_section(inputs: ReportInputs, out_dir: Path) -> str:
     lines += [f"- [{p.name}]({_rel(p, out_dir)})" for p in inputs.indices]
     lines += [
         "",
-        "Trace one number and re-verify every hash on its chain, or check all of them:",
+        "Trace one number and re-verify every hash on its chain, or check all of them "
+        "(from the folder the workflow ran in):",
         "",
         "```",
-        "autolora audit --index <this folder> table1 cifar10/autolora PGD10",
-        "autolora audit --index <this folder> --all",
+        *audit_examples(inputs.tables, out_dir),
         "```",
     ]
     return "\n".join(lines)
+
+
+def example_number(tables: Sequence[Table]) -> tuple[str, str, str] | None:
+    """(table, row, column) of a number these tables have: a complete mean, AA if there is one."""
+    means = [(t.name, n) for t in tables for n in t.numbers if n.kind == "mean"]
+    pool = [(t, n) for t, n in means if n.complete] or means
+    preferred = [(t, n) for t, n in pool if n.metric == "AA"] or pool
+    if not preferred:
+        return None
+    table, number = preferred[0]
+    return table, number.row, number.column
+
+
+def audit_examples(tables: Sequence[Table], out_dir: Path) -> list[str]:
+    """The audit commands the report shows, naming this folder and a number it has."""
+    index = shlex.quote(str(out_dir))
+    example = example_number(tables)
+    one = [f"autolora audit --index {index} {shlex.join(example)}"] if example else []
+    return [*one, f"autolora audit --index {index} --all"]
 
 
 def _rel(path: Path, out_dir: Path) -> str:

@@ -4,8 +4,9 @@ A table is built from the grid's ``TableEntry`` list (one entry per cell and see
 root; nothing here parses the workflow config. Every number keeps the cells and seeds behind it, so
 that the provenance index (``autolora.provenance``) and the paper comparison (``autolora.compare``)
 can follow it. Cells read "mean ± std (n)"; a mean over fewer seeds than configured reads
-"mean ± std (n/N)†" and a number with no seed at all reads "—"; footnotes list the missing cells
-and the command that produces each.
+"mean ± std (n/N)†" and a number with no seed at all reads "—" (or "n/a" where the metric was not
+computed). Footnotes give each gap once, by cause, with a count and the config key or command that
+explains it; the cells themselves are listed in ``missing.txt`` and the values CSV.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from autolora.autoattack_variants import (
+    CONFIG_KEY,
+    STANDARD,
+    AutoAttackVariant,
+    autoattack_variant,
+    record_variant,
+)
 from autolora.errors import DataError
 from autolora.records import read_record
 from autolora.stats import (
@@ -40,6 +48,12 @@ DEFAULT_RANK = 8
 DEFAULT_ALPHA = 1.0
 RATIO_ROW = "param_ratio"  # LoRa parameters created (what the paper's Table 3 counts)
 RATIO_USED_ROW = "param_ratio_used"  # those the LoRa forward uses (lora_blocks: last)
+AUTOATTACK_METRIC = "AA"
+CELL_LIST_FILE = "missing.txt"  # written by `autolora aggregate`: every cell a footnote counts
+NO_AA_IN_RECORD = (
+    "their evaluation records have no AA (evaluated with `--no-autoattack`); delete them and "
+    "rerun `snakemake`"
+)
 
 METRIC_LABELS = {"SA": "SA", "PGD10": "PGD-10", "AA": "AA", "ratio": "ratio (%)"}
 DATASET_LABELS = {
@@ -100,11 +114,16 @@ def parameter_ratio_pct(lora_parameters: int, feature_extractor_parameters: int)
 
 
 class EvaluationStore:
-    """Reads the evaluation records ``<results>/<cell_id>/eval-<checkpoint>.json``, each once."""
+    """Reads the evaluation records ``<results>/<cell_id>/eval-<checkpoint>.json``, each once;
+    a record whose AA comes from another AutoAttack variant than ``autoattack_version`` is
+    refused, so that no mean mixes variants."""
 
-    def __init__(self, results_root: str | Path, checkpoint: str):
+    def __init__(
+        self, results_root: str | Path, checkpoint: str, autoattack_version: str = STANDARD
+    ):
         self.results_root = Path(results_root)
         self.checkpoint = checkpoint
+        self.autoattack_version = autoattack_version
         self._records: dict[str, dict | None] = {}
 
     def path(self, cell_id: str) -> Path:
@@ -124,6 +143,13 @@ class EvaluationStore:
         problem = _evaluation_problem(record, cell_id, self.checkpoint)
         if problem:
             raise DataError(f"{path}: {problem}; delete it and rerun `snakemake {path}`")
+        evaluated_with = record_variant(record)
+        if evaluated_with not in (None, self.autoattack_version):
+            raise DataError(
+                f"{path}: its AA comes from AutoAttack {evaluated_with!r}, the config asks for "
+                f"{self.autoattack_version!r} (`{CONFIG_KEY}`); rerun `snakemake` "
+                "to re-evaluate, or set the key back"
+            )
         return record
 
 
@@ -186,7 +212,9 @@ class Number:
 
     @property
     def complete(self) -> bool:
-        return all(s.status == "ok" for s in self.seeds) and not math.isnan(self.value)
+        """Every seed has a value (a p-value of two zero-variance groups stays undefined)."""
+        defined = not math.isnan(self.value) or (self.kind == "p_value" and self.n > 0)
+        return all(s.status == "ok" for s in self.seeds) and defined
 
     def display(self) -> str:
         if self.kind == "ratio":
@@ -195,9 +223,12 @@ class Number:
             return self._display_p_value()
         return self._display_mean()
 
+    def _none_display(self) -> str:
+        return NOT_COMPUTED if self.not_computed_cells and not self.missing_cells else MISSING
+
     def _display_mean(self) -> str:
         if self.n == 0:
-            return NOT_COMPUTED if self.not_computed_cells and not self.missing_cells else MISSING
+            return self._none_display()
         spread = f" ± {self.std:.2f}" if self.n > 1 else ""
         if self.n == self.expected:
             return f"{self.value:.2f}{spread} ({self.n})"
@@ -205,7 +236,7 @@ class Number:
 
     def _display_p_value(self) -> str:
         if self.n == 0:
-            return MISSING
+            return self._none_display()
         if math.isnan(self.value):
             return NOT_COMPUTED
         text = format_p_value(self.value)
@@ -592,6 +623,9 @@ class Table:
     results_root: str = "results"
     checkpoint: str = "best_test"
     arch: str = ""
+    autoattack: AutoAttackVariant = field(default_factory=lambda: autoattack_variant(STANDARD))
+    # cell id -> the config keys that leave it without AA (autolora.grid.autoattack_skip_reasons)
+    not_computed_reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def rows(self) -> list[str]:
@@ -611,6 +645,33 @@ class Table:
     @property
     def not_computed_cells(self) -> list[str]:
         return sorted({c for n in self.numbers for c in n.not_computed_cells})
+
+    @property
+    def cells(self) -> list[str]:
+        """Every cell behind a number of this table."""
+        return sorted({s.cell_id for n in self.numbers for s in n.seeds})
+
+    @property
+    def autoattack_cells(self) -> list[str]:
+        """The cells behind this table's AA numbers (none: the table reports no AA)."""
+        return sorted(
+            {s.cell_id for n in self.numbers if n.metric == AUTOATTACK_METRIC for s in n.seeds}
+        )
+
+    def not_computed_by_reason(self) -> dict[str, list[str]]:
+        """The cells without AA, grouped by what explains it (a config key, or the record)."""
+        groups: dict[str, list[str]] = {}
+        for cell in self.not_computed_cells:
+            reason = self.not_computed_reasons.get(cell) or NO_AA_IN_RECORD
+            groups.setdefault(reason, []).append(cell)
+        return groups
+
+    @property
+    def full_title(self) -> str:
+        """The title, naming the AutoAttack variant when the table reports AA."""
+        if not self.autoattack_cells:
+            return self.title
+        return f"{self.title}; AA: {self.autoattack.label}"
 
     @property
     def complete(self) -> bool:
@@ -646,6 +707,8 @@ class Table:
                         for s in n.seeds
                     ),
                     "missing_cells": ";".join(n.missing_cells),
+                    "not_computed_cells": ";".join(n.not_computed_cells),
+                    "autoattack": self.autoattack.name if n.metric == AUTOATTACK_METRIC else "",
                 }
             )
         return pd.DataFrame(lines)
@@ -654,8 +717,11 @@ class Table:
         return f"{self.results_root.rstrip('/')}/{cell_id}/eval-{self.checkpoint}.json"
 
     def footnotes(self) -> list[str]:
-        """Plain-text notes printed under the table (conventions first, then what is missing)."""
+        """Notes printed under the table: conventions first, then each gap once, by cause, with
+        a count and the config key or command that explains it (cells: ``missing.txt``)."""
         notes = list(self.notes)
+        if self.autoattack_cells:
+            notes.append(self.autoattack.footnote())
         if any(n.kind == "mean" and n.n and n.n < n.expected for n in self.numbers):
             notes.append(
                 f"{INCOMPLETE_MARK} mean over fewer seeds than configured (n/N): "
@@ -663,10 +729,11 @@ class Table:
             )
         if any(n.kind == "p_value" and n.n and not n.complete for n in self.numbers):
             notes.append(f"{INCOMPLETE_MARK} p-value from fewer seeds than configured.")
-        if self.not_computed_cells:
+        aa_cells = len(self.autoattack_cells)
+        for reason, cells in self.not_computed_by_reason().items():
             notes.append(
-                f"{NOT_COMPUTED}: metric not computed in the evaluation record (AA with "
-                "AutoAttack disabled) — cells: " + ", ".join(self.not_computed_cells)
+                f"{NOT_COMPUTED}: AA not computed for {len(cells)} of {aa_cells} cells: {reason} "
+                f"(the cells: {CELL_LIST_FILE})."
             )
         notes += sorted(
             {
@@ -679,11 +746,10 @@ class Table:
             notes.append(f"{NOT_COMPUTED} (p-value): undefined, both groups have zero variance.")
         if self.missing_cells:
             notes.append(
-                f"{MISSING} / missing seeds: {len(self.missing_cells)} cell(s) have no "
-                f"evaluation record yet; `snakemake` (rule all) produces all of them, "
-                "or one at a time:"
+                f"{MISSING}: no evaluation record yet for {len(self.missing_cells)} of "
+                f"{len(self.cells)} cells; `snakemake` produces them (each cell and its command: "
+                f"{CELL_LIST_FILE})."
             )
-            notes += [f"  {c}: snakemake {self.eval_target(c)}" for c in self.missing_cells]
         return notes
 
     # ---- rendering
@@ -698,19 +764,14 @@ class Table:
         frame = self.display_frame()
         header = ["row", *frame.columns]
         lines = [
-            f"**{self.title}**",
+            f"**{self.full_title}**",
             "",
             _md_row(header),
             _md_row(["---"] + ["--:"] * len(frame.columns)),
+            *(_md_row([row, *frame.loc[row]]) for row in frame.index),
+            "",  # Markdown needs a blank line before the notes' paragraph
+            *(note + "  " for note in self.footnotes()),  # two trailing spaces: a line break
         ]
-        lines += [_md_row([row, *frame.loc[row]]) for row in frame.index]
-        previous_was_item = True
-        for note in self.footnotes():
-            is_item = note.startswith("  ")
-            if is_item != previous_was_item:
-                lines.append("")  # Markdown needs a blank line before a paragraph or a list
-            lines.append(_md_note(note))
-            previous_was_item = is_item
         return "\n".join(lines) + "\n"
 
     def to_latex(self) -> str:
@@ -718,7 +779,7 @@ class Table:
         spec = "l" + "r" * len(frame.columns)
         header = [""] + [_latex_column(c) for c in frame.columns]
         lines = [
-            "% " + self.title,
+            "% " + self.full_title,
             f"\\begin{{tabular}}{{{spec}}}",
             "\\toprule",
             " & ".join(header) + r" \\",
@@ -728,14 +789,11 @@ class Table:
             cells = [_latex_row_label(row)] + [_latex_cell(v) for v in frame.loc[row]]
             lines.append(" & ".join(cells) + r" \\")
         lines.append("\\bottomrule")
-        for note in self.footnotes():  # notes visible under the table; cell lists as comments
-            if note.startswith("  "):
-                lines.append(f"%{note}")
-            else:
-                text = latex_escape(note.replace("`", ""))
-                lines.append(
-                    f"\\multicolumn{{{len(frame.columns) + 1}}}{{l}}{{\\footnotesize {text}}} \\\\"
-                )
+        for note in self.footnotes():
+            text = latex_escape(note.replace("`", ""))
+            lines.append(
+                f"\\multicolumn{{{len(frame.columns) + 1}}}{{l}}{{\\footnotesize {text}}} \\\\"
+            )
         lines.append("\\end{tabular}")
         return "\n".join(lines) + "\n"
 
@@ -748,11 +806,20 @@ def build_tables(
     table8_sources: Sequence[str] = (),
     welch: bool = False,
     parameter_counts: ParameterCounts | None = None,
+    autoattack_version: str = STANDARD,
+    not_computed_reasons: Mapping[str, str] | None = None,
 ) -> list[Table]:
     """Every table present in ``entries`` (plus Table 8 over ``table8_sources``), in paper order.
+
     ``parameter_counts``: {(arch, rank): ``autolora.models.parameter_counts(...)``} for Table 3's
-    ratio (not computed without them)."""
-    store = EvaluationStore(results_root, checkpoint)
+    ratio (not computed without them). ``autoattack_version``: the AutoAttack variant every AA
+    number must come from (named in the titles and footnotes); ``not_computed_reasons``: cell id
+    -> the config keys that leave it without AA (``autolora.grid.Grid.autoattack_skip_reasons``),
+    for the footnotes.
+    """
+    variant = autoattack_variant(autoattack_version)
+    reasons = dict(not_computed_reasons or {})
+    store = EvaluationStore(results_root, checkpoint, variant.name)
     by_table = _group(entries, lambda e: e.table)
     conventions = [
         f"Values in %, mean ± std (n) over seeds; {STD_DESCRIPTION}.",
@@ -786,7 +853,19 @@ def build_tables(
         archs = {e.arch for e in used or []}
         arch = archs.pop() if len(archs) == 1 else ""
         title = TABLE_TITLES[name] + (f" ({ARCH_LABELS.get(arch, arch)})" if arch else "")
-        tables.append(Table(name, title, numbers, notes, str(results_root), checkpoint, arch))
+        tables.append(
+            Table(
+                name,
+                title,
+                numbers,
+                notes,
+                str(results_root),
+                checkpoint,
+                arch,
+                autoattack=variant,
+                not_computed_reasons=reasons,
+            )
+        )
     return tables
 
 
@@ -819,13 +898,6 @@ def _layout(
 
 def _md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-
-def _md_note(note: str) -> str:
-    if note.startswith("  "):
-        cell, _, command = note.strip().partition(": ")
-        return f"- `{cell}`: `{command}`"
-    return note + "  "
 
 
 LATEX_ESCAPES = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#"}

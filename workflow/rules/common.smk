@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from autolora import costmodel
+from autolora.autoattack_variants import configured_variant
 from autolora.errors import AutoloraError
 from autolora.grid import expand_grid, reported_checkpoint, train_checkpoints
 
@@ -24,6 +25,7 @@ REPORT = f"{RESULTS}/{PROTOCOL}"
 REPORTED_CHECKPOINT = reported_checkpoint(config)
 COST = costmodel.CostModel.from_config(config)
 AUTOATTACK_CELLS = GRID.autoattack_cells(config)
+AUTOATTACK_VARIANT = configured_variant(config)
 CELL = f"{RESULTS}/{{protocol}}/runs/{{arch}}-eps{{eps}}/{{dataset}}/{{method}}/seed{{seed}}"
 CONDA_ENV = "../../envs/autolora.yaml"
 
@@ -119,7 +121,9 @@ def train_slurm_extra(wildcards):
 def evaluation_options(wildcards):
     n = config["evaluation"].get("n")
     options = [f"--n {int(n)}"] if n else []
-    if cell_id(wildcards) not in AUTOATTACK_CELLS:
+    if cell_id(wildcards) in AUTOATTACK_CELLS:
+        options.append(f"--autoattack-version {AUTOATTACK_VARIANT.name}")
+    else:
         options.append("--no-autoattack")
     return " ".join(options)
 

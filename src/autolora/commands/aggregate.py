@@ -7,7 +7,8 @@ Output folder layout::
     comparison.{csv,md}, claims.csv paper vs ours, and the paper's qualitative claims
     figures/<kind>-<arch>-<dataset>.png
     provenance/<table>.json         sidecar index read by `autolora audit`
-    missing.txt                     cells without an evaluation record and the command for each
+    missing.txt                     cells without an evaluation record and the command for each;
+                                    cells without AA and the config key that explains it
     report.md, report.html          the reproduction report
     provenance/results.json         every file above with its sha256, written last; its sha256 is
                                     the folder's seal (`autolora audit --all --seal`)
@@ -72,6 +73,7 @@ def table3_parameter_counts(grid) -> dict[tuple[str, int], dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     from autolora import grid as grid_module
+    from autolora.autoattack_variants import configured_variant
     from autolora.protocol import protocol_choices
 
     config = grid_module.load_config(args.config)
@@ -92,13 +94,30 @@ def run(args: argparse.Namespace) -> int:
         seeds=grid_module.seeds(config),
         config_path=str(args.config),
         parameter_counts=table3_parameter_counts(grid),
+        autoattack_version=configured_variant(config).name,
+        not_computed_reasons=grid.autoattack_skip_reasons(config),
     )
-    missing = outputs["missing"]
+    missing, not_computed = outputs["missing"], outputs["not_computed"]
     print(
         f"aggregate: {len(outputs['tables'])} table(s), {outputs['numbers']} number(s), "
-        f"{len(missing)} missing cell(s); report {out / 'report.md'}; seal {outputs['seal']}"
+        f"{len(missing)} missing cell(s), {len(not_computed)} without AA; "
+        f"report {out / 'report.md'}; seal {outputs['seal']}"
     )
     return 0
+
+
+def cell_list_text(missing: Mapping[str, str], not_computed: Mapping[str, str]) -> str:
+    """``missing.txt``: one line per cell, tab-separated, under a comment naming the columns:
+    cells without an evaluation record and the command that produces each, then cells whose
+    record has no AA and why (empty when nothing is missing)."""
+    lines = []
+    if missing:
+        lines.append("# cells without an evaluation record\tthe command that produces it")
+        lines += [f"{cell}\tsnakemake {target}" for cell, target in missing.items()]
+    if not_computed:
+        lines.append("# cells whose evaluation has no AA\twhy")
+        lines += [f"{cell}\t{reason}" for cell, reason in not_computed.items()]
+    return "".join(f"{line}\n" for line in lines)
 
 
 def aggregate(
@@ -117,6 +136,8 @@ def aggregate(
     config_path: str = "",
     root: str | Path = ".",
     parameter_counts: Mapping[tuple[str, int], Mapping[str, Any]] | None = None,
+    autoattack_version: str = "standard",
+    not_computed_reasons: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Everything `aggregate` writes, from table entries; returns what was written.
     ``parameter_counts``: Table 3's counts (``table3_parameter_counts``)."""
@@ -137,7 +158,7 @@ def aggregate(
     )
     from autolora.report import ReportInputs, write_report
     from autolora.stats import ttest_kind
-    from autolora.tables import build_tables
+    from autolora.tables import CELL_LIST_FILE, build_tables
 
     out_dir = Path(out_dir)
     entries = list(entries)
@@ -150,6 +171,8 @@ def aggregate(
         table8_sources=table8,
         welch=welch,
         parameter_counts=parameter_counts,
+        autoattack_version=autoattack_version,
+        not_computed_reasons=not_computed_reasons,
     )
     table_files: dict[str, list[Path]] = {}
     for table in tables:
@@ -201,8 +224,15 @@ def aggregate(
     report_files = write_report(inputs, out_dir)
     missing = {c: t.eval_target(c) for t in tables for c in t.missing_cells}
     missing = dict(sorted(missing.items()))
-    with atomic_write(out_dir / "missing.txt") as handle:
-        handle.writelines(f"{cell}\tsnakemake {target}\n" for cell, target in missing.items())
+    not_computed = {
+        cell: reason
+        for t in tables
+        for reason, cells in t.not_computed_by_reason().items()
+        for cell in cells
+    }
+    not_computed = dict(sorted(not_computed.items()))
+    with atomic_write(out_dir / CELL_LIST_FILE) as handle:
+        handle.write(cell_list_text(missing, not_computed))
     results_index = build_results_index(
         root=root,
         protocol=protocol,
@@ -213,7 +243,7 @@ def aggregate(
             "claims": [out_dir / "claims.csv"],
             "figure": sorted(figures),
             "report": list(report_files),
-            "missing cells": [out_dir / "missing.txt"],
+            "missing cells": [out_dir / CELL_LIST_FILE],
         },
         inputs={"configuration": config_path or None, "paper results": paper_results},
     )
@@ -222,6 +252,7 @@ def aggregate(
         "tables": tables,
         "numbers": sum(len(t.numbers) for t in tables),
         "missing": missing,
+        "not_computed": not_computed,
         "figures": figures,
         "indices": indices,
         "seal": seal,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from autolora.autoattack_variants import REDUCED, STANDARD, VARIANTS
+
 NAME = "evaluate"
 HELP = "evaluate a run's checkpoint (SA, PGD-10, AutoAttack) and write an evaluation record"
 
@@ -28,6 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-autoattack", action="store_true", help="skip AutoAttack (SA and PGD-10 only)"
     )
+    parser.add_argument(
+        "--autoattack-version",
+        default=STANDARD,
+        choices=tuple(VARIANTS),
+        help=f"AutoAttack variant: {STANDARD} (the paper's, default) or {REDUCED} (reduced: its "
+        "first two attacks only, for quick runs)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: config)")
     parser.add_argument("--out", required=True, help="evaluation record (JSON) to write")
 
@@ -42,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         n=args.n,
         autoattack=False if args.no_autoattack else None,
+        autoattack_version=args.autoattack_version,
         device=args.device,
     )
     metrics = record["metrics"]
-    aa = "-" if metrics["AA"] is None else f"{metrics['AA']:.2f}"
+    aa = "-" if metrics["AA"] is None else f"{metrics['AA']:.2f} ({args.autoattack_version})"
     print(
         f"{record['cell_id']} {record['checkpoint']['name']}: SA {metrics['SA']:.2f} "
         f"PGD-10 {metrics['PGD10']:.2f} AA {aa} (n={record['n']})"

@@ -39,14 +39,17 @@ def planned_jobs(
 
 
 def format_plan(config: Mapping[str, Any]) -> str:
+    from autolora.autoattack_variants import configured_variant
     from autolora.costmodel import estimate
     from autolora.grid import expand_grid
 
     grid = expand_grid(config)
     per_table = Counter(entry.table for entry in grid.entries)
     n = (config.get("evaluation") or {}).get("n")
-    cost = estimate(grid.cells, config, n, autoattack_cells=grid.autoattack_cells(config))
+    aa_cells = grid.autoattack_cells(config)
+    cost = estimate(grid.cells, config, n, autoattack_cells=aa_cells)
     jobs = planned_jobs(config, grid.cells)
+    variant = configured_variant(config)
     lines = [
         f"protocol {config.get('protocol', 'paper')}: {len(grid.cells)} unique cells "
         f"({len(grid.datasets)} datasets, {len(grid.weights)} backbones)",
@@ -55,6 +58,8 @@ def format_plan(config: Mapping[str, Any]) -> str:
         "jobs per rule (from scratch):",
         *(f"  {rule:<20} {count:>5}" for rule, count in jobs.items()),
         f"  {'total':<20} {sum(jobs.values()):>5}",
+        f"AutoAttack: {variant.label} on {len(aa_cells)} of {len(grid.cells)} cells "
+        f"(evaluation.autoattack_version: {variant.name})",
         f"estimated GPU-hours: {cost.gpu_hours:.1f} "
         f"(train {cost.train_gpu_hours:.1f}, evaluate {cost.evaluate_gpu_hours:.1f}); "
         f"longest cell {cost.longest_train_min / 60:.1f} h",
