@@ -267,6 +267,7 @@ def test_deleting_one_evaluation_reruns_only_it_and_the_aggregation(tmp_path):
         "evaluate": 2,
         "resolve_config": 1,
         "aggregate": 1,
+        "crate": 1,
         "all": 1,
     }
 

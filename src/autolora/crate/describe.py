@@ -362,7 +362,7 @@ def _describe_evaluation(
         description=(
             f"`autolora evaluate` of the {checkpoint.get('name')!r} checkpoint (epoch "
             f"{checkpoint.get('epoch')}) of cell {cell_id} on {evaluation.get('device')}: "
-            f"{shown} (%), AutoAttack {autoattack.get('version') or 'not run'}. "
+            f"{shown} (%), AutoAttack {_autoattack_words(autoattack)}. "
             f"Command: {evaluation.get('command')}"
         ),
         objects=objects,
@@ -373,6 +373,16 @@ def _describe_evaluation(
         jobs=[evaluation.get("slurm")],
         software=builder.environment(evaluation),
     )
+
+
+def _autoattack_words(autoattack: Mapping[str, Any]) -> str:
+    """``standard (apgd-ce, apgd-t, ...)`` from an evaluation record's ``autoattack`` entry."""
+    if not autoattack.get("version"):
+        return "not run"
+    attacks = autoattack.get("attacks") or [
+        p.get("attack") for p in autoattack.get("progression") or []
+    ]
+    return f"{autoattack['version']}" + (f" ({', '.join(map(str, attacks))})" if attacks else "")
 
 
 def _describe_dataset(builder: CrateBuilder, cells: _Cells, item: Mapping[str, Any]) -> None:
