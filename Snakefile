@@ -25,13 +25,15 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/crate.smk"
 
 
 # The evaluations are targets too, so that a deleted or failed one is redone (and the
-# aggregation after it) even while the tables exist.
+# aggregation after it) even while the tables exist. The RO-Crate describes the finished folder.
 rule all:
     default_target: True
     input:
         rules.aggregate.output,
+        rules.crate.output,
         cell_evaluations(),
     localrule: True

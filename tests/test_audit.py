@@ -204,7 +204,7 @@ def readme_audit_numbers() -> list[tuple[str | None, list[str]]]:
     return examples
 
 
-OPTIONS_WITH_VALUES = ("--index", "--root", "--expect-seal", "--device", "--tolerance")
+OPTIONS_WITH_VALUES = ("--index", "--root", "--expect-seal", "--device", "--tolerance", "--crate")
 
 
 def test_readme_audit_examples_name_numbers_of_the_grid_they_audit():

@@ -39,6 +39,7 @@ PAPER_JOBS = {
     "evaluate": PAPER_TRAIN_JOBS,
     "resolve_config": 1,
     "aggregate": 1,
+    "crate": 1,
     "all": 1,
 }
 
@@ -274,8 +275,14 @@ def finished_grid(tmp_path_factory) -> Path:
 
 
 def dry_run(workdir: Path, config: dict, *args: str) -> str:
-    path = write_config(workdir, config, "edited.yaml")
-    result = snakemake("-n", "--configfile", path, *args, workdir=workdir)
+    """A dry run after editing the grid's config file (as a user does), which is then put back."""
+    path = workdir / "tiny.yaml"
+    original = path.read_text()
+    try:
+        write_config(workdir, config)
+        result = snakemake("-n", "--configfile", str(path), *args, workdir=workdir)
+    finally:
+        path.write_text(original)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout + result.stderr
 
@@ -321,6 +328,7 @@ def test_changing_one_cells_identity_reruns_exactly_that_cell(finished_grid):
         "evaluate": 1,
         "resolve_config": 1,
         "aggregate": 1,
+        "crate": 1,
         "all": 1,
     }
     train = next(j for j in output.split("\nrule ") if j.startswith("train:"))
@@ -332,7 +340,7 @@ def test_another_autoattack_setting_re_evaluates_and_retrains_nothing(finished_g
     # another AutoAttack variant re-evaluates every AA cell (all four: Table 1's)
     evaluation = {"autoattack": True, "autoattack_version": "apgd-ce+apgd-t", "n": 8}
     variant = dry_run(finished_grid, {**TINY, "evaluation": evaluation})
-    expected = {"evaluate": 4, "resolve_config": 1, "aggregate": 1, "all": 1}
+    expected = {"evaluate": 4, "resolve_config": 1, "aggregate": 1, "crate": 1, "all": 1}
     assert job_counts(variant) == expected
     # AutoAttack's batch size is the evaluation's too (it changes which examples share a batch,
     # hence the random starts): an option of the evaluations, not part of any cell's identity
@@ -358,6 +366,7 @@ def test_deleting_one_evaluation_reruns_only_it_and_the_aggregation(finished_gri
         assert job_counts(rerun.stdout + rerun.stderr) == {
             "evaluate": 1,
             "aggregate": 1,
+            "crate": 1,
             "all": 1,
         }
         assert f"{CELL}/eval-best_test.json" in rerun.stdout
@@ -371,6 +380,7 @@ def test_deleting_one_evaluation_reruns_only_it_and_the_aggregation(finished_gri
         "train": 1,
         "evaluate": 1,
         "aggregate": 1,
+        "crate": 1,
         "all": 1,
     }
 

@@ -2,7 +2,8 @@
 
 Runs Snakemake from the repository root, prints the wall time of the workflow and the share of
 the training and evaluation time spent verifying their inputs, writes Snakemake's HTML report,
-audits every file and every number of every table, and prints where the outputs are.
+audits every file and every number of every table and the RO-Crate's checksums, and prints where
+the outputs are.
 """
 
 from __future__ import annotations
@@ -128,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         cwd=root,
         env=env,
     ).returncode
+    crate_audit = subprocess.run(
+        [sys.executable, "-m", "autolora.cli", "audit", "--crate", str(report), "--quiet"],
+        cwd=root,
+        env=env,
+    ).returncode
     print(
         "\noutputs:\n"
         f"  tables (CSV, Markdown, LaTeX)                 {report / 'tables'}\n"
@@ -136,9 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  reproduction report                           {report / 'report.md'} (.html)\n"
         f"  Snakemake report                              {snakemake_report}\n"
         f"  cells (checkpoints, history, run records)     {report / 'runs'}\n"
-        f"audit of every number: {'passed' if audit == 0 else f'FAILED (exit {audit})'}"
+        f"  RO-Crate (deposit: autolora crate --zip)      {report / 'ro-crate-metadata.json'}\n"
+        f"audit of every number: {'passed' if audit == 0 else f'FAILED (exit {audit})'}\n"
+        f"audit of the crate's checksums: "
+        f"{'passed' if crate_audit == 0 else f'FAILED (exit {crate_audit})'}"
     )
-    return audit
+    return audit or crate_audit
 
 
 if __name__ == "__main__":

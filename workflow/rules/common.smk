@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 
@@ -163,6 +164,13 @@ def synthetic_options(wildcards):
     return (
         f"--num-classes {spec['num_classes']} --train {spec['train']} --test {spec['test']} "
         f"--image-size {spec['image_size']} --seed {spec['seed']} --name {wildcards.dataset}"
+    )
+
+
+def crate_configfile_options():
+    """The config files this invocation read, for the crate's copy of the workflow."""
+    return " ".join(
+        f"--configfile {shlex.quote(str(path))}" for path in workflow.configfiles
     )
 
 

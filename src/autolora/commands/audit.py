@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --recompute: allowed absolute difference (percentage points; default 0, "
         "exact, as deterministic CPU evaluations reproduce)",
     )
+    parser.add_argument(
+        "--crate",
+        metavar="FOLDER",
+        help="re-verify the sha256 of every file a results folder's RO-Crate describes",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the verdict and problems")
     parser.add_argument("table", nargs="?", help="table name, e.g. table1")
     parser.add_argument("row", nargs="?", help="row key, e.g. cifar10/autolora")
@@ -101,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     from autolora.errors import ChecksumError, ConfigError
     from autolora.provenance import audit_all, audit_one, raise_if_failed, seal_of
 
+    if args.crate:
+        return audit_crate(args)
     given = [a for a in (args.table, args.row, args.column) if a is not None]
     if args.all == bool(given) or (given and len(given) != 3):
         raise ConfigError(
@@ -148,4 +155,38 @@ def run(args: argparse.Namespace) -> int:
                 "provenance index changed since that seal was taken (re-aggregated or edited)"
             )
         print(f"seal: {seal}" + (" (as expected)" if wanted else ""))
+    return 0
+
+
+def audit_crate(args: argparse.Namespace) -> int:
+    """`--crate FOLDER`: every file the crate describes, against the sha256 it records."""
+    from autolora.crate import verify_crate
+    from autolora.errors import ChecksumError, ConfigError
+
+    if args.all or args.table or args.seal or args.expect_seal or args.recompute:
+        raise ConfigError(
+            "--crate checks the crate's files; give it alone (no --all, TABLE, --seal or "
+            "--recompute)"
+        )
+    audit = verify_crate(args.crate)
+    if not args.quiet:
+        print("\n".join(f"verified {path}" for path in audit.verified))
+    if audit.absent:
+        print(
+            f"{len(audit.absent)} referenced file(s) not present here (checkpoints, prepared "
+            "data, weights: referenced by sha256, not part of the crate):"
+        )
+        print("\n".join(f"  {path}" for path in audit.absent))
+    if not audit.ok:
+        print("\n".join(f"PROBLEM: {p}" for p in audit.problems))
+        shown = "; ".join(audit.problems[:5])
+        more = f" (+{len(audit.problems) - 5} more)" if len(audit.problems) > 5 else ""
+        raise ChecksumError(
+            f"crate audit failed, {len(audit.problems)} problem(s): {shown}{more}. Rerun the "
+            f"jobs that produce these files (snakemake), then `autolora crate {args.crate}`."
+        )
+    print(
+        f"crate audit passed: {len(audit.verified)} file hash(es) re-verified, "
+        f"{len(audit.absent)} referenced file(s) not present"
+    )
     return 0
