@@ -92,7 +92,7 @@ class Outcome:
         return {
             "step": self.name,
             "status": self.status,
-            "seconds": round(self.seconds, 1),
+            "seconds": round(self.seconds, 3),
             "note": self.note,
             **self.record,
         }
