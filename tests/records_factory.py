@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from autolora.cells import cell_id as make_cell_id
 from autolora.data.sources import CATALOGUE as DATASETS
-from autolora.grid import TableEntry
-from autolora.io import sha256_file, write_json
-from autolora.records import seal
+from autolora.environment import seal
+from autolora.files import sha256_file, write_json
+from autolora.planning.cells import cell_id as make_cell_id
+from autolora.planning.grid import TableEntry
 from autolora.weights import CATALOGUE, record_lock
 
 CHECKPOINTS = ("best_val", "best_test", "final")

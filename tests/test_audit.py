@@ -16,8 +16,8 @@ from records_factory import metrics_of, read_json, write_cell
 from autolora.autoattack_variants import configured_variant
 from autolora.cli import main
 from autolora.commands.aggregate import table8_sources
-from autolora.grid import expand_grid, load_config
-from autolora.tables import build_tables
+from autolora.planning.grid import expand_grid, load_config
+from autolora.reporting.tables import build_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CSV = ROOT / "config" / "paper_results.csv"

@@ -158,7 +158,7 @@ def test_project_grid_by_hand(tmp_path):
 
 def test_project_grid_matches_the_plan_when_measured_equals_configured():
     """Rows whose throughputs are the demo config's cost section reproduce `autolora plan`."""
-    from autolora.costmodel import CostModel
+    from autolora.planning.costmodel import CostModel
 
     configured = CostModel.from_config(yaml.safe_load(DEMO_CONFIG.read_text()))
     base = configured.train_images_per_s

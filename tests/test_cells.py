@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from autolora.cells import CellConfig, cell_dir, cell_id, parse_cell_id, resolve_cell
 from autolora.errors import ConfigError
-from autolora.protocol import PROTOCOL_CHOICES, PROTOCOLS, protocol_choices
+from autolora.planning.cells import CellConfig, cell_dir, cell_id, parse_cell_id, resolve_cell
+from autolora.planning.protocol import PROTOCOL_CHOICES, PROTOCOLS, protocol_choices
 
 # SPEC §6 Table 7, copied from the SPEC text: (lr, weight decay[, gamma]).
 TABLE7_BY_HAND = {
@@ -398,7 +398,7 @@ def test_config_json_round_trip(method):
 
 def test_cells_and_protocol_do_not_import_torch_or_numpy():
     code = (
-        "import sys, autolora.cells, autolora.protocol;"
+        "import sys, autolora.planning.cells, autolora.planning.protocol;"
         "bad = [m for m in ('torch', 'numpy') if m in sys.modules];"
         "print(*bad); sys.exit(1 if bad else 0)"
     )

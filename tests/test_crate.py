@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from autolora.cli import main
-from autolora.crate import METADATA_FILE, describe_results
+from autolora.reporting.crate import METADATA_FILE, describe_results
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -518,7 +518,7 @@ def paper_like(tmp_path, monkeypatch):
     prepared from its published archive, a converted ResNet-18 backbone), aggregated."""
     from records_factory import metrics_of, write_cell
 
-    from autolora.grid import expand_grid
+    from autolora.planning.grid import expand_grid
 
     monkeypatch.chdir(tmp_path)
     for e in {e.cell_id: e for e in expand_grid(PAPER_LIKE).entries}.values():

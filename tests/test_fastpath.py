@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from autolora.cells import resolve_cell
 from autolora.cli import main
 from autolora.data.gpu_augment import (
     CropParams,
@@ -35,6 +34,7 @@ from autolora.fastpath import (
 )
 from autolora.methods import MethodSettings, build_method
 from autolora.models import build_model
+from autolora.planning.cells import resolve_cell
 
 METHODS = ("vanilla", "twins", "autolora")
 BATCH = 8

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autolora import costmodel
 from autolora.autoattack_variants import autoattack_variant, configured_variant
 from autolora.cli import main as cli_main
 from autolora.commands.plan import planned_jobs
 from autolora.errors import ConfigError
-from autolora.grid import (
+from autolora.planning import costmodel
+from autolora.planning.grid import (
     check_config,
     evaluation_overrides,
     expand_grid,

@@ -20,11 +20,11 @@ import pytest
 
 from autolora.cli import main
 from autolora.data.synthetic import write_synthetic_dataset
+from autolora.environment import seal
 from autolora.evaluate import evaluate_run
-from autolora.grid import expand_grid, reported_checkpoint
-from autolora.io import read_json, write_json
+from autolora.files import read_json, write_json
+from autolora.planning.grid import expand_grid, reported_checkpoint
 from autolora.pretrain import PretrainSettings, pretrain_to_file
-from autolora.records import seal
 from autolora.train import train_cell
 
 REPO = Path(__file__).resolve().parents[1]
@@ -434,8 +434,8 @@ def test_two_identical_demo_size_runs_give_identical_checkpoints(tmp_path):
     (safetensors wrote several metadata keys in an order random per process and per file)."""
     import torch
 
-    from autolora.grid import load_config
     from autolora.models import build_model
+    from autolora.planning.grid import load_config
     from autolora.weights import write_backbone
 
     demo = load_config(REPO / "config" / "demo.yaml")

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from autolora import attacks
-from autolora.cells import resolve_cell
 from autolora.errors import ConfigError
 from autolora.methods import METHODS, MethodSettings, StepResult, build_method, kl_term
 from autolora.models import (
@@ -21,6 +20,7 @@ from autolora.models import (
     fe_parameters,
     lora_parameters,
 )
+from autolora.planning.cells import resolve_cell
 from autolora.schedules import lambda_weights
 from autolora.train import method_settings
 

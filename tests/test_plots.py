@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from records_factory import entry, metrics_of, write_cell
 
-from autolora.plots import (
+from autolora.reporting.plots import (
     FIGURE_DPI,
     FIGURE_SIZE_IN,
     build_figure,

@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy.stats import t as t_distribution
 
-from autolora.stats import STUDENT, WELCH, summarize, two_sample_ttest
+from autolora.reporting.stats import STUDENT, WELCH, summarize, two_sample_ttest
 
 AUTOLORA = [54.27, 54.61, 53.95]
 VANILLA = [52.97, 53.20, 52.41]

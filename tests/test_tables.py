@@ -16,7 +16,11 @@ from records_factory import metrics_of, read_json, write_cell
 from scipy.stats import t as t_distribution
 
 from autolora.cli import main
-from autolora.compare import (
+from autolora.environment import seal
+from autolora.errors import DataError
+from autolora.files import write_json
+from autolora.planning.grid import expand_grid
+from autolora.reporting.compare import (
     FAILS,
     HOLDS,
     UNKNOWN,
@@ -24,11 +28,7 @@ from autolora.compare import (
     comparison_frame,
     load_paper_results,
 )
-from autolora.errors import DataError
-from autolora.grid import expand_grid
-from autolora.io import write_json
-from autolora.records import seal
-from autolora.tables import RATIO_ROW, RATIO_USED_ROW, build_tables, ratio_number
+from autolora.reporting.tables import RATIO_ROW, RATIO_USED_ROW, build_tables, ratio_number
 
 PAPER_CSV = Path(__file__).parents[1] / "config" / "paper_results.csv"
 SEEDS = (0, 6, 66)
@@ -599,7 +599,7 @@ def test_tables_provenance_grid_and_stats_do_not_import_torch():
     import sys
 
     code = (
-        "import sys, autolora.tables, autolora.provenance, autolora.grid, autolora.stats;"
+        "import sys, autolora.reporting.tables, autolora.reporting.provenance, autolora.planning.grid, autolora.reporting.stats;"
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

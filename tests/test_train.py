@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from autolora.cells import resolve_cell
 from autolora.cli import main
 from autolora.data.prepared import PreparedDataset
 from autolora.data.synthetic import write_synthetic_dataset
 from autolora.errors import ConfigError
 from autolora.models import build_model
+from autolora.planning.cells import resolve_cell
 from autolora.train import parse_runtime, parse_spec, train_cell
 from autolora.weights import write_backbone
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autolora import costmodel
-from autolora.grid import expand_grid, load_config
+from autolora.planning import costmodel
+from autolora.planning.grid import expand_grid, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -26,7 +26,9 @@ class AutoAttackVariant:
     name: str  # the config value and the evaluation record's `autoattack.version`
     attacks: tuple[str, ...]  # pyautoattack's attack names, in the order they run
     label: str  # how table titles and footnotes name it
-    relative_cost: float  # expected time relative to standard AutoAttack (autolora.costmodel)
+    relative_cost: (
+        float  # expected time relative to standard AutoAttack (autolora.planning.costmodel)
+    )
 
     @property
     def is_standard(self) -> bool:

@@ -412,7 +412,7 @@ def targets_met(rows: Iterable[StepTiming], speedups: Iterable[Speedup]) -> list
     return lines
 
 
-# ---- the grid projection (feeds autolora.costmodel) -------------------------------------------
+# ---- the grid projection (feeds autolora.planning.costmodel) -------------------------------------------
 
 
 def _per_arch_throughput(
@@ -490,12 +490,12 @@ def project_grid(
 ) -> dict[str, Any]:
     """GPU-hours of the configured grid with the measured throughputs, per timed fast path.
 
-    Reuses ``autolora.costmodel.estimate`` with the config's ``cost`` section replaced by the
+    Reuses ``autolora.planning.costmodel.estimate`` with the config's ``cost`` section replaced by the
     measurement (``calibration``). Only cells whose backbone was benchmarked are projected;
     the others are counted in ``unprojected_cells``.
     """
-    from autolora.costmodel import estimate
-    from autolora.grid import expand_grid, load_config
+    from autolora.planning.costmodel import estimate
+    from autolora.planning.grid import expand_grid, load_config
 
     config = load_config(config_path)
     grid = expand_grid(config)

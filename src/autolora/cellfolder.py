@@ -29,9 +29,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from autolora import records
+from autolora import environment
 from autolora.errors import AutoloraError
-from autolora.io import atomic_path
+from autolora.files import atomic_path
 
 LOCK_FILE = "train.lock"
 LOGS_DIR = "logs"
@@ -73,7 +73,11 @@ def locked(out_dir: str | os.PathLike) -> Iterator[None]:
             if error.errno not in NO_FLOCK:
                 raise
             logger.warning("%s: file locks are not supported here; the cell is not locked", path)
-        holder = {"pid": os.getpid(), "host": records.host(), "started": records.timestamp()}
+        holder = {
+            "pid": os.getpid(),
+            "host": environment.host(),
+            "started": environment.timestamp(),
+        }
         slurm_job = os.environ.get("SLURM_JOB_ID")
         if slurm_job:
             holder["slurm_job_id"] = slurm_job
@@ -100,7 +104,10 @@ def attempt_log(out_dir: str | os.PathLike) -> Iterator[Path]:
     root.setLevel(min(level, logging.INFO))
     try:
         logger.info(
-            "attempt on %s (pid %d): %s", records.host(), os.getpid(), records.command_line()
+            "attempt on %s (pid %d): %s",
+            environment.host(),
+            os.getpid(),
+            environment.command_line(),
         )
         yield path
     except BaseException as error:
@@ -115,7 +122,7 @@ def attempt_log(out_dir: str | os.PathLike) -> Iterator[Path]:
 
 def _new_log_file(logs: Path) -> Path:
     """A new, empty ``train-<UTC time>-<pid>[-<n>].log`` (n when the name is taken already)."""
-    stem = f"train-{records.timestamp().replace('-', '').replace(':', '')}-{os.getpid()}"
+    stem = f"train-{environment.timestamp().replace('-', '').replace(':', '')}-{os.getpid()}"
     for number in itertools.count(1):
         path = logs / (f"{stem}.log" if number == 1 else f"{stem}-{number}.log")
         try:

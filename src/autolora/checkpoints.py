@@ -34,7 +34,7 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 from autolora.errors import DataError
-from autolora.io import canonical_json, read_json, read_verified, write_bytes, write_json
+from autolora.files import canonical_json, read_json, read_verified, write_bytes, write_json
 
 WEIGHTS_FORMAT = "autolora-weights/2"
 METADATA_KEY = "autolora"

@@ -63,7 +63,7 @@ def tool_environment() -> dict[str, str]:
 
 
 def report_folder(root: Path) -> Path:
-    from autolora.grid import load_config
+    from autolora.planning.grid import load_config
 
     config = load_config(root / DEMO_CONFIG)
     return Path(config.get("results", "results")) / config.get("protocol", "paper")
@@ -73,7 +73,7 @@ def verification_overhead(results: Path) -> tuple[float, float, int]:
     """(seconds spent verifying inputs, seconds of the jobs, number of records) over every run and
     evaluation record under ``results``, as each record measured them."""
     from autolora.cellfolder import COMPLETED_DIR
-    from autolora.io import read_json
+    from autolora.files import read_json
 
     verifying = total = 0.0
     count = 0

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from autolora import records
+from autolora import environment
 from autolora.attacks import autoattack_evaluation, eval_mode, pgd
 from autolora.autoattack_variants import STANDARD, autoattack_variant
 from autolora.errors import ConfigError, DataError
-from autolora.io import sha256_file, write_json
+from autolora.files import sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def load_run_record(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "run.json"
     if not path.is_file():
         raise DataError(f"{path} does not exist: the run is not complete; finish `autolora train`")
-    return records.read_record(
+    return environment.read_record(
         path, "training_run", f"delete {run_dir} and train the cell again (`autolora train`)"
     )
 
@@ -157,9 +157,9 @@ def check_same_data(run_record: dict, data_dir: Path, run_dir: Path) -> list[dic
             )
         checked.append(
             {
-                "path": records.record_path(path),
+                "path": environment.record_path(path),
                 "sha256": actual,
-                "checked_against": records.record_path(run_dir / "run.json"),
+                "checked_against": environment.record_path(run_dir / "run.json"),
             }
         )
     return checked
@@ -187,14 +187,14 @@ def evaluate_run(
     the device; ``autoattack_version`` names the AutoAttack variant
     (``autolora.autoattack_variants``: ``standard``, the paper's, or a reduced one).
     """
-    from autolora.cells import CellConfig
     from autolora.checkpoints import load_verified_weights
     from autolora.data.loaders import make_loader
     from autolora.data.prepared import PreparedDataset, SplitView
     from autolora.models import build_model
+    from autolora.planning.cells import CellConfig
     from autolora.train import method_settings, resolve_device
 
-    started, clock = records.timestamp(), time.monotonic()
+    started, clock = environment.timestamp(), time.monotonic()
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     run_record = load_run_record(run_dir)
     config = CellConfig.from_dict(run_record["config"]).with_runtime(runtime)
@@ -223,9 +223,9 @@ def evaluate_run(
     checkpoint_sha = checkpoint_entry["sha256"]
     verified = [
         {
-            "path": records.record_path(checkpoint_path),
+            "path": environment.record_path(checkpoint_path),
             "sha256": checkpoint_sha,
-            "checked_against": records.record_path(run_dir / "run.json"),
+            "checked_against": environment.record_path(run_dir / "run.json"),
         }
     ]
     n = config.autoattack.n if n is None else n
@@ -241,9 +241,9 @@ def evaluate_run(
     verification_seconds += dataset.verification_seconds
     verified += [
         {
-            "path": records.record_path(data_dir / item["file"]),
+            "path": environment.record_path(data_dir / item["file"]),
             "sha256": item["sha256"],
-            "checked_against": records.record_path(data_dir / "dataset.json"),
+            "checked_against": environment.record_path(data_dir / "dataset.json"),
         }
         for item in dataset.verified
     ]
@@ -306,7 +306,7 @@ def evaluate_run(
         autoattack_record = {
             "version": result.version,
             "attacks": list(result.attacks),
-            "package": records.package_versions(("pyautoattack",))["pyautoattack"],
+            "package": environment.package_versions(("pyautoattack",))["pyautoattack"],
             "progression": result.progression,
             "clean_accuracy": result.clean_accuracy,
             "seed": config.seed,
@@ -316,7 +316,7 @@ def evaluate_run(
 
     metadata = run_record["checkpoints"][name]
     scheme = config.split_scheme
-    env = records.environment(torch_device)
+    env = environment.environment(torch_device)
     record = {
         "kind": "evaluation",
         "cell": run_record["cell"],
@@ -324,7 +324,7 @@ def evaluate_run(
         "checkpoint": {
             "name": name,
             "requested": checkpoint,
-            "path": records.record_path(checkpoint_path),
+            "path": environment.record_path(checkpoint_path),
             "sha256": checkpoint_sha,
             "epoch": metadata["epoch"],
             "selected_by": metadata["selected_by"],
@@ -334,20 +334,20 @@ def evaluate_run(
         "subset": subset,
         "attack": {"eps": attack.eps, "step": attack.step, "pgd_steps": attack.eval_steps},
         "autoattack": autoattack_record,
-        "run_record": records.file_entry("run_record", run_dir / "run.json"),
+        "run_record": environment.file_entry("run_record", run_dir / "run.json"),
         "inputs": [
-            records.file_entry("dataset", data_dir / "dataset.json"),
-            records.file_entry("split_manifest", data_dir / "splits" / f"{scheme}.csv"),
-            records.file_entry("checkpoint", checkpoint_path),
+            environment.file_entry("dataset", data_dir / "dataset.json"),
+            environment.file_entry("split_manifest", data_dir / "splits" / f"{scheme}.csv"),
+            environment.file_entry("checkpoint", checkpoint_path),
         ],
         "verified": {"files": verified, "seconds": round(verification_seconds, 6)},
         **env,
         "seconds": round(time.monotonic() - clock, 3),
         "started": started,
-        "finished": records.timestamp(),
-        "command": command if command is not None else records.command_line(),
+        "finished": environment.timestamp(),
+        "command": command if command is not None else environment.command_line(),
     }
     del record["run_record"]["role"]
-    record = records.seal(record)
+    record = environment.seal(record)
     write_json(out, record)
     return record

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from autolora.autoattack_variants import STANDARD, record_variant
+from autolora.environment import read_record
 from autolora.errors import ChecksumError, ConfigError
-from autolora.provenance import find_number, load_index, number_value, same_value
-from autolora.records import read_record
+from autolora.reporting.provenance import find_number, load_index, number_value, same_value
 
 
 @dataclass

@@ -82,8 +82,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from autolora import cellfolder, checkpoints, records
-from autolora.cells import CellConfig, resolve_cell, runtime_values
+from autolora import cellfolder, checkpoints, environment
 from autolora.data.gpu_augment import DeviceAugmenter, device_batches, make_device_loader
 from autolora.data.loaders import make_loader
 from autolora.data.prepared import PreparedDataset
@@ -91,7 +90,7 @@ from autolora.data.transforms import TransformSpec
 from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.evaluate import batches_on, clean_and_pgd_accuracy, lora_accuracy
 from autolora.fastpath import FastPaths, configure_backends, prepare_model, training_autocast
-from autolora.io import read_json, sha256_file, write_json, write_text
+from autolora.files import read_json, sha256_file, write_json, write_text
 from autolora.methods import Method, MethodSettings, build_method
 from autolora.models import (
     build_model,
@@ -99,7 +98,8 @@ from autolora.models import (
     count_used_lora_parameters,
     load_backbone_state,
 )
-from autolora.protocol import PROTOCOL_CHOICES, protocol_choices
+from autolora.planning.cells import CellConfig, resolve_cell, runtime_values
+from autolora.planning.protocol import PROTOCOL_CHOICES, protocol_choices
 from autolora.schedules import AutoLR, lambda_weights, multistep_lr
 from autolora.weights import DEFAULT_LOCK, load_verified_backbone
 from autolora.weights import record_path as weights_record_path
@@ -171,7 +171,7 @@ def parse_spec(text: str) -> tuple[dict[str, Any], Path | None]:
 
 
 def parse_runtime(text: str) -> dict[str, Any]:
-    """Runtime settings (``autolora.cells.RuntimeConfig`` keys) from JSON text or a file."""
+    """Runtime settings (``autolora.planning.cells.RuntimeConfig`` keys) from JSON text or a file."""
     runtime, _ = _parse_mapping(text, "--runtime", "runtime settings")
     return runtime_values(runtime, "--runtime")
 
@@ -394,9 +394,9 @@ class CellTraining:
         check_dataset_name(self.dataset, config, self.data_dir)
         self.verified += [
             {
-                "path": records.record_path(self.data_dir / item["file"]),
+                "path": environment.record_path(self.data_dir / item["file"]),
                 "sha256": item["sha256"],
-                "checked_against": records.record_path(self.data_dir / "dataset.json"),
+                "checked_against": environment.record_path(self.data_dir / "dataset.json"),
             }
             for item in self.dataset.verified
         ]
@@ -421,7 +421,9 @@ class CellTraining:
         self.verified += [
             {
                 **item,
-                "path": item["path"] if item.get("source") else records.record_path(item["path"]),
+                "path": item["path"]
+                if item.get("source")
+                else environment.record_path(item["path"]),
             }
             for item in verified
         ]
@@ -842,9 +844,9 @@ class CellTraining:
                 "defaults": protocol_choices(self.config.protocol),
             },
             "lora": self._lora_record(),
-            **records.environment(self.device),
+            **environment.environment(self.device),
             "started": progress.started,
-            "finished": records.timestamp(),
+            "finished": environment.timestamp(),
             "command": self.command,
             "inputs": self._inputs(),
             "verified": {
@@ -858,7 +860,7 @@ class CellTraining:
             "stop_reason": progress.stop_reason,
             "seconds_this_attempt": round(time.monotonic() - started_at, 3),
         }
-        record = records.seal(record)
+        record = environment.seal(record)
         write_json(kept / RUN_RECORD, record)  # the run is complete from here on
         checkpoints.clear_state(self.state_dir)
         cellfolder.publish(self.out_dir, [*_output_names(record), RUN_RECORD])
@@ -885,7 +887,7 @@ class CellTraining:
 
     def _inputs(self) -> list[dict[str, Any]]:
         if self.spec_file is not None:
-            spec_entry = records.file_entry("spec", self.spec_file)
+            spec_entry = environment.file_entry("spec", self.spec_file)
         else:
             text = json.dumps(self.spec, sort_keys=True)
             spec_entry = {
@@ -896,11 +898,11 @@ class CellTraining:
         scheme = self.config.split_scheme
         return [
             spec_entry,
-            records.file_entry("dataset", self.data_dir / "dataset.json"),
-            records.file_entry("split_manifest", self.data_dir / "splits" / f"{scheme}.csv"),
-            records.file_entry("split_info", self.data_dir / "splits" / f"{scheme}.json"),
-            records.file_entry("weights", self.weights_path),
-            records.file_entry("weights_record", weights_record_path(self.weights_path)),
+            environment.file_entry("dataset", self.data_dir / "dataset.json"),
+            environment.file_entry("split_manifest", self.data_dir / "splits" / f"{scheme}.csv"),
+            environment.file_entry("split_info", self.data_dir / "splits" / f"{scheme}.json"),
+            environment.file_entry("weights", self.weights_path),
+            environment.file_entry("weights_record", weights_record_path(self.weights_path)),
         ]
 
     # -- the whole run --
@@ -926,13 +928,13 @@ class CellTraining:
         progress = self.progress
         resumed_at_batch = (progress.in_epoch or {}).get("next_batch")
         attempt = {
-            "started": records.timestamp(),
+            "started": environment.timestamp(),
             "resumed_from_epoch": progress.epoch if resumed else None,
             "resumed_at_batch": resumed_at_batch,
-            "host": records.host(),
-            "slurm": records.slurm_context(),
+            "host": environment.host(),
+            "slurm": environment.slurm_context(),
             "runtime": self.config_dict["runtime"],
-            "threads": records.torch_threads(),
+            "threads": environment.torch_threads(),
             "verification_seconds": round(self.verification_seconds, 6),
             "log": _relative_log(self.out_dir, self.log_path),
         }
@@ -1026,7 +1028,7 @@ def _relative_log(out_dir: Path, log_path: Path | None) -> str | None:
 def _output_entry(role: str, declared: Path, sha256: str) -> dict[str, str]:
     """The record's entry of an output: its declared path (a link to, or copy of, the file kept
     in completed/) and the file's sha256."""
-    return {"role": role, "path": records.record_path(declared), "sha256": sha256}
+    return {"role": role, "path": environment.record_path(declared), "sha256": sha256}
 
 
 def _output_names(record: dict[str, Any]) -> list[str]:
@@ -1046,7 +1048,7 @@ def check_dataset_name(dataset: PreparedDataset, config: CellConfig, data_dir: P
 def read_run_record(out_dir: Path, folder: Path | None = None) -> dict[str, Any]:
     """The sealed run record of a finished cell, from ``folder`` (default ``out_dir``; its
     ``completed/`` for the kept copy): a damaged or edited one is a DataError."""
-    return records.read_record(
+    return environment.read_record(
         (folder or out_dir) / RUN_RECORD,
         "training_run",
         f"delete {out_dir} and train the cell again (or restore the file from a backup)",
@@ -1135,16 +1137,16 @@ def restore_completed_run(
 ) -> dict[str, Any]:
     """Put the kept outputs of a finished run back in place, recording this attempt."""
     attempt = {
-        "started": records.timestamp(),
+        "started": environment.timestamp(),
         "resumed_from_epoch": record.get("epochs_run"),
         "resumed_at_batch": None,
-        "host": records.host(),
-        "slurm": records.slurm_context(),
+        "host": environment.host(),
+        "slurm": environment.slurm_context(),
         "runtime": _jsonable(config.to_dict())["runtime"],
         "log": _relative_log(out_dir, log_path),
         "restored_outputs": True,
     }
-    record = records.seal({**record, "attempts": [*record.get("attempts", []), attempt]})
+    record = environment.seal({**record, "attempts": [*record.get("attempts", []), attempt]})
     write_json(out_dir / cellfolder.COMPLETED_DIR / RUN_RECORD, record)
     checkpoints.clear_state(out_dir / STATE_DIR)  # left over if killed right after completing
     cellfolder.publish(out_dir, [*_output_names(record), RUN_RECORD])
@@ -1195,7 +1197,7 @@ def train_cell(
             weights=Path(weights),
             out_dir=out_dir,
             spec_file=None if spec_file is None else Path(spec_file),
-            command=command if command is not None else records.command_line(),
+            command=command if command is not None else environment.command_line(),
             log_path=log_path,
             weights_lock=Path(weights_lock),
         )

@@ -21,7 +21,7 @@ from typing import Any
 
 from autolora.data.sources.download import Checksum, download
 from autolora.errors import ChecksumError, ConfigError, DataError
-from autolora.io import atomic_write, sha256_file, write_json
+from autolora.files import atomic_write, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def save_backbone(
     """Write a torchvision-named state dict as safetensors (atomically; ``metadata`` as one
     canonical-JSON entry, so the same weights always give the same bytes); returns its sha256."""
     from autolora.checkpoints import safetensors_bytes
-    from autolora.io import write_bytes
+    from autolora.files import write_bytes
 
     return write_bytes(out, safetensors_bytes(dict(state), dict(metadata)))
 
@@ -431,7 +431,7 @@ def verify_backbone(
     """Check a backbone's bytes against the record beside it (sha256, arch, ε_pt) and, for a
     converted catalogue checkpoint, the record's source hash against the published or pinned one.
     Returns what was verified, for the run record."""
-    from autolora.io import parse_json, sha256_bytes
+    from autolora.files import parse_json, sha256_bytes
 
     path = Path(path)
     record_file = record_path(path)

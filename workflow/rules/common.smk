@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 try:
-    from autolora import costmodel, grid
+    from autolora.planning import costmodel, grid
     from autolora.autoattack_variants import configured_variant
     from autolora.errors import AutoloraError
 except ImportError as error:

@@ -1,4 +1,4 @@
-# The results folder as a Workflow Run RO-Crate (`autolora crate`, layout in src/autolora/crate.py):
+# The results folder as a Workflow Run RO-Crate (`autolora crate`, layout in src/autolora/reporting/crate/):
 # ro-crate-metadata.json and source/, a copy of this workflow's definition. Cheap: records and
 # small files are read and hashed; checkpoints and prepared data are referenced by the sha256 the
 # records claim. `autolora crate <folder> --zip` makes the deposit archive by hand.

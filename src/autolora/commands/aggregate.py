@@ -63,7 +63,7 @@ def table3_parameter_counts(grid) -> dict[tuple[str, int], dict[str, Any]]:
     """{(arch, rank): autolora.models.parameter_counts(...)} for Table 3's ratio, counted on the
     built models under the cells' resolved ``lora_blocks`` (torch is imported only if the grid
     has a Table 3)."""
-    from autolora.cells import resolve_cell
+    from autolora.planning.cells import resolve_cell
 
     wanted: dict[tuple[str, int], str] = {}
     for cell_id in grid.cells_of("table3"):
@@ -77,9 +77,9 @@ def table3_parameter_counts(grid) -> dict[tuple[str, int], dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autolora import grid as grid_module
     from autolora.autoattack_variants import configured_variant
-    from autolora.protocol import protocol_choices
+    from autolora.planning import grid as grid_module
+    from autolora.planning.protocol import protocol_choices
 
     config = grid_module.load_config(args.config)
     grid = grid_module.expand_grid(config)
@@ -116,7 +116,7 @@ def check_not_fewer(tables, out_dir: Path, results_root: str | Path) -> None:
     """DataError when a table would replace one in ``out_dir`` that used more evaluations (an
     aggregation pointed at the wrong results folder must not overwrite complete tables)."""
     from autolora.errors import DataError
-    from autolora.tables import evaluated_values_in
+    from autolora.reporting.tables import evaluated_values_in
 
     for table in tables:
         existing = out_dir / "tables" / f"{table.name}_values.csv"
@@ -169,24 +169,24 @@ def aggregate(
     ``parameter_counts``: Table 3's counts (``table3_parameter_counts``). Refuses (DataError,
     nothing written) to replace a table in ``out_dir`` with one built from fewer evaluations
     unless ``allow_fewer``."""
-    from autolora.compare import (
+    from autolora.files import atomic_write
+    from autolora.reporting.compare import (
         claims_frame,
         comparison_frame,
         comparison_markdown,
         load_paper_results,
     )
-    from autolora.io import atomic_write
-    from autolora.plots import draw_figures
-    from autolora.provenance import (
+    from autolora.reporting.plots import draw_figures
+    from autolora.reporting.provenance import (
         SEAL_PREFIX,
         build_index,
         build_results_index,
         write_index,
         write_results_index,
     )
-    from autolora.report import ReportInputs, write_report
-    from autolora.stats import ttest_kind
-    from autolora.tables import CELL_LIST_FILE, build_tables
+    from autolora.reporting.report import ReportInputs, write_report
+    from autolora.reporting.stats import ttest_kind
+    from autolora.reporting.tables import CELL_LIST_FILE, build_tables
 
     out_dir = Path(out_dir)
     entries = list(entries)

@@ -91,7 +91,7 @@ def count_parameters(arch: str, rank: int, lora_blocks: str) -> dict:
 def expected_seal(text: str) -> str:
     """A seal given as ``sha256:<hex>`` (or bare hex), or the path of a file holding one."""
     from autolora.errors import ConfigError
-    from autolora.provenance import SEAL_PREFIX
+    from autolora.reporting.provenance import SEAL_PREFIX
 
     path = Path(text)
     if path.is_file():
@@ -104,7 +104,7 @@ def expected_seal(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from autolora.errors import ChecksumError, ConfigError
-    from autolora.provenance import audit_all, audit_one, raise_if_failed, seal_of
+    from autolora.reporting.provenance import audit_all, audit_one, raise_if_failed, seal_of
 
     if args.crate:
         return audit_crate(args)
@@ -160,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
 
 def audit_crate(args: argparse.Namespace) -> int:
     """`--crate FOLDER`: every file the crate describes, against the sha256 it records."""
-    from autolora.crate import verify_crate
     from autolora.errors import ChecksumError, ConfigError
+    from autolora.reporting.crate import verify_crate
 
     if args.all or args.table or args.seal or args.expect_seal or args.recompute:
         raise ConfigError(

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from autolora import bench
     from autolora.errors import ConfigError
     from autolora.fastpath import FastPaths
-    from autolora.io import write_json
+    from autolora.files import write_json
 
     _positive(
         args, "batch_size", "repeats", "seeds", "epochs", "train_size", "test_size", "threads"
@@ -282,7 +282,7 @@ def _checks(args, cases, device, fast, budget, results: list[dict], save) -> Non
 def _equivalence(args, fast, device) -> int:
     from autolora import bench
     from autolora.fastpath import FastPaths
-    from autolora.io import write_json
+    from autolora.files import write_json
 
     runs = []
     for method in args.methods:

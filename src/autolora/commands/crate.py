@@ -2,7 +2,7 @@
 
 Writes ``<folder>/ro-crate-metadata.json`` and ``<folder>/source/`` (a copy of the workflow
 definition); with ``--zip``, one archive for Zenodo or WorkflowHub. Layout and graph:
-``autolora.crate`` and docs/internals.md.
+``autolora.reporting.crate`` and docs/internals.md.
 """
 
 from __future__ import annotations
@@ -72,13 +72,13 @@ def workflow_folder(given: str | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autolora.crate import (
+    from autolora.errors import ConfigError
+    from autolora.reporting.crate import (
         copy_workflow_source,
         describe_results,
         write_archive,
         write_crate,
     )
-    from autolora.errors import ConfigError
 
     folder = Path(args.folder)
     if not folder.is_dir():

@@ -19,7 +19,7 @@ def planned_jobs(
     config: Mapping[str, Any], cells: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, int]:
     """Jobs per Snakemake rule for a run from scratch (rule names of workflow/rules/*.smk)."""
-    from autolora.grid import weights_source
+    from autolora.planning.grid import weights_source
 
     datasets = {spec["dataset"] for spec in cells.values()}
     synthetic = {d for d in datasets if config["datasets"][d]["source"] == "synthetic"}
@@ -40,8 +40,8 @@ def planned_jobs(
 
 def format_plan(config: Mapping[str, Any]) -> str:
     from autolora.autoattack_variants import configured_variant
-    from autolora.costmodel import estimate
-    from autolora.grid import expand_grid
+    from autolora.planning.costmodel import estimate
+    from autolora.planning.grid import expand_grid
 
     grid = expand_grid(config)
     per_table = Counter(entry.table for entry in grid.entries)
@@ -69,7 +69,7 @@ def format_plan(config: Mapping[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autolora.grid import load_config
+    from autolora.planning.grid import load_config
 
     print(format_plan(load_config(args.config)))
     return 0

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from autolora.errors import ChecksumError, DataError
-from autolora.io import (
+from autolora.files import (
     atomic_path,
     atomic_write,
     is_no_space,

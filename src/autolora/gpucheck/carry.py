@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from autolora.errors import ConfigError
-from autolora.io import write_json
+from autolora.files import write_json
 
 CARRY_DIR = ".gpu-check"
 SITE_DIR = "site"

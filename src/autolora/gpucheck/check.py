@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from autolora import records
+from autolora.environment import timestamp
 from autolora.errors import ConfigError
 from autolora.gpucheck.plan import PLAN, select
 from autolora.gpucheck.report import OUTPUT_FILES, report_lines, summary_table, write_outputs
@@ -35,7 +35,7 @@ def output_folder(out: str | None, repo: Path) -> Path:
     if out is None and os.environ.get(OUT_VARIABLE):
         out = os.environ[OUT_VARIABLE]
     if out is None:
-        out = str(repo / "results" / "gpu-check" / records.timestamp().replace(":", ""))
+        out = str(repo / "results" / "gpu-check" / timestamp().replace(":", ""))
     folder = Path(out)
     earlier = [name for name in OUTPUT_FILES if (folder / name).exists()]
     if earlier:
@@ -100,7 +100,7 @@ def run_check(
         "budget_s": budget_s,
         "isolation": isolation,
         "python": sys.executable,
-        "started": records.timestamp(),
+        "started": timestamp(),
         "out": str(folder),
         "work": str(work_root),
         "plan": [
@@ -129,7 +129,7 @@ def run_check(
         write_outputs(
             folder,
             outcomes=outcomes,
-            meta={**meta, "finished": records.timestamp()},
+            meta={**meta, "finished": timestamp()},
             work_root=work_root,
             console=console.lines,
             final=final_lines(outcomes),

@@ -278,7 +278,7 @@ def attacks_agreement(context: StepContext) -> None:
 
 def _demo_spec(context: StepContext) -> tuple[dict[str, Any], dict[str, Any]]:
     """The cell of the config named by the options, on this step's device; and the config."""
-    from autolora.grid import expand_grid, load_config
+    from autolora.planning.grid import expand_grid, load_config
 
     options = context.options
     config = load_config(context.repo / options["config"])

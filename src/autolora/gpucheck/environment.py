@@ -50,8 +50,8 @@ def environment(context: StepContext) -> None:
     import torch
 
     from autolora import bench
+    from autolora.environment import code_version
     from autolora.gpucheck.correctness import full_fp32
-    from autolora.records import code_version
 
     record = context.record
     device = torch.device(context.device)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autolora.io import write_json
+from autolora.files import write_json
 
 
 def plain(value: Any) -> Any:

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from autolora.files import atomic_path, atomic_write, write_json
 from autolora.gpucheck.runner import SKIPPED, Outcome
-from autolora.io import atomic_path, atomic_write, write_json
 
 OUTPUT_FILES = ("summary.txt", "gpu-check.json", "steps.tar.gz", "console.log")
 PACKED_SUFFIXES = (".txt", ".log", ".json", ".csv", ".yaml")

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autolora.files import read_json
 from autolora.gpucheck.correctness import run_verb
 from autolora.gpucheck.runner import StepContext
-from autolora.io import read_json
 
 BENCH_JSON = "bench.json"
 OVERHEAD_TARGET = 1.15
@@ -296,7 +296,7 @@ def data_path(context: StepContext) -> None:
     from autolora.data.transforms import TransformSpec
     from autolora.evaluate import batches_on
     from autolora.fastpath import FastPaths, configure_backends
-    from autolora.grid import load_config
+    from autolora.planning.grid import load_config
 
     options, record = context.options, context.record
     device = torch.device(context.device)

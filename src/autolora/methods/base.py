@@ -20,7 +20,7 @@ class MethodSettings:
     code: the KL sum is divided by it even on a short last batch) or None for the actual size.
     ``lora_blocks`` (AutoLoRa, SPEC 4.3): where the LoRa update acts, ``"last"`` block of each
     stage or ``"all"``; ``twins_gamma_on`` (TWINS, SPEC 4.2): the half γ multiplies, ``"fixed"``
-    or ``"adaptive"``. Cells always set both from their protocol (``autolora.cells``)."""
+    or ``"adaptive"``. Cells always set both from their protocol (``autolora.planning.cells``)."""
 
     eps: float
     step: float

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from autolora.data.sources.download import Checksum, download, remove_tree, verify_file
 from autolora.errors import ConfigError, DataError
-from autolora.io import sha256_file
+from autolora.files import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autolora.errors import ChecksumError, DataError
-from autolora.io import md5_file, sha256_file
+from autolora.files import md5_file, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,10 @@ from typing import Any
 from urllib.parse import quote
 
 from autolora import __version__
-from autolora.crate.graph import CrateBuilder, ref, rule_files
-from autolora.crate.vocabulary import (
+from autolora.errors import ChecksumError, ConfigError, DataError
+from autolora.files import atomic_write, read_json, sha256_file
+from autolora.reporting.crate.graph import CrateBuilder, ref, rule_files
+from autolora.reporting.crate.vocabulary import (
     COMPLETED,
     CONNECTIONS,
     CRATE_LOG,
@@ -41,8 +43,6 @@ from autolora.crate.vocabulary import (
     WORKFLOW_SOURCES,
     media_type,
 )
-from autolora.errors import ChecksumError, ConfigError, DataError
-from autolora.io import atomic_write, read_json, sha256_file
 
 # --------------------------------------------------------------------------------------------
 # The workflow definition, copied into the crate
@@ -120,7 +120,7 @@ def describe_results(
     ``root``: the folder the records' paths are relative to (where the workflow ran).
     ``authors``: people who ran the reproduction, ``Name`` or ``Name <https://orcid.org/...>``.
     """
-    from autolora.grid import expand_grid, load_config, reported_checkpoint
+    from autolora.planning.grid import expand_grid, load_config, reported_checkpoint
 
     folder, root = Path(folder), Path(root)
     config_file = folder / RESOLVED_CONFIG
@@ -571,7 +571,7 @@ TOP_LEVEL = {
 def load_claims(builder: CrateBuilder) -> dict[str, Any] | None:
     """Register the sha256 the provenance indices claim for files of the folder (tables, report,
     figures, table indices, the resolved config); returns the claim on the paper's numbers."""
-    from autolora.provenance import RESULTS_INDEX, all_indices
+    from autolora.reporting.provenance import RESULTS_INDEX, all_indices
 
     folder = builder.folder
     if not (folder / "provenance").is_dir():
@@ -602,7 +602,7 @@ def load_claims(builder: CrateBuilder) -> dict[str, Any] | None:
 
 
 def _describe_aggregate(builder: CrateBuilder) -> _Aggregate:
-    from autolora.provenance import all_indices
+    from autolora.reporting.provenance import all_indices
 
     aggregate = _Aggregate()
     folder = builder.folder

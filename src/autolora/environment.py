@@ -27,7 +27,7 @@ from typing import Any
 
 from autolora import __version__
 from autolora.errors import DataError
-from autolora.io import canonical_json, read_json, sha256_bytes, sha256_file
+from autolora.files import canonical_json, read_json, sha256_bytes, sha256_file
 
 SEAL_KEY = "record_sha256"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import markdown
 import pandas as pd
 
-from autolora.compare import claims_markdown, comparison_markdown
-from autolora.io import atomic_write
-from autolora.stats import STD_DESCRIPTION, TEST_DESCRIPTIONS
-from autolora.tables import Table
+from autolora.files import atomic_write
+from autolora.reporting.compare import claims_markdown, comparison_markdown
+from autolora.reporting.stats import STD_DESCRIPTION, TEST_DESCRIPTIONS
+from autolora.reporting.tables import Table
 
 
 @dataclass

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autolora.autoattack_variants import configured_variant
-from autolora.cells import CellConfig, resolve_cell
 from autolora.errors import ConfigError
+from autolora.planning.cells import CellConfig, resolve_cell
 
 # (train, validation, test) images per epoch under the `paper` split (SPEC §2); the `clean`
 # split differs by a few percent, well inside the margin.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from autolora.errors import DataError
-from autolora.tables import BASELINES, PROPOSED, Number, Table
+from autolora.reporting.tables import BASELINES, PROPOSED, Number, Table
 
 PAPER_COLUMNS = (
     "table",

@@ -32,9 +32,9 @@ from typing import Any
 
 from autolora import __version__
 from autolora.errors import ChecksumError, ConfigError, DataError
-from autolora.io import md5_file, read_json, sha256_file, write_json
-from autolora.stats import TEST_DESCRIPTIONS, summarize, two_sample_ttest
-from autolora.tables import parameter_ratio_pct
+from autolora.files import md5_file, read_json, sha256_file, write_json
+from autolora.reporting.stats import TEST_DESCRIPTIONS, summarize, two_sample_ttest
+from autolora.reporting.tables import parameter_ratio_pct
 
 INDEX_FORMAT = 1
 INDEX_KIND = "provenance_index"
@@ -122,7 +122,7 @@ def _unique_files(files: Iterable[dict]) -> list[dict]:
 
 
 def number_entry(number: Any, root: str | Path) -> dict:
-    """The index entry of one ``autolora.tables.Number``."""
+    """The index entry of one ``autolora.reporting.tables.Number``."""
     return {
         "row": number.row,
         "column": number.column,
@@ -153,7 +153,7 @@ def number_entry(number: Any, root: str | Path) -> dict:
 def build_index(
     table: Any, *, root: str | Path, protocol: str | None, outputs: Iterable[str | Path] = ()
 ) -> dict:
-    """The provenance index of an ``autolora.tables.Table``; ``outputs``: its rendered files."""
+    """The provenance index of an ``autolora.reporting.tables.Table``; ``outputs``: its rendered files."""
     numbers = [number_entry(n, root) for n in table.numbers]
     cells: dict[str, dict] = {}
     for entry in numbers:

@@ -25,15 +25,15 @@ record claims are re-hashed and must agree, large ones are not re-read here (``a
 same bytes.
 """
 
-from autolora.crate.deposit import (
+from autolora.reporting.crate.deposit import (
     CrateAudit,
     described_files,
     load_crate,
     verify_crate,
     write_archive,
 )
-from autolora.crate.describe import copy_workflow_source, describe_results, write_crate
-from autolora.crate.vocabulary import METADATA_FILE, SOURCE_DIR, iso_time, media_type
+from autolora.reporting.crate.describe import copy_workflow_source, describe_results, write_crate
+from autolora.reporting.crate.vocabulary import METADATA_FILE, SOURCE_DIR, iso_time, media_type
 
 __all__ = [
     "METADATA_FILE",

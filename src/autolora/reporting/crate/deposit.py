@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autolora.crate.vocabulary import (
+from autolora.errors import ChecksumError, ConfigError, DataError
+from autolora.files import HASH_CHUNK_BYTES, atomic_path, read_json, sha256_file
+from autolora.reporting.crate.vocabulary import (
     ARCHIVE_TIME,
     LARGE_SUFFIXES,
     METADATA_FILE,
 )
-from autolora.errors import ChecksumError, ConfigError, DataError
-from autolora.io import HASH_CHUNK_BYTES, atomic_path, read_json, sha256_file
 
 
 @dataclass

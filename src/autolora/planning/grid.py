@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 
 from autolora.autoattack_variants import configured_variant
-from autolora.cells import GRAD_SIMILARITY_METHODS, cell_id, format_number, resolve_cell
 from autolora.errors import ConfigError
-from autolora.protocol import protocol_choices
+from autolora.planning.cells import GRAD_SIMILARITY_METHODS, cell_id, format_number, resolve_cell
+from autolora.planning.protocol import protocol_choices
 
 METHODS = ("vanilla", "twins", "autolora")
 DEFAULT_LORA_RANK = 8  # SPEC §6: r = 8; a table-3 cell with r = 8 is the main AutoLoRa cell
@@ -489,7 +489,9 @@ def expand_grid(config: Mapping[str, Any]) -> Grid:
         )
     for key, spec in cells.items():
         resolved = resolve_cell(spec)  # every hyper-parameter checked before any job starts
-        if resolved.cell_id != key:  # pragma: no cover - both come from autolora.cells.cell_id
+        if (
+            resolved.cell_id != key
+        ):  # pragma: no cover - both come from autolora.planning.cells.cell_id
             raise ConfigError(f"cell {key} resolves to a different id {resolved.cell_id}")
     return Grid(cells=cells, entries=entries)
 

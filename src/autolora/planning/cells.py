@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autolora.errors import ConfigError
-from autolora.protocol import METHOD_PROTOCOL_CHOICES, PROTOCOLS, protocol_choices
+from autolora.planning.protocol import METHOD_PROTOCOL_CHOICES, PROTOCOLS, protocol_choices
 
 METHODS = ("vanilla", "twins", "autolora")
 ARCHS = ("resnet18", "resnet50", "tiny")

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autolora.crate.vocabulary import (
+from autolora.errors import ChecksumError, DataError
+from autolora.files import sha256_file
+from autolora.reporting.crate.vocabulary import (
     COMPLETED,
     CONTEXT,
     LARGE_SUFFIXES,
@@ -23,8 +25,6 @@ from autolora.crate.vocabulary import (
     iso_time,
     media_type,
 )
-from autolora.errors import ChecksumError, DataError
-from autolora.io import sha256_file
 
 
 @dataclass

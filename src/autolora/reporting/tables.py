@@ -2,7 +2,7 @@
 
 A table is built from the grid's ``TableEntry`` list (one entry per cell and seed) and the results
 root; nothing here parses the workflow config. Every number keeps the cells and seeds behind it, so
-that the provenance index (``autolora.provenance``) and the paper comparison (``autolora.compare``)
+that the provenance index (``autolora.reporting.provenance``) and the paper comparison (``autolora.reporting.compare``)
 can follow it. Cells read "mean ± std (n)"; a mean over fewer seeds than configured reads
 "mean ± std (n/N)†" and a number with no seed at all reads "—" (or "n/a" where the metric was not
 computed). Footnotes give each gap once, by cause, with a count and the config key or command that
@@ -27,9 +27,9 @@ from autolora.autoattack_variants import (
     autoattack_variant,
     record_variant,
 )
+from autolora.environment import read_record
 from autolora.errors import DataError
-from autolora.records import read_record
-from autolora.stats import (
+from autolora.reporting.stats import (
     STD_DESCRIPTION,
     TEST_DESCRIPTIONS,
     summarize,
@@ -84,7 +84,7 @@ TABLE_ORDER = ("table1", "table2", "table3", "table4", "table5", "table6", "tabl
 
 
 class EntryLike(Protocol):
-    """What a table needs of ``autolora.grid.TableEntry``."""
+    """What a table needs of ``autolora.planning.grid.TableEntry``."""
 
     table: str
     cell_id: str
@@ -664,7 +664,7 @@ class Table:
     checkpoint: str = "best_test"
     arch: str = ""
     autoattack: AutoAttackVariant = field(default_factory=lambda: autoattack_variant(STANDARD))
-    # cell id -> the config keys that leave it without AA (autolora.grid.autoattack_skip_reasons)
+    # cell id -> the config keys that leave it without AA (autolora.planning.grid.autoattack_skip_reasons)
     not_computed_reasons: dict[str, str] = field(default_factory=dict)
     arithmetic: dict[str, str] = field(default_factory=dict)  # evaluated cell -> how it trained
 
@@ -880,7 +880,7 @@ def build_tables(
     ``parameter_counts``: {(arch, rank): ``autolora.models.parameter_counts(...)``} for Table 3's
     ratio (not computed without them). ``autoattack_version``: the AutoAttack variant every AA
     number must come from (named in the titles and footnotes); ``not_computed_reasons``: cell id
-    -> the config keys that leave it without AA (``autolora.grid.Grid.autoattack_skip_reasons``),
+    -> the config keys that leave it without AA (``autolora.planning.grid.Grid.autoattack_skip_reasons``),
     for the footnotes.
     """
     variant = autoattack_variant(autoattack_version)

@@ -18,10 +18,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from autolora.environment import read_record
 from autolora.errors import DataError
-from autolora.io import atomic_path, read_verified
-from autolora.records import read_record
-from autolora.tables import DATASET_LABELS, METHOD_LABELS, EntryLike
+from autolora.files import atomic_path, read_verified
+from autolora.reporting.tables import DATASET_LABELS, METHOD_LABELS, EntryLike
 
 HISTORY_FILE = "history.csv"
 RUN_RECORD = "run.json"

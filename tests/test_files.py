@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from autolora.errors import DataError, StorageError
-from autolora.io import atomic_write, read_json, sha256_file, write_json
+from autolora.files import atomic_write, read_json, sha256_file, write_json
 
 
 def test_atomic_write_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

@@ -1,7 +1,7 @@
 """Protocols: named bundles of the choices where the paper's text and its released code differ.
 
 SPEC §7. ``paper`` follows the released code (the default); ``clean`` follows the paper's text with
-the test-set leakage removed. Every choice stays overridable per cell (``autolora.cells``); the run
+the test-set leakage removed. Every choice stays overridable per cell (``autolora.planning.cells``); the run
 record names the protocol and every resolved choice.
 """
 
