@@ -34,6 +34,7 @@ from autolora.fastpath import (
 )
 from autolora.methods import MethodSettings, build_method
 from autolora.models import build_model
+from autolora.planning.vocabulary import VANILLA
 
 ATTACK_STEPS = 10
 FORWARDS_PER_ATTACK_STEP = 2  # forward + input-gradient backward (no weight gradients)
@@ -47,8 +48,7 @@ OVERHEAD_TARGET = 1.15
 EPS = 8 / 255
 STEP = 2 / 255
 ALL_ROBUST_EPS = 1e-7  # no prediction flips: every AutoAttack attack runs on every point
-METHODS = ("vanilla", "twins", "autolora")
-REFERENCE_METHOD = "vanilla"  # the cost model's throughputs are vanilla RFT's
+REFERENCE_METHOD = VANILLA  # the cost model's throughputs are vanilla RFT's
 REFERENCE_ARCH = "resnet18"
 
 

@@ -6,6 +6,9 @@ traceback.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 
 class AutoloraError(Exception):
     """Base class of every error a user can fix."""
@@ -25,3 +28,12 @@ class ChecksumError(DataError):
 
 class StorageError(AutoloraError):
     """A file could not be written for lack of space (disk full or quota exceeded)."""
+
+
+def reject_unknown(mapping: Iterable[Any], allowed: Iterable[str], prefix: str = "") -> None:
+    """A ConfigError naming the first key of ``mapping`` that is not in ``allowed`` (listed in the
+    order given) with ``prefix``, its place in the configuration (e.g. ``"tables."``)."""
+    allowed = tuple(allowed)
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"unknown key '{prefix}{key}'; allowed: {', '.join(allowed)}")

@@ -22,12 +22,12 @@ from typing import Any
 from autolora.data.sources.download import Checksum, download
 from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.files import atomic_write, sha256_file, write_json
+from autolora.planning.vocabulary import ARCHS, PUBLISHED_ARCHS, PUBLISHED_EPS_PT_255
 
 log = logging.getLogger(__name__)
 
 HOST = "https://huggingface.co/madrylab/robust-imagenet-models/resolve/main"
-ARCHS = ("resnet18", "resnet50")
-EPS_VALUES = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # pre-training L-inf epsilon, in /255
+EPS_VALUES = tuple(float(eps) for eps in PUBLISHED_EPS_PT_255)  # L-inf, /255
 APPROX_SIZE_MB = {"resnet18": 93.6, "resnet50": 205.0}
 DEFAULT_LOCK = Path("config/weights.lock")
 STATE_PREFIX = "module.model."
@@ -77,7 +77,7 @@ CATALOGUE: dict[tuple[str, float], WeightFile] = {
         approx_size_mb=APPROX_SIZE_MB[arch],
         sha256=PUBLISHED_SHA256[weight_file_name(arch, eps)],
     )
-    for arch in ARCHS
+    for arch in PUBLISHED_ARCHS
     for eps in EPS_VALUES
 }
 
@@ -88,7 +88,7 @@ def lookup(arch: str, eps_pt: float) -> WeightFile:
     except (KeyError, ValueError):
         raise ConfigError(
             f"no published checkpoint for arch {arch!r} with eps_pt {eps_pt!r}; available: "
-            f"arch in {', '.join(ARCHS)}, eps_pt in {', '.join(f'{e:g}' for e in EPS_VALUES)} "
+            f"arch in {', '.join(PUBLISHED_ARCHS)}, eps_pt in {', '.join(f'{e:g}' for e in EPS_VALUES)} "
             "(the tiny demo backbone comes from `autolora pretrain`)"
         ) from None
 
@@ -320,7 +320,7 @@ def torchvision_state(checkpoint: Any, src: str | os.PathLike) -> dict[str, Any]
 
 def check_architecture(state: Mapping[str, Any], arch: str, src: str | os.PathLike) -> None:
     """Refuse a state dict that does not load into a torchvision ``arch`` (a mislabelled file)."""
-    from autolora.models import ARCHS, build_model, load_backbone_state
+    from autolora.models import build_model, load_backbone_state
 
     if arch not in ARCHS:
         raise ConfigError(f"arch {arch!r}: expected one of {', '.join(ARCHS)}")
@@ -405,7 +405,7 @@ def convert_checkpoint(
             f"{src}: sha256 is {source_sha}, expected {expected_sha256}; the checkpoint is corrupt "
             "or not the published one: delete it and download it again"
         )
-    entry = CATALOGUE.get((arch, float(eps_pt))) if arch in ARCHS else None
+    entry = CATALOGUE.get((arch, float(eps_pt))) if arch in PUBLISHED_ARCHS else None
     if entry is not None and lock_path is not None:
         expected, origin = pinned_sha256(entry, lock_path)
         if expected is not None and source_sha != expected:
@@ -462,7 +462,7 @@ def verify_backbone(
         {"path": path, "sha256": actual, "checked_against": str(record_file)},
         {"path": record_file, "sha256": sha256_bytes(record_bytes), "checked_against": None},
     ]
-    entry = CATALOGUE.get((arch, float(eps_pt))) if arch in ARCHS else None
+    entry = CATALOGUE.get((arch, float(eps_pt))) if arch in PUBLISHED_ARCHS else None
     if entry is not None:
         source_sha = (record.get("source") or {}).get("sha256")
         expected, origin = pinned_sha256(entry, lock_path)

@@ -9,9 +9,10 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 try:
-    from autolora.planning import costmodel, grid
+    from autolora.planning import costmodel, grid, vocabulary
     from autolora.autoattack_variants import configured_variant
     from autolora.errors import AutoloraError
+    from autolora.planning.protocol import PROTOCOLS
 except ImportError as error:
     raise WorkflowError(
         f"the autolora package cannot be imported ({error}): run Snakemake from the project's "
@@ -46,17 +47,20 @@ def _alternatives(names):
 
 
 SYNTHETIC_DATASETS = [
-    name for name, spec in config["datasets"].items() if spec["source"] == "synthetic"
+    name
+    for name, spec in config["datasets"].items()
+    if spec["source"] == vocabulary.SYNTHETIC
 ]
 REAL_DATASETS = [name for name in config["datasets"] if name not in SYNTHETIC_DATASETS]
 
 
+# Wildcards take the names the vocabulary defines and the config declares (no literal lists).
 wildcard_constraints:
-    protocol="paper|clean",
-    arch="resnet18|resnet50|tiny",
-    eps=r"\d+(\.\d+)?",
+    protocol=_alternatives(PROTOCOLS),
+    arch=_alternatives(vocabulary.ARCHS),
+    eps=vocabulary.NUMBER_PATTERN,
     dataset=_alternatives(config["datasets"]),
-    method=r"(vanilla|twins|autolora)(-(r\d+|alpha\d+(\.\d+)?|autolr))?",
+    method=vocabulary.method_folder_pattern(),
     seed=r"\d+",
     checkpoint="best_test|best_val|final",
 

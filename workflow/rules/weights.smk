@@ -9,7 +9,7 @@ rule download_weights:
     log:
         f"{RESOURCES}/logs/download_weights/{{arch}}-eps{{eps}}.log",
     wildcard_constraints:
-        arch="resnet18|resnet50",
+        arch=_alternatives(vocabulary.PUBLISHED_ARCHS),
     localrule: True
     conda:
         CONDA_ENV
@@ -27,7 +27,7 @@ rule convert_weights:
     log:
         f"{RESOURCES}/logs/convert_weights/{{arch}}-eps{{eps}}.log",
     wildcard_constraints:
-        arch="resnet18|resnet50",
+        arch=_alternatives(vocabulary.PUBLISHED_ARCHS),
     conda:
         CONDA_ENV
     threads: 1
@@ -45,7 +45,7 @@ rule pretrain_backbone:
     log:
         f"{RESOURCES}/logs/pretrain_backbone/{{arch}}-eps{{eps}}.log",
     wildcard_constraints:
-        arch="tiny",
+        arch=_alternatives(vocabulary.PRETRAINED_HERE_ARCHS),
     conda:
         CONDA_ENV
     threads: JOB_THREADS

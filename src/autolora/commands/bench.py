@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from autolora.planning.vocabulary import ARCHS, METHODS
+
 NAME = "bench"
 HELP = "time the robust training steps against a standard step; print ratios and TFLOP/s"
 FLAGS = ("channels_last", "bf16", "compile", "cudnn_benchmark")
@@ -23,12 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--archs",
         nargs="+",
-        choices=("tiny", "resnet18", "resnet50"),
+        choices=ARCHS,
         default=None,
         help="only the cases of these backbones (default: every case of --size)",
     )
-    parser.add_argument("--methods", nargs="+", choices=("vanilla", "twins", "autolora"),
-                        default=["vanilla", "twins", "autolora"])  # fmt: skip
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument(
         "--fast-paths",
         choices=("plain", "fast", "both"),

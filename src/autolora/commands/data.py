@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from autolora.planning.vocabulary import DATASETS
+
 NAME = "data"
 HELP = "download / prepare a real dataset (SPEC 2) or synthesize one, in the prepared format"
 
@@ -11,9 +13,7 @@ HELP = "download / prepare a real dataset (SPEC 2) or synthesize one, in the pre
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     download = actions.add_parser("download", help="download and verify a dataset's archives")
-    download.add_argument(
-        "--dataset", required=True, help="cifar10, cifar100, dtd, dogs, cub, caltech256"
-    )
+    download.add_argument("--dataset", required=True, help=", ".join(DATASETS))
     download.add_argument("--dest", required=True, help="folder for the archive files")
     download.add_argument(
         "--staging",
@@ -24,9 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prepare = actions.add_parser(
         "prepare", help="verify, extract and prepare a dataset with its splits"
     )
-    prepare.add_argument(
-        "--dataset", required=True, help="cifar10, cifar100, dtd, dogs, cub, caltech256"
-    )
+    prepare.add_argument("--dataset", required=True, help=", ".join(DATASETS))
     prepare.add_argument("--source", required=True, help="folder holding the downloaded archives")
     prepare.add_argument("--out", required=True, help="prepared dataset folder (must not exist)")
     synth = actions.add_parser("synthesize", help="write a synthetic dataset")

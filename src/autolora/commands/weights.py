@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from autolora.planning.vocabulary import PUBLISHED_ARCHS
+
 NAME = "weights"
 HELP = "download / verify / convert pre-trained backbone checkpoints (robustness -> safetensors)"
 
@@ -13,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     download = actions.add_parser("download", help="download a checkpoint and verify its sha256")
     verify = actions.add_parser("verify", help="check a checkpoint against its pinned sha256")
     for sub in (download, verify):
-        sub.add_argument("--arch", required=True, choices=("resnet18", "resnet50"))
+        sub.add_argument("--arch", required=True, choices=PUBLISHED_ARCHS)
         sub.add_argument("--eps", required=True, type=float, help="pre-training epsilon (/255)")
         sub.add_argument("--lock", default="config/weights.lock", help="lock file of pinned hashes")
     download.add_argument("--dest", required=True, help="where to write the .ckpt file")
@@ -26,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, help="output .safetensors (a .json record goes beside it)"
     )
     convert.add_argument(
-        "--arch", help="resnet18 | resnet50 (recorded; default: from a catalogue file name)"
+        "--arch",
+        help=f"{' | '.join(PUBLISHED_ARCHS)} (recorded; default: from a catalogue file name)",
     )
     convert.add_argument(
         "--eps",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autolora.errors import ConfigError
+from autolora.planning.vocabulary import METHODS
 
 DEFAULT_BUDGET_S = 460.0  # with the interpreter start-up: under 8 minutes on the device
 FAST = ["channels_last", "bf16", "cudnn_benchmark"]  # compile is timed alone, last
@@ -61,7 +62,7 @@ def _step_case(arch: str, image_size: int, input_upsample: int | None, **sizes: 
         "image_size": image_size,
         "input_upsample": input_upsample,
         "num_classes": 10,
-        "methods": ["vanilla", "twins", "autolora"],
+        "methods": list(METHODS),
         **sizes,
     }
 
@@ -151,7 +152,7 @@ PLAN: tuple[Step, ...] = (
         min_s=45,
         gpu={"args": _bench_args("resnet18"), "unit_margin_s": 40},
         dry={
-            "args": _dry_bench_args("channels_last", "vanilla twins autolora"),
+            "args": _dry_bench_args("channels_last", " ".join(METHODS)),
             "unit_margin_s": 5,
         },
     ),

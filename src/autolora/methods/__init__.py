@@ -7,12 +7,15 @@ from autolora.methods.autolora import AutoLoRa
 from autolora.methods.base import Method, MethodSettings, StepResult, kl_term
 from autolora.methods.twins import Twins
 from autolora.methods.vanilla import VanillaRFT
+from autolora.planning.vocabulary import AUTOLORA, TWINS, VANILLA
 
-METHODS: dict[str, type[Method]] = {"vanilla": VanillaRFT, "twins": Twins, "autolora": AutoLoRa}
+# The classes of the methods the vocabulary names (a test checks that the two agree).
+METHODS: dict[str, type[Method]] = {VANILLA: VanillaRFT, TWINS: Twins, AUTOLORA: AutoLoRa}
 
 
 def build_method(name: str, settings: MethodSettings) -> Method:
-    """The method called ``name`` ("vanilla" | "twins" | "autolora") with ``settings``."""
+    """The method called ``name`` (a name of ``autolora.planning.vocabulary.METHODS``) with
+    ``settings``."""
     try:
         return METHODS[name](settings)
     except KeyError:

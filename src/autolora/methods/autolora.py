@@ -17,12 +17,13 @@ from autolora.methods.base import (
     training_attack,
 )
 from autolora.models import classifier_parameters, fe_parameters, lora_parameters
+from autolora.planning.vocabulary import AUTOLORA
 
 
 class AutoLoRa(Method):
     """Loss = λ1·CE(h_LoRa(x), y) + (1 − λ1)·CE(h(x̃), y) + λ2·KL(h(x̃) ‖ h_LoRa(x))."""
 
-    name = "autolora"
+    name = AUTOLORA
     uses_lambda_pass = True
 
     def __init__(self, settings: MethodSettings) -> None:

@@ -19,6 +19,7 @@ from autolora.methods.base import (
     training_attack,
 )
 from autolora.models import classifier_parameters, fe_parameters
+from autolora.planning.vocabulary import TWINS
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Twins(Method):
     CE_F + γ·CE_A + β·[KL_F + γ·KL_A] with ``"adaptive"`` (the paper's Eq. 2);
     F = rows [0, B//2) (fixed BN), A = the rest."""
 
-    name = "twins"
+    name = TWINS
 
     def model_options(self) -> dict:
         return {"dual_bn": True}

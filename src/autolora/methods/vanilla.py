@@ -16,12 +16,13 @@ from autolora.methods.base import (
     training_attack,
 )
 from autolora.models import classifier_parameters, fe_parameters
+from autolora.planning.vocabulary import VANILLA
 
 
 class VanillaRFT(Method):
     """Loss = CE(h(x), y) + β·KL(h(x̃) ‖ h(x)), x̃ = PGD on CE (random start)."""
 
-    name = "vanilla"
+    name = VANILLA
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return [*fe_parameters(model), *classifier_parameters(model)]

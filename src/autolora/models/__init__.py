@@ -4,7 +4,6 @@ from autolora.models.dual_bn import DualBatchNorm2d, FixedStatsBatchNorm2d
 from autolora.models.loading import load_backbone_state
 from autolora.models.lora import LoRaConv2d
 from autolora.models.resnet import (
-    ARCHS,
     LORA_BLOCKS,
     RobustNet,
     TinyResNet,
@@ -19,7 +18,6 @@ from autolora.models.resnet import (
 )
 
 __all__ = [
-    "ARCHS",
     "LORA_BLOCKS",
     "DualBatchNorm2d",
     "FixedStatsBatchNorm2d",

@@ -16,8 +16,8 @@ from torchvision.models import resnet as tv_resnet
 
 from autolora.models.dual_bn import BN_MODES, DualBatchNorm2d
 from autolora.models.lora import LoRaConv2d
+from autolora.planning.vocabulary import ARCHS
 
-ARCHS = ("resnet18", "resnet50", "tiny")
 BRANCHES = ("fe", "lora")
 LORA_BLOCKS = ("last", "all")  # where the LoRa forward adds ΔBA (SPEC 4.3, protocol `lora_blocks`)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

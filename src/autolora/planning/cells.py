@@ -15,41 +15,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autolora.errors import ConfigError
+from autolora.errors import ConfigError, reject_unknown
 from autolora.planning.protocol import METHOD_PROTOCOL_CHOICES, PROTOCOLS, protocol_choices
-
-METHODS = ("vanilla", "twins", "autolora")
-ARCHS = ("resnet18", "resnet50", "tiny")
-SPEC_DATASETS = ("cifar10", "cifar100", "dtd", "dogs", "cub", "caltech256")
-# ε_pt (/255) of the published robust ImageNet backbones (SPEC §1); the tiny demo backbone takes any.
-PRETRAINED_EPS = (0, 0.5, 1, 2, 4, 8)
-
-# SPEC §6, Table 7: initial LR, weight decay (, TWINS γ) of the baselines per dataset.
-TABLE7: dict[str, dict[str, dict[str, float]]] = {
-    "vanilla": {
-        "cifar10": {"lr": 1e-2, "weight_decay": 1e-4},
-        "cifar100": {"lr": 1e-3, "weight_decay": 1e-4},
-        "dtd": {"lr": 1e-2, "weight_decay": 1e-4},
-        "dogs": {"lr": 1e-3, "weight_decay": 1e-4},
-        "cub": {"lr": 1e-2, "weight_decay": 1e-4},
-        "caltech256": {"lr": 1e-2, "weight_decay": 1e-4},
-    },
-    "twins": {
-        "cifar10": {"lr": 1e-2, "weight_decay": 1e-4, "twins_gamma": 1.0},
-        "cifar100": {"lr": 1e-2, "weight_decay": 1e-4, "twins_gamma": 1.0},
-        "dtd": {"lr": 1e-3, "weight_decay": 1e-4, "twins_gamma": 1.0},
-        "dogs": {"lr": 3e-3, "weight_decay": 1e-4, "twins_gamma": 1.0},
-        "cub": {"lr": 1e-2, "weight_decay": 1e-4, "twins_gamma": 3.0},
-        "caltech256": {"lr": 3e-3, "weight_decay": 1e-4, "twins_gamma": 1.0},
-    },
-}
-# SPEC §4.3/§6: AutoLoRa has no per-dataset tuning.
-AUTOLORA_HYPER = {"lr": 0.01, "weight_decay": 1e-4}
-HYPER_KEYS = {
-    "vanilla": ("lr", "weight_decay"),
-    "twins": ("lr", "weight_decay", "twins_gamma"),
-    "autolora": ("lr", "weight_decay"),
-}
+from autolora.planning.vocabulary import (
+    ARCHS,
+    AUTOLORA,
+    AUTOLORA_HYPER,
+    BASELINES,
+    DATASET_NAME_PATTERN,
+    DEFAULT_ALPHA,
+    DEFAULT_LORA_RANK,
+    GRAD_SIMILARITY_METHODS,
+    HYPER_KEYS,
+    METHODS,
+    PRETRAINED_HERE_ARCHS,
+    PUBLISHED_EPS_PT_255,
+    TABLE7,
+    TWINS,
+    canonical_variant,
+    format_number,
+    method_folder,
+    parse_variant,
+    plain_number,
+)
 
 IDENTITY_KEYS = ("protocol", "arch", "eps_pt", "dataset", "method", "variant", "seed")
 SPEC_KEYS = (*IDENTITY_KEYS, "overrides", "hyper")
@@ -58,13 +46,12 @@ GROUPS = ("attack", "autolr", "autoattack", "runtime")
 
 # Settings only one method reads; for the others they resolve to None and may not be overridden.
 METHOD_ONLY: dict[str, tuple[str, ...]] = {
-    "beta": ("vanilla", "twins"),
-    "twins_gamma": ("twins",),
-    "lora_rank": ("autolora",),
-    "alpha": ("autolora",),
-    "lambda_scale": ("autolora",),
+    "beta": BASELINES,
+    "twins_gamma": (TWINS,),
+    "lora_rank": (AUTOLORA,),
+    "alpha": (AUTOLORA,),
+    "lambda_scale": (AUTOLORA,),
 }
-GRAD_SIMILARITY_METHODS = ("vanilla", "twins")  # SPEC 4.5 defines it for the baselines only
 
 
 @dataclass(frozen=True)
@@ -177,14 +164,14 @@ class CellConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> CellConfig:
         """Rebuild a config written by ``to_dict`` (validating every value again)."""
         expected = {f.name for f in dataclasses.fields(cls)}
-        _reject_unknown(data, expected, prefix="")
+        reject_unknown(data, sorted(expected))
         missing = sorted(expected - set(data))
         if missing:
             raise ConfigError(f"resolved cell config lacks key {missing[0]!r}; re-resolve the cell")
         identity = _validate_identity({key: data[key] for key in IDENTITY_KEYS})
         flat = _flatten({k: v for k, v in data.items() if k not in (*IDENTITY_KEYS, "cell_id")})
         values = {key: _check_value(key, value, key) for key, value in flat.items()}
-        _reject_unknown(values, set(VALIDATORS), prefix="")
+        reject_unknown(values, sorted(VALIDATORS))
         _cross_checks(values, identity["method"])
         config = _build(identity, values)
         if data["cell_id"] != config.cell_id:
@@ -338,7 +325,7 @@ def runtime_values(runtime: Any, where: str = "runtime") -> dict[str, Any]:
     if not isinstance(runtime, Mapping):
         raise _invalid(where, runtime, "a mapping of runtime settings (device, num_workers, ...)")
     names = {item.name for item in dataclasses.fields(RuntimeConfig)}
-    _reject_unknown(runtime, names, prefix=f"{where}.")
+    reject_unknown(runtime, sorted(names), f"{where}.")
     return {key: VALIDATORS[f"runtime.{key}"](f"{where}.{key}", v) for key, v in runtime.items()}
 
 
@@ -348,55 +335,7 @@ def _check_value(name: str, value: Any, shown_key: str) -> Any:
     return VALIDATORS[name](shown_key, value)
 
 
-def _reject_unknown(data: Mapping[str, Any], allowed: set[str] | tuple, *, prefix: str) -> None:
-    for key in data:
-        if key not in allowed:
-            names = ", ".join(sorted(allowed))
-            raise ConfigError(f"unknown key '{prefix}{key}'; allowed: {names}")
-
-
 # ---- identity, id and path ---------------------------------------------------------------------
-
-
-def format_number(value: float) -> str:
-    """Shortest text of a number as used in ids: 4 -> "4", 0.5 -> "0.5"."""
-    number = float(value)
-    return str(int(number)) if number.is_integer() else repr(number)
-
-
-def _number(value: float) -> int | float:
-    number = float(value)
-    return int(number) if number.is_integer() else number
-
-
-def parse_variant(variant: str | None, method: str) -> tuple[str, Any] | None:
-    """``"r4"`` -> ("lora_rank", 4); ``"alpha0.5"`` -> ("alpha", 0.5); ``"autolr"`` -> ("lr_schedule", "autolr")."""
-    if variant is None:
-        return None
-    allowed = "null, r<k> (autolora), alpha<a> (autolora), autolr (vanilla, twins)"
-    if not isinstance(variant, str):
-        raise _invalid("variant", variant, allowed)
-    rank = re.fullmatch(r"r(\d+)", variant)
-    alpha = re.fullmatch(r"alpha(\d+(?:\.\d+)?)", variant)
-    if rank and int(rank.group(1)) >= 1 and method == "autolora":
-        return ("lora_rank", int(rank.group(1)))
-    if alpha and float(alpha.group(1)) > 0 and method == "autolora":
-        return ("alpha", _number(alpha.group(1)))
-    if variant == "autolr" and method in ("vanilla", "twins"):
-        return ("lr_schedule", "autolr")
-    raise ConfigError(f"invalid variant {variant!r} for method {method!r}; allowed: {allowed}")
-
-
-def _canonical_variant(variant: str | None, method: str) -> str | None:
-    parsed = parse_variant(variant, method)
-    if parsed is None:
-        return None
-    name, value = parsed
-    if name == "lora_rank":
-        return f"r{value}"
-    if name == "alpha":
-        return f"alpha{format_number(value)}"
-    return "autolr"
 
 
 def _validate_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
@@ -404,22 +343,22 @@ def _validate_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
     arch = _choice(*ARCHS)("arch", identity["arch"])
     method = _choice(*METHODS)("method", identity["method"])
     dataset = identity["dataset"]
-    if not isinstance(dataset, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", dataset):
+    if not isinstance(dataset, str) or not re.fullmatch(DATASET_NAME_PATTERN, dataset):
         raise _invalid("dataset", dataset, "a name of letters, digits, '_', '.', '-'")
-    eps_allowed = ", ".join(format_number(e) for e in PRETRAINED_EPS)
-    if arch == "tiny":
+    eps_allowed = ", ".join(format_number(e) for e in PUBLISHED_EPS_PT_255)
+    if arch in PRETRAINED_HERE_ARCHS:
         eps_pt = _float(0)("eps_pt", identity["eps_pt"])
     else:
         eps_pt = _as_float("eps_pt", identity["eps_pt"], eps_allowed)
-        if eps_pt not in PRETRAINED_EPS:
+        if eps_pt not in PUBLISHED_EPS_PT_255:
             raise _invalid("eps_pt", identity["eps_pt"], eps_allowed)
     return {
         "protocol": protocol,
         "arch": arch,
-        "eps_pt": _number(eps_pt),
+        "eps_pt": plain_number(eps_pt),
         "dataset": dataset,
         "method": method,
-        "variant": _canonical_variant(identity["variant"], method),
+        "variant": canonical_variant(identity["variant"], method),
         "seed": _int(0)("seed", identity["seed"]),
     }
 
@@ -428,9 +367,7 @@ def cell_id(identity: Mapping[str, Any] | CellConfig) -> str:
     """``<protocol>/runs/<arch>-eps<eps_pt>/<dataset>/<method>[-<variant>]/seed<seed>``."""
     if isinstance(identity, CellConfig):
         identity = identity.identity
-    method = identity["method"]
-    if identity.get("variant"):
-        method = f"{method}-{identity['variant']}"
+    method = method_folder(identity["method"], identity.get("variant"))
     return (
         f"{identity['protocol']}/runs/{identity['arch']}-eps{format_number(identity['eps_pt'])}/"
         f"{identity['dataset']}/{method}/seed{identity['seed']}"
@@ -478,13 +415,13 @@ def _defaults(identity: Mapping[str, Any]) -> dict[str, Any]:
         "epochs": 60,
         "batch_size": 128,
         "momentum": 0.9,
-        "lr_schedule": "autolr" if method == "autolora" else "multistep",
+        "lr_schedule": "autolr" if method == AUTOLORA else "multistep",
         "milestones": (30, 50),
         "lr_factor": 0.1,
         "beta": 6.0,
         "twins_gamma": 1.0,
-        "lora_rank": 8,
-        "alpha": 1.0,
+        "lora_rank": DEFAULT_LORA_RANK,
+        "alpha": DEFAULT_ALPHA,
         "lambda_scale": 6.0,
         "attack.eps": choices["eps"],
         "attack.step": choices["step"],
@@ -519,13 +456,13 @@ def _method_hyper(identity: Mapping[str, Any], hyper: Any) -> dict[str, float]:
         raise _invalid("hyper", hyper, f"a mapping like {{lr: ..., weight_decay: ...}} ({where})")
     hyper = dict(hyper or {})
     if set(hyper) & set(METHODS):  # per-method form {vanilla: {...}, twins: {...}}
-        _reject_unknown(hyper, METHODS, prefix="hyper.")
+        reject_unknown(hyper, sorted(METHODS), "hyper.")
         hyper = hyper.get(method) or {}
         if not isinstance(hyper, Mapping):
             raise _invalid(where, hyper, "a mapping like {lr: ..., weight_decay: ...}")
     keys = HYPER_KEYS[method]
-    _reject_unknown(hyper, keys, prefix=f"{where}.")
-    if method == "autolora":
+    reject_unknown(hyper, sorted(keys), f"{where}.")
+    if method == AUTOLORA:
         base = dict(AUTOLORA_HYPER)
     elif dataset in TABLE7[method]:
         base = dict(TABLE7[method][dataset])
@@ -564,7 +501,7 @@ def _apply_overrides(
         shown = f"overrides.{key}"
         if key in IDENTITY_KEYS or key == "cell_id":
             raise ConfigError(f"'{shown}' is part of the cell identity; set '{key}' in the spec")
-        _reject_unknown({key: value}, set(VALIDATORS), prefix="overrides.")
+        reject_unknown({key: value}, sorted(VALIDATORS), "overrides.")
         readers = METHOD_PROTOCOL_CHOICES.get(key, METHODS)
         if identity["method"] not in readers:
             VALIDATORS[key](shown, value)  # checked, but this method does not read it: stays None
@@ -653,7 +590,7 @@ def resolve_cell(spec: Mapping[str, Any]) -> CellConfig:
     """
     if not isinstance(spec, Mapping):
         raise ConfigError(f"a cell spec must be a mapping, got {type(spec).__name__}")
-    _reject_unknown(spec, SPEC_KEYS, prefix="")
+    reject_unknown(spec, sorted(SPEC_KEYS))
     for key in ("dataset", "method"):
         if key not in spec:
             raise ConfigError(f"cell spec lacks key '{key}'")

@@ -14,19 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autolora.autoattack_variants import configured_variant
-from autolora.errors import ConfigError
+from autolora.errors import ConfigError, reject_unknown
 from autolora.planning.cells import CellConfig, resolve_cell
+from autolora.planning.vocabulary import DATASETS, SYNTHETIC
 
-# (train, validation, test) images per epoch under the `paper` split (SPEC §2); the `clean`
-# split differs by a few percent, well inside the margin.
-DATASET_SIZES: dict[str, tuple[int, int, int]] = {
-    "cifar10": (47_500, 2_500, 10_000),
-    "cifar100": (47_500, 2_500, 10_000),
-    "dtd": (3_760, 1_880, 1_880),
-    "dogs": (11_400, 600, 8_580),
-    "cub": (5_694, 300, 5_794),
-    "caltech256": (38_550, 3_549, 3_549),
-}
 VALIDATION_FRACTION = 0.05  # synthetic datasets: the 5% seeded split
 
 
@@ -55,9 +46,7 @@ class CostModel:
         """The defaults above, updated by the config's ``cost`` section."""
         section = dict(config.get("cost") or {})
         known = set(cls.__dataclass_fields__)
-        for key in section:
-            if key not in known:
-                raise ConfigError(f"unknown key 'cost.{key}'; allowed: {', '.join(sorted(known))}")
+        reject_unknown(section, sorted(known), "cost.")
         defaults = cls()
         for key in ("backbone", "method", "mem_mb"):
             if key in section:
@@ -74,13 +63,15 @@ class CostModel:
 def dataset_sizes(config: Mapping[str, Any], dataset: str) -> tuple[int, int, int]:
     """(train, validation, test) sizes of a configured dataset."""
     settings = (config.get("datasets") or {}).get(dataset) or {}
-    if settings.get("source") == "synthetic":
+    if settings.get("source") == SYNTHETIC:
         train, test = int(settings["train"]), int(settings["test"])
         validation = max(1, round(train * VALIDATION_FRACTION))
         return train - validation, validation, test
-    if dataset not in DATASET_SIZES:
+    if dataset not in DATASETS:
         raise ConfigError(f"no size known for dataset {dataset!r}; declare it in 'datasets'")
-    return DATASET_SIZES[dataset]
+    # the paper's counts (SPEC §2); the `clean` split differs by a few percent, inside the margin
+    counts = DATASETS[dataset].paper_counts
+    return counts["train"], counts["val"], counts["test"]
 
 
 def _resolved(spec: Mapping[str, Any] | CellConfig) -> CellConfig:

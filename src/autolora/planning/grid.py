@@ -17,16 +17,26 @@ from typing import Any
 import yaml
 
 from autolora.autoattack_variants import configured_variant
-from autolora.errors import ConfigError
-from autolora.planning.cells import GRAD_SIMILARITY_METHODS, cell_id, format_number, resolve_cell
+from autolora.errors import ConfigError, reject_unknown
+from autolora.planning.cells import cell_id, resolve_cell
 from autolora.planning.protocol import protocol_choices
+from autolora.planning.vocabulary import (
+    AUTOLORA,
+    AUTOLR,
+    DATASET_SOURCES,
+    GRAD_SIMILARITY_METHODS,
+    METHODS,
+    PRETRAINED_HERE_ARCHS,
+    PUBLISHED_ARCHS,
+    SYNTHETIC,
+    TWINS,
+    alpha_variant,
+    plain_number,
+    rank_variant,
+)
 
-METHODS = ("vanilla", "twins", "autolora")
-DEFAULT_LORA_RANK = 8  # SPEC §6: r = 8; a table-3 cell with r = 8 is the main AutoLoRa cell
-DEFAULT_ALPHA = 1.0  # SPEC §6: α = 1; a table-6 cell with α = 1 is the main AutoLoRa cell
-REAL_ARCHS = ("resnet18", "resnet50")
-PRETRAIN_ARCHS = ("tiny",)
 MAIN_TABLES = ("table1", "table2")
+WEIGHTS_SOURCES = ("download", "pretrain")  # the published backbones, or the tiny one trained here
 # The paper reports AutoAttack only in Tables 1 and 2 (and Table 8's p-values over them); the
 # ablation cells of Tables 3-6 report SA and PGD-10, so AutoAttack is skipped there by default.
 AUTOATTACK_TABLES = MAIN_TABLES
@@ -190,16 +200,21 @@ def check_config(config: Any) -> dict[str, Any]:
     sources match the backbones, table names exist. Returns the config unchanged."""
     if not isinstance(config, Mapping):
         raise ConfigError("the workflow config must be a mapping of keys (protocol, tables, ...)")
-    _reject_unknown(config, TOP_KEYS, "")
+    reject_unknown(config, TOP_KEYS, "")
     protocol_choices(config.get("protocol", "paper"))  # raises on an unknown protocol
     seeds(config)
     tables = config.get("tables") or {}
     if not isinstance(tables, Mapping):
         raise ConfigError("'tables' must be a mapping of table names (table1, ...) to settings")
-    _reject_unknown(tables, TABLE_KEYS, "tables.")
+    reject_unknown(tables, TABLE_KEYS, "tables.")
     datasets = config.get("datasets") or {}
     for name, table in tables.items():
-        _reject_unknown(table or {}, TABLE_KEYS[name], f"tables.{name}.")
+        reject_unknown(table or {}, TABLE_KEYS[name], f"tables.{name}.")
+        for method in (table or {}).get("methods", []):
+            if method not in METHODS:
+                raise ConfigError(
+                    f"'tables.{name}.methods' names {method!r}; allowed: {', '.join(METHODS)}"
+                )
         for dataset in (table or {}).get("datasets", []):
             if dataset not in datasets:
                 raise ConfigError(
@@ -218,7 +233,7 @@ def check_config(config: Any) -> dict[str, Any]:
     for name, dataset in datasets.items():
         _check_dataset(name, dataset)
     evaluation = config.get("evaluation") or {}
-    _reject_unknown(
+    reject_unknown(
         evaluation,
         (
             "autoattack",
@@ -263,20 +278,18 @@ def _check_folder(key: str, value: Any) -> None:
         raise ConfigError(f"'{key}' is {value!r}, the file system's root: name a folder below it")
 
 
-def _reject_unknown(mapping: Mapping[str, Any], allowed: Iterable[str], prefix: str) -> None:
-    allowed = tuple(allowed)
-    for key in mapping:
-        if key not in allowed:
-            raise ConfigError(f"unknown key '{prefix}{key}'; allowed: {', '.join(allowed)}")
-
-
 def _check_dataset(name: str, dataset: Any) -> None:
     if not isinstance(dataset, Mapping) or "source" not in dataset:
         raise ConfigError(f"'datasets.{name}' needs a 'source' (a SPEC dataset key or synthetic)")
     hyper = dataset.get("hyper")
     if _per_method(hyper):
-        _reject_unknown(hyper, METHODS, f"datasets.{name}.hyper.")
-    if dataset["source"] == "synthetic":
+        reject_unknown(hyper, METHODS, f"datasets.{name}.hyper.")
+    if dataset["source"] not in DATASET_SOURCES:
+        raise ConfigError(
+            f"invalid 'datasets.{name}.source' {dataset['source']!r}; allowed: "
+            f"{', '.join(DATASET_SOURCES)}"
+        )
+    if dataset["source"] == SYNTHETIC:
         for key in ("num_classes", "train", "test", "image_size", "seed"):
             if key not in dataset:
                 raise ConfigError(f"synthetic dataset 'datasets.{name}' lacks '{key}'; add it")
@@ -289,7 +302,7 @@ def _check_dataset(name: str, dataset: Any) -> None:
 
 def _check_weights(config: Mapping[str, Any], tables: Mapping[str, Any]) -> None:
     source = weights_source(config)
-    allowed = PRETRAIN_ARCHS if source == "pretrain" else REAL_ARCHS
+    allowed = PRETRAINED_HERE_ARCHS if source == "pretrain" else PUBLISHED_ARCHS
     for name, table in tables.items():
         arch = _table_setting(name, table or {}, "arch")
         if arch is not None and arch not in allowed:
@@ -302,8 +315,10 @@ def _check_weights(config: Mapping[str, Any], tables: Mapping[str, Any]) -> None
 def weights_source(config: Mapping[str, Any]) -> str:
     """``download`` (Salman et al. ResNets) or ``pretrain`` (the tiny demo backbone)."""
     source = (config.get("weights") or {}).get("source", "download")
-    if source not in ("download", "pretrain"):
-        raise ConfigError(f"invalid 'weights.source' {source!r}; allowed: download, pretrain")
+    if source not in WEIGHTS_SOURCES:
+        raise ConfigError(
+            f"invalid 'weights.source' {source!r}; allowed: {', '.join(WEIGHTS_SOURCES)}"
+        )
     return source
 
 
@@ -383,26 +398,18 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _number(value: Any) -> int | float:
-    number = float(value)
-    return int(number) if number.is_integer() else number
-
-
 def _variants(table: str, settings: Mapping[str, Any]) -> list[tuple[str, str | None, Any]]:
     """(method, variant, factor) triples a table asks for on each dataset × ε_pt × seed."""
     if table in ("table1", "table2", "table4", "figures"):
         return [(m, None, None) for m in _table_setting(table, settings, "methods")]
     if table == "table3":
         ranks = [int(r) for r in _table_setting(table, settings, "ranks")]
-        return [("autolora", None if r == DEFAULT_LORA_RANK else f"r{r}", r) for r in ranks]
+        return [(AUTOLORA, rank_variant(r), r) for r in ranks]
     if table == "table5":
-        return [("twins", None, False), ("twins", "autolr", True)]
+        return [(TWINS, None, False), (TWINS, AUTOLR, True)]
     if table == "table6":
-        alphas = [_number(a) for a in _table_setting(table, settings, "alphas")]
-        return [
-            ("autolora", None if a == DEFAULT_ALPHA else f"alpha{format_number(a)}", a)
-            for a in alphas
-        ]
+        alphas = [plain_number(a) for a in _table_setting(table, settings, "alphas")]
+        return [(AUTOLORA, alpha_variant(a), a) for a in alphas]
     raise ConfigError(f"unknown table {table!r}")  # pragma: no cover - guarded by check_config
 
 
@@ -459,7 +466,7 @@ def expand_grid(config: Mapping[str, Any]) -> Grid:
                 _table_setting(table, settings, "grad_similarity_batches")
             )
         for eps_pt in _as_list(_table_setting(table, settings, "eps_pt")):
-            eps_pt = _number(eps_pt)
+            eps_pt = plain_number(eps_pt)
             for dataset in settings.get("datasets", []):
                 for method, variant, factor in _variants(table, settings):
                     if table == "table4":

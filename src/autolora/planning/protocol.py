@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from autolora.errors import ConfigError
+from autolora.planning.vocabulary import AUTOLORA, TWINS
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -48,8 +49,8 @@ PROTOCOL_CHOICES = (
 # and an override of them (e.g. one under the workflow's `training:`, applied to every cell)
 # leaves those cells unchanged.
 METHOD_PROTOCOL_CHOICES: dict[str, tuple[str, ...]] = {
-    "lora_blocks": ("autolora",),
-    "twins_gamma_on": ("twins",),
+    "lora_blocks": (AUTOLORA,),
+    "twins_gamma_on": (TWINS,),
 }
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from autolora.errors import DataError
-from autolora.reporting.tables import BASELINES, PROPOSED, Number, Table
+from autolora.planning.vocabulary import BASELINES, PROPOSED
+from autolora.reporting.tables import Number, Table
 
 PAPER_COLUMNS = (
     "table",

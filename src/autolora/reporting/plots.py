@@ -21,7 +21,8 @@ from matplotlib.ticker import MaxNLocator
 from autolora.environment import read_record
 from autolora.errors import DataError
 from autolora.files import atomic_path, read_verified
-from autolora.reporting.tables import DATASET_LABELS, METHOD_LABELS, EntryLike
+from autolora.planning.vocabulary import METHOD_LABELS, dataset_label
+from autolora.reporting.tables import EntryLike
 
 HISTORY_FILE = "history.csv"
 RUN_RECORD = "run.json"
@@ -167,7 +168,7 @@ def draw_figures(
             path = figure_path(out_dir, column, arch, dataset)
             draw_figure(
                 series,
-                title=f"{title}: {DATASET_LABELS.get(dataset, dataset)}, {arch}",
+                title=f"{title}: {dataset_label(dataset)}, {arch}",
                 ylabel=ylabel,
                 path=path,
             )

@@ -33,6 +33,7 @@ from typing import Any
 from autolora import __version__
 from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.files import md5_file, read_json, sha256_file, write_json
+from autolora.planning.vocabulary import PROPOSED, PUBLISHED_ARCHS
 from autolora.reporting.stats import TEST_DESCRIPTIONS, summarize, two_sample_ttest
 from autolora.reporting.tables import parameter_ratio_pct
 
@@ -417,7 +418,7 @@ def audit_number(audit: Audit, index: dict, number: dict) -> None:
 
 
 def _groups(number: dict) -> str:
-    return ", ".join(sorted({s["group"] for s in number["seeds"] if s["group"] != "autolora"}))
+    return ", ".join(sorted({s["group"] for s in number["seeds"] if s["group"] != PROPOSED}))
 
 
 def _audit_seed(audit: Audit, index: dict, number: dict, seed: dict) -> None:
@@ -555,7 +556,7 @@ def _audit_backbone(audit: Audit, weights_path: str, trained_sha256: str, indent
     if not audit.first_time(f"weights:{weights_path}"):
         audit.say("its record and source: verified above", indent)
         return
-    from autolora.weights import ARCHS, CATALOGUE, pinned_sha256, record_path
+    from autolora.weights import CATALOGUE, pinned_sha256, record_path
 
     record_file = record_path(weights_path).as_posix()
     if not (audit.root / record_file).is_file():
@@ -573,7 +574,9 @@ def _audit_backbone(audit: Audit, weights_path: str, trained_sha256: str, indent
         return
     audit.say(f"backbone record {record_file}: agrees ({_short(trained_sha256)})", indent)
     arch, source = record.get("arch"), record.get("source") or {}
-    entry = CATALOGUE.get((arch, float(record.get("eps_pt", -1)))) if arch in ARCHS else None
+    entry = (
+        CATALOGUE.get((arch, float(record.get("eps_pt", -1)))) if arch in PUBLISHED_ARCHS else None
+    )
     if entry is None:
         audit.say(f"pre-trained here, not downloaded: {_words(source)}", indent)
         return
@@ -636,8 +639,8 @@ def number_value(number: dict, seeds: list[dict]) -> float | None:
     if number["kind"] == "mean":
         return _json_float(summarize(values).mean) if values else None
     ok = [s for s in seeds if s["status"] == "ok" and s["value"] is not None]
-    a = [s["value"] for s in ok if s["group"] == "autolora"]
-    b = [s["value"] for s in ok if s["group"] != "autolora"]
+    a = [s["value"] for s in ok if s["group"] == PROPOSED]
+    b = [s["value"] for s in ok if s["group"] != PROPOSED]
     if len(a) < 2 or len(b) < 2:
         return None
     return _json_float(two_sample_ttest(a, b, welch=number["test"] == "welch").pvalue)

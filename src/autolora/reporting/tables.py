@@ -29,6 +29,19 @@ from autolora.autoattack_variants import (
 )
 from autolora.environment import read_record
 from autolora.errors import DataError
+from autolora.planning.vocabulary import (
+    ARCH_LABELS,
+    AUTOLR,
+    BASELINES,
+    DATASETS,
+    DEFAULT_ALPHA,
+    DEFAULT_LORA_RANK,
+    METHOD_LABELS,
+    PROPOSED,
+    dataset_label,
+    parse_variant,
+    plain_number,
+)
 from autolora.reporting.stats import (
     STD_DESCRIPTION,
     TEST_DESCRIPTIONS,
@@ -39,15 +52,11 @@ from autolora.reporting.stats import (
 
 METRICS = ("SA", "PGD10", "AA")
 ABLATION_METRICS = ("SA", "PGD10")
-BASELINES = ("vanilla", "twins")
-PROPOSED = "autolora"
 MISSING = "—"
 INCOMPLETE_MARK = "†"
 NOT_COMPUTED = "n/a"
 ARITHMETIC_LABELS = {"bf16": "bf16 autocast", "fp32": "fp32", "bf16+fp32": "bf16 and fp32 attempts"}
 ARITHMETIC_CELLS_LISTED = 6  # cells named per kind in the arithmetic note; more are counted
-DEFAULT_RANK = 8
-DEFAULT_ALPHA = 1.0
 RATIO_ROW = "param_ratio"  # LoRa parameters created (what the paper's Table 3 counts)
 RATIO_USED_ROW = "param_ratio_used"  # those the LoRa forward uses (lora_blocks: last)
 AUTOATTACK_METRIC = "AA"
@@ -58,16 +67,6 @@ NO_AA_IN_RECORD = (
 )
 
 METRIC_LABELS = {"SA": "SA", "PGD10": "PGD-10", "AA": "AA", "ratio": "ratio (%)"}
-DATASET_LABELS = {
-    "cifar10": "CIFAR-10",
-    "cifar100": "CIFAR-100",
-    "dtd": "DTD-57",
-    "dogs": "DOG-120",
-    "cub": "CUB-200",
-    "caltech256": "Caltech-256",
-}
-METHOD_LABELS = {"vanilla": "Vanilla RFT", "twins": "TWINS", "autolora": "AutoLoRa"}
-ARCH_LABELS = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "tiny": "tiny"}
 TABLE_TITLES = {
     "table1": "Table 1: SA / PGD-10 / AA (%) per dataset and method",
     "table2": "Table 2: SA / PGD-10 / AA (%) per dataset and method",
@@ -419,30 +418,23 @@ def ratio_number(
 def factor_value(entry: EntryLike, table: str) -> Any:
     """The value a table varies for this entry (rank, ε_pt, autolr flag, α)."""
     if table == "table4":
-        return _number(entry.eps_pt)
+        return plain_number(entry.eps_pt)
     if table == "table5":
-        return entry.variant == "autolr"
+        return entry.variant == AUTOLR
     if entry.factor is not None and not isinstance(entry.factor, str):
-        return _number(entry.factor)
-    variant = entry.variant or ""
+        return plain_number(entry.factor)
+    if table not in ("table3", "table6"):
+        return None
+    setting, value = parse_variant(entry.variant, entry.method) or (None, None)
     if table == "table3":
-        match = re.fullmatch(r"r(\d+)", variant)
-        return int(match.group(1)) if match else DEFAULT_RANK
-    if table == "table6":
-        match = re.fullmatch(r"alpha([0-9.]+)", variant)
-        return float(match.group(1)) if match else DEFAULT_ALPHA
-    return None
+        return int(value) if setting == "lora_rank" else DEFAULT_LORA_RANK
+    return float(value) if setting == "alpha" else DEFAULT_ALPHA
 
 
 def format_factor(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _number(value: Any) -> Any:
-    value = float(value)
-    return int(value) if value.is_integer() else value
 
 
 def _ordered(values: Iterable[Any]) -> list[Any]:
@@ -989,7 +981,7 @@ def _latex_cell(value: str) -> str:
 
 def _latex_row_label(row: str) -> str:
     parts = row.split("/")
-    labels = [DATASET_LABELS.get(p, METHOD_LABELS.get(p, p)) for p in parts]
+    labels = [dataset_label(p) if p in DATASETS else METHOD_LABELS.get(p, p) for p in parts]
     if parts[0].startswith("table"):
         labels[0] = "Table " + parts[0][len("table") :]
     return latex_escape(" / ".join(labels))

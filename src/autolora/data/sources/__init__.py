@@ -18,6 +18,7 @@ from pathlib import Path
 from autolora.data.sources.download import Checksum, download, remove_tree, verify_file
 from autolora.errors import ConfigError, DataError
 from autolora.files import sha256_file
+from autolora.planning.vocabulary import DATASETS, DatasetFacts
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,33 @@ class ArchiveFile:
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """A dataset of SPEC §2: ``family`` names the module of this package that prepares it."""
+    """Where a dataset of SPEC §2 comes from: its archives. What the paper says of it (its name,
+    classes, counts, and ``family``, the module of this package that prepares it) is in
+    ``autolora.planning.vocabulary.DATASETS``."""
 
     key: str
-    paper_name: str
-    family: str
     files: tuple[ArchiveFile, ...]
-    num_classes: int
-    paper_counts: dict[str, int]  # the paper's train / val / test sizes under its protocol
+
+    @property
+    def facts(self) -> DatasetFacts:
+        return DATASETS[self.key]
+
+    @property
+    def paper_name(self) -> str:
+        return self.facts.label
+
+    @property
+    def family(self) -> str:
+        return self.facts.family
+
+    @property
+    def num_classes(self) -> int:
+        return self.facts.num_classes
+
+    @property
+    def paper_counts(self) -> dict[str, int]:
+        """The paper's train / val / test sizes under its protocol."""
+        return dict(self.facts.paper_counts)
 
 
 def _md5(hexdigest: str) -> Checksum:
@@ -54,8 +74,6 @@ CATALOGUE: dict[str, DatasetSource] = {
     for source in (
         DatasetSource(
             key="cifar10",
-            paper_name="CIFAR-10",
-            family="cifar",
             files=(
                 ArchiveFile(
                     "cifar-10-python.tar.gz",
@@ -63,13 +81,9 @@ CATALOGUE: dict[str, DatasetSource] = {
                     _md5("c58f30108f718f92721af3b95e74349a"),
                 ),
             ),
-            num_classes=10,
-            paper_counts={"train": 47_500, "val": 2_500, "test": 10_000},
         ),
         DatasetSource(
             key="cifar100",
-            paper_name="CIFAR-100",
-            family="cifar",
             files=(
                 ArchiveFile(
                     "cifar-100-python.tar.gz",
@@ -77,13 +91,9 @@ CATALOGUE: dict[str, DatasetSource] = {
                     _md5("eb9058c3a382ffc7106e4002c42a8d85"),
                 ),
             ),
-            num_classes=100,
-            paper_counts={"train": 47_500, "val": 2_500, "test": 10_000},
         ),
         DatasetSource(
             key="dtd",
-            paper_name="DTD-57",
-            family="dtd",
             files=(
                 ArchiveFile(
                     "dtd-r1.0.1.tar.gz",
@@ -91,25 +101,16 @@ CATALOGUE: dict[str, DatasetSource] = {
                     _md5("fff73e5086ae6bdbea199a49dfb8a4c1"),
                 ),
             ),
-            num_classes=47,
-            # the released code validates on the test set
-            paper_counts={"train": 3_760, "val": 1_880, "test": 1_880},
         ),
         DatasetSource(
             key="dogs",
-            paper_name="DOG-120",
-            family="dogs",
             files=(
                 ArchiveFile("images.tar", f"{_DOGS_URL}/images.tar", None),
                 ArchiveFile("lists.tar", f"{_DOGS_URL}/lists.tar", None),
             ),
-            num_classes=120,
-            paper_counts={"train": 11_400, "val": 600, "test": 8_580},
         ),
         DatasetSource(
             key="cub",
-            paper_name="CUB-200",
-            family="cub",
             files=(
                 ArchiveFile(
                     "CUB_200_2011.tgz",
@@ -117,13 +118,9 @@ CATALOGUE: dict[str, DatasetSource] = {
                     _md5("97eceeb196236b17998738112f37df78"),
                 ),
             ),
-            num_classes=200,
-            paper_counts={"train": 5_694, "val": 300, "test": 5_794},
         ),
         DatasetSource(
             key="caltech256",
-            paper_name="Caltech-256",
-            family="caltech",
             files=(
                 ArchiveFile(
                     "256_ObjectCategories.tar",
@@ -131,9 +128,6 @@ CATALOGUE: dict[str, DatasetSource] = {
                     _md5("67b4f42ca05d46448c6bb8ecd2220f6d"),
                 ),
             ),
-            num_classes=257,
-            # the released code validates on the test set
-            paper_counts={"train": 38_550, "val": 3_549, "test": 3_549},
         ),
     )
 }
