@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from autolora.cli import main
-from autolora.reporting.crate import METADATA_FILE, describe_results
+from autolora.planning.layout import CRATE_METADATA as METADATA_FILE
+from autolora.reporting.crate import describe_results
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -20,6 +20,7 @@ from torchvision.models import resnet18
 from autolora import cli, weights
 from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.models import build_model, load_backbone_state
+from autolora.planning import layout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,7 +177,7 @@ def test_converted_checkpoint_reproduces_the_torchvision_model(tmp_path):
     }
     assert record["sha256"] == sha256(out.read_bytes())
     assert (record["arch"], record["eps_pt"]) == ("resnet18", 4)
-    assert weights.record_path(out).is_file()
+    assert layout.backbone_record(out).is_file()
 
 
 def tiny_state() -> dict[str, torch.Tensor]:
@@ -321,7 +322,7 @@ def test_first_conversion_of_an_unpinned_checkpoint_pins_it(tmp_path):
         weights.convert_checkpoint(other, later, arch="resnet18", eps_pt=8, lock_path=lock)
     assert sha256(src.read_bytes()) in str(error.value)
     assert sha256(other.read_bytes()) in str(error.value)
-    assert not later.exists() and not weights.record_path(later).exists()
+    assert not later.exists() and not layout.backbone_record(later).exists()
 
 
 def test_a_truncated_backbone_is_one_clear_error(tmp_path):
@@ -330,6 +331,6 @@ def test_a_truncated_backbone_is_one_clear_error(tmp_path):
     out.write_bytes(out.read_bytes()[:1000])
     with pytest.raises(ChecksumError, match="differs from .* recorded in .*tiny.json"):
         weights.load_verified_backbone(out, arch="tiny", eps_pt=4)
-    weights.record_path(out).unlink()
+    layout.backbone_record(out).unlink()
     with pytest.raises(DataError, match="has no record .*tiny.json beside it"):
         weights.load_verified_backbone(out, arch="tiny", eps_pt=4)

@@ -32,10 +32,8 @@ from pathlib import Path
 from autolora import environment
 from autolora.errors import AutoloraError
 from autolora.files import atomic_path
+from autolora.planning import layout
 
-LOCK_FILE = "train.lock"
-LOGS_DIR = "logs"
-COMPLETED_DIR = "completed"
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 # errno values of a file system that cannot hard-link (then the outputs are copied).
 NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
@@ -58,7 +56,7 @@ def locked(out_dir: str | os.PathLike) -> Iterator[None]:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / LOCK_FILE
+    path = out_dir / layout.LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
@@ -92,7 +90,7 @@ def locked(out_dir: str | os.PathLike) -> Iterator[None]:
 def attempt_log(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Log this attempt (every log record at INFO and above, and how it ended) to its own file in
     ``logs/``; yields the file's path."""
-    logs = Path(out_dir) / LOGS_DIR
+    logs = Path(out_dir) / layout.LOGS_DIR
     logs.mkdir(parents=True, exist_ok=True)
     path = _new_log_file(logs)
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -122,9 +120,9 @@ def attempt_log(out_dir: str | os.PathLike) -> Iterator[Path]:
 
 def _new_log_file(logs: Path) -> Path:
     """A new, empty ``train-<UTC time>-<pid>[-<n>].log`` (n when the name is taken already)."""
-    stem = f"train-{environment.timestamp().replace('-', '').replace(':', '')}-{os.getpid()}"
+    stamp = environment.timestamp().replace("-", "").replace(":", "")
     for number in itertools.count(1):
-        path = logs / (f"{stem}.log" if number == 1 else f"{stem}-{number}.log")
+        path = logs / layout.attempt_log(stamp, os.getpid(), number)
         try:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         except FileExistsError:
@@ -159,4 +157,4 @@ def publish(out_dir: str | os.PathLike, names: Sequence[str]) -> None:
     record last, so that it appears only when everything it names is there)."""
     out_dir = Path(out_dir)
     for name in names:
-        link_or_copy(out_dir / COMPLETED_DIR / name, out_dir / name)
+        link_or_copy(out_dir / layout.COMPLETED_DIR / name, out_dir / name)

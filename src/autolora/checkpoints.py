@@ -35,11 +35,11 @@ from torch import Tensor
 
 from autolora.errors import DataError
 from autolora.files import canonical_json, read_json, read_verified, write_bytes, write_json
+from autolora.planning import layout
 
 WEIGHTS_FORMAT = "autolora-weights/2"
 METADATA_KEY = "autolora"
 STATE_FORMAT = 1
-STATE_FILE = "state.json"
 
 
 def _storable(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -132,7 +132,7 @@ def optimizer_from_tensors(tensors: dict[str, Tensor], meta: dict) -> dict:
 
 def read_state_info(state_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The JSON part of a resume state, or None when there is none (cheap: no tensors read)."""
-    path = Path(state_dir) / STATE_FILE
+    path = Path(state_dir) / layout.STATE_FILE
     fix = f"delete {Path(state_dir)} to start the run over"
     return read_json(path, fix) if path.is_file() else None
 
@@ -156,11 +156,11 @@ def save_state(
                 if group in previous.get("files", {}):
                     files[group] = previous["files"][group]
                 continue
-            path = state_dir / f"{group}-{token}.safetensors"
+            path = state_dir / layout.state_tensor_file(group, token)
             written.append(path)
             sha256 = write_bytes(path, safetensors_bytes(group_tensors))
             files[group] = {"file": path.name, "sha256": sha256}
-        write_json(state_dir / STATE_FILE, {**info, "format": STATE_FORMAT, "files": files})
+        write_json(state_dir / layout.STATE_FILE, {**info, "format": STATE_FORMAT, "files": files})
     except BaseException:
         for path in written:  # not committed: the previous state stays, and so does the space
             path.unlink(missing_ok=True)
@@ -170,7 +170,7 @@ def save_state(
 
 def _delete_unnamed(state_dir: Path, files: dict[str, dict[str, str]]) -> None:
     """Delete tensor and temporary files of ``state_dir`` that the state ``files`` do not name."""
-    keep = {entry["file"] for entry in files.values()} | {STATE_FILE}
+    keep = {entry["file"] for entry in files.values()} | {layout.STATE_FILE}
     for path in state_dir.iterdir():
         stray = path.suffix == ".safetensors" or path.name.endswith(".tmp")
         if stray and path.name not in keep:
@@ -188,7 +188,7 @@ def load_state(
         return None
     if info.get("format") != STATE_FORMAT:
         raise DataError(
-            f"resume state {state_dir / STATE_FILE} has format {info.get('format')!r}, expected "
+            f"resume state {state_dir / layout.STATE_FILE} has format {info.get('format')!r}, expected "
             f"{STATE_FORMAT}: delete {state_dir} to start the run over"
         )
     groups: dict[str, dict[str, Tensor]] = {}
@@ -196,7 +196,7 @@ def load_state(
         groups[group] = load_verified_weights(
             state_dir / entry["file"],
             entry["sha256"],
-            recorded_in=str(state_dir / STATE_FILE),
+            recorded_in=str(state_dir / layout.STATE_FILE),
             fix=f"delete {state_dir} to start the run over",
             device=str(device),
         )

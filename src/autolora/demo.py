@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from autolora.errors import ConfigError
+from autolora.planning import layout
 
 DEMO_CONFIG = Path("config/demo.yaml")
 
@@ -66,21 +67,22 @@ def report_folder(root: Path) -> Path:
     from autolora.planning.grid import load_config
 
     config = load_config(root / DEMO_CONFIG)
-    return Path(config.get("results", "results")) / config.get("protocol", "paper")
+    return Path(
+        layout.results_folder(config.get("results", "results"), config.get("protocol", "paper"))
+    )
 
 
 def verification_overhead(results: Path) -> tuple[float, float, int]:
     """(seconds spent verifying inputs, seconds of the jobs, number of records) over every run and
     evaluation record under ``results``, as each record measured them."""
-    from autolora.cellfolder import COMPLETED_DIR
     from autolora.files import read_json
 
     verifying = total = 0.0
     count = 0
     for path in sorted(results.rglob("*.json")):
-        if path.name != "run.json" and not path.name.startswith("eval-"):
+        if path.name != layout.RUN_RECORD and not path.name.startswith(layout.EVALUATION_PREFIX):
             continue
-        if path.parent.name == COMPLETED_DIR:  # the kept copy of the cell's run.json
+        if path.parent.name == layout.COMPLETED_DIR:  # the kept copy of the cell's run.json
             continue
         record = read_json(path)
         seconds = record.get("seconds_this_attempt", record.get("seconds"))
@@ -136,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     ).returncode
     print(
         "\noutputs:\n"
-        f"  tables (CSV, Markdown, LaTeX)                 {report / 'tables'}\n"
-        f"  provenance index (autolora audit)             {report / 'provenance'}\n"
-        f"  figures                                       {report / 'figures'}\n"
-        f"  reproduction report                           {report / 'report.md'} (.html)\n"
+        f"  tables (CSV, Markdown, LaTeX)                 {report / layout.TABLES_DIR}\n"
+        f"  provenance index (autolora audit)             {report / layout.PROVENANCE_DIR}\n"
+        f"  figures                                       {report / layout.FIGURES_DIR}\n"
+        f"  reproduction report                           {report / layout.REPORT_MD} (.html)\n"
         f"  Snakemake report                              {snakemake_report}\n"
-        f"  cells (checkpoints, history, run records)     {report / 'runs'}\n"
-        f"  RO-Crate (deposit: autolora crate --zip)      {report / 'ro-crate-metadata.json'}\n"
+        f"  cells (checkpoints, history, run records)     {report / layout.RUNS_DIR}\n"
+        f"  RO-Crate (deposit: autolora crate --zip)      {report / layout.CRATE_METADATA}\n"
         f"audit of every number: {'passed' if audit == 0 else f'FAILED (exit {audit})'}\n"
         f"audit of the crate's checksums: "
         f"{'passed' if crate_audit == 0 else f'FAILED (exit {crate_audit})'}"

@@ -28,11 +28,9 @@ from autolora.attacks import autoattack_evaluation, eval_mode, pgd
 from autolora.autoattack_variants import STANDARD, autoattack_variant
 from autolora.errors import ConfigError, DataError
 from autolora.files import sha256_file, write_json
+from autolora.planning import layout
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_NAMES = ("best_test", "best_val", "final")
-SELECTED = "selected"
 
 
 def batches_on(
@@ -115,17 +113,16 @@ def lora_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) ->
 
 
 def resolve_checkpoint_name(name: str, config) -> str:
-    if name == SELECTED:
+    if name == layout.SELECTED_CHECKPOINT:
         return config.selection
-    if name not in CHECKPOINT_NAMES:
-        raise ConfigError(
-            f"--checkpoint {name!r}: allowed {', '.join((*CHECKPOINT_NAMES, SELECTED))}"
-        )
+    if name not in layout.CHECKPOINT_NAMES:
+        allowed = ", ".join((*layout.CHECKPOINT_NAMES, layout.SELECTED_CHECKPOINT))
+        raise ConfigError(f"--checkpoint {name!r}: allowed {allowed}")
     return name
 
 
 def load_run_record(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "run.json"
+    path = run_dir / layout.RUN_RECORD
     if not path.is_file():
         raise DataError(f"{path} does not exist: the run is not complete; finish `autolora train`")
     return environment.read_record(
@@ -140,8 +137,8 @@ def check_same_data(run_record: dict, data_dir: Path, run_dir: Path) -> list[dic
     checked = []
     expected_places = {
         "dataset": Path(),
-        "split_manifest": Path("splits"),
-        "split_info": Path("splits"),
+        "split_manifest": Path(layout.SPLITS_DIR),
+        "split_info": Path(layout.SPLITS_DIR),
     }
     for entry in run_record.get("inputs", []):
         place = expected_places.get(entry.get("role"))
@@ -159,7 +156,7 @@ def check_same_data(run_record: dict, data_dir: Path, run_dir: Path) -> list[dic
             {
                 "path": environment.record_path(path),
                 "sha256": actual,
-                "checked_against": environment.record_path(run_dir / "run.json"),
+                "checked_against": environment.record_path(run_dir / layout.RUN_RECORD),
             }
         )
     return checked
@@ -212,12 +209,12 @@ def evaluate_run(
             f"run {run_dir} has no {name} checkpoint (its checkpoints: "
             f"{', '.join(run_record['checkpoints'])}); choose another --checkpoint"
         )
-    checkpoint_path = run_dir / f"{name}.safetensors"
+    checkpoint_path = run_dir / layout.checkpoint_file(name)
     verification_started = time.monotonic()
     state_dict = load_verified_weights(
         checkpoint_path,
         checkpoint_entry["sha256"],
-        recorded_in=str(run_dir / "run.json"),
+        recorded_in=str(run_dir / layout.RUN_RECORD),
         fix=f"delete {run_dir} and train the cell again (`autolora train`)",
     )
     checkpoint_sha = checkpoint_entry["sha256"]
@@ -225,7 +222,7 @@ def evaluate_run(
         {
             "path": environment.record_path(checkpoint_path),
             "sha256": checkpoint_sha,
-            "checked_against": environment.record_path(run_dir / "run.json"),
+            "checked_against": environment.record_path(run_dir / layout.RUN_RECORD),
         }
     ]
     n = config.autoattack.n if n is None else n
@@ -243,7 +240,7 @@ def evaluate_run(
         {
             "path": environment.record_path(data_dir / item["file"]),
             "sha256": item["sha256"],
-            "checked_against": environment.record_path(data_dir / "dataset.json"),
+            "checked_against": environment.record_path(data_dir / layout.DATASET_METADATA),
         }
         for item in dataset.verified
     ]
@@ -334,10 +331,10 @@ def evaluate_run(
         "subset": subset,
         "attack": {"eps": attack.eps, "step": attack.step, "pgd_steps": attack.eval_steps},
         "autoattack": autoattack_record,
-        "run_record": environment.file_entry("run_record", run_dir / "run.json"),
+        "run_record": environment.file_entry("run_record", run_dir / layout.RUN_RECORD),
         "inputs": [
-            environment.file_entry("dataset", data_dir / "dataset.json"),
-            environment.file_entry("split_manifest", data_dir / "splits" / f"{scheme}.csv"),
+            environment.file_entry("dataset", data_dir / layout.DATASET_METADATA),
+            environment.file_entry("split_manifest", data_dir / layout.split_manifest(scheme)),
             environment.file_entry("checkpoint", checkpoint_path),
         ],
         "verified": {"files": verified, "seconds": round(verification_seconds, 6)},

@@ -98,11 +98,11 @@ from autolora.models import (
     count_used_lora_parameters,
     load_backbone_state,
 )
+from autolora.planning import layout
 from autolora.planning.cells import CellConfig, resolve_cell, runtime_values
 from autolora.planning.protocol import PROTOCOL_CHOICES, protocol_choices
 from autolora.schedules import AutoLR, lambda_weights, multistep_lr
 from autolora.weights import DEFAULT_LOCK, load_verified_backbone
-from autolora.weights import record_path as weights_record_path
 
 logger = logging.getLogger(__name__)
 
@@ -115,9 +115,6 @@ FAULT_SIGNAL_ENV = "AUTOLORA_FAULT_SIGNAL_AT"
 FAULT_SIGNAL_NAME_ENV = "AUTOLORA_FAULT_SIGNAL"
 FAULT_WAIT_SIGNAL_ENV = "AUTOLORA_FAULT_WAIT_SIGNAL_AT"
 SIGNAL_POLL_S = 0.2  # how often a fault point waiting for a stop signal looks at the flag
-RUN_RECORD = "run.json"
-HISTORY_FILE = "history.csv"
-STATE_DIR = "state"
 CHECKPOINT_METRICS = {"best_val": "val_pgd10", "best_test": "test_pgd10"}
 
 
@@ -367,7 +364,7 @@ class CellTraining:
         self.data_dir = data_dir
         self.weights_path = weights
         self.out_dir = out_dir
-        self.state_dir = out_dir / STATE_DIR
+        self.state_dir = out_dir / layout.STATE_DIR
         self.spec_file = spec_file
         self.command = command
         self.config_dict = _jsonable(config.to_dict())
@@ -396,7 +393,7 @@ class CellTraining:
             {
                 "path": environment.record_path(self.data_dir / item["file"]),
                 "sha256": item["sha256"],
-                "checked_against": environment.record_path(self.data_dir / "dataset.json"),
+                "checked_against": environment.record_path(self.data_dir / layout.DATASET_METADATA),
             }
             for item in self.dataset.verified
         ]
@@ -673,7 +670,7 @@ class CellTraining:
         progress.history.append(row)
         progress.epoch = epoch
         self._commit()
-        write_history(self.out_dir / HISTORY_FILE, progress.history)
+        write_history(self.out_dir / layout.HISTORY, progress.history)
         logger.info(_epoch_line(row))
         wait = self.fault_wait_signal
         if wait and wait.hits(epoch, None, len(progress.attempts)):
@@ -813,11 +810,11 @@ class CellTraining:
             "metric": None,
             "value": None,
         }
-        kept = self.out_dir / cellfolder.COMPLETED_DIR
+        kept = self.out_dir / layout.COMPLETED_DIR
         checkpoint_records = {}
         outputs = []
         for name, entry in entries.items():
-            file_name = f"{name}.safetensors"
+            file_name = layout.checkpoint_file(name)
             metadata = self._weights_metadata(name, entry["epoch"], entry["metric"], entry["value"])
             sha256 = checkpoints.save_weights(kept / file_name, entry["weights"], metadata)
             output = _output_entry(name, self.out_dir / file_name, sha256)
@@ -830,8 +827,8 @@ class CellTraining:
                 "path": output["path"],
                 "sha256": output["sha256"],
             }
-        history_sha256 = write_history(kept / HISTORY_FILE, progress.history)
-        outputs.append(_output_entry("history", self.out_dir / HISTORY_FILE, history_sha256))
+        history_sha256 = write_history(kept / layout.HISTORY, progress.history)
+        outputs.append(_output_entry("history", self.out_dir / layout.HISTORY, history_sha256))
         record = {
             "kind": "training_run",
             "cell": self.config.identity,
@@ -861,9 +858,9 @@ class CellTraining:
             "seconds_this_attempt": round(time.monotonic() - started_at, 3),
         }
         record = environment.seal(record)
-        write_json(kept / RUN_RECORD, record)  # the run is complete from here on
+        write_json(kept / layout.RUN_RECORD, record)  # the run is complete from here on
         checkpoints.clear_state(self.state_dir)
-        cellfolder.publish(self.out_dir, [*_output_names(record), RUN_RECORD])
+        cellfolder.publish(self.out_dir, [*_output_names(record), layout.RUN_RECORD])
         logger.info(
             "%s: complete after %d epochs (%s)",
             self.config.cell_id,
@@ -898,11 +895,11 @@ class CellTraining:
         scheme = self.config.split_scheme
         return [
             spec_entry,
-            environment.file_entry("dataset", self.data_dir / "dataset.json"),
-            environment.file_entry("split_manifest", self.data_dir / "splits" / f"{scheme}.csv"),
-            environment.file_entry("split_info", self.data_dir / "splits" / f"{scheme}.json"),
+            environment.file_entry("dataset", self.data_dir / layout.DATASET_METADATA),
+            environment.file_entry("split_manifest", self.data_dir / layout.split_manifest(scheme)),
+            environment.file_entry("split_info", self.data_dir / layout.split_info(scheme)),
             environment.file_entry("weights", self.weights_path),
-            environment.file_entry("weights_record", weights_record_path(self.weights_path)),
+            environment.file_entry("weights_record", layout.backbone_record(self.weights_path)),
         ]
 
     # -- the whole run --
@@ -1041,7 +1038,7 @@ def check_dataset_name(dataset: PreparedDataset, config: CellConfig, data_dir: P
         raise ConfigError(
             f"--data {data_dir} holds dataset {dataset.name!r}, but the cell is of "
             f"{config.dataset!r}: pass the prepared {config.dataset} dataset "
-            f"(resources/data/{config.dataset} in the workflow)"
+            f"({layout.prepared_dataset('resources', config.dataset)} in the workflow)"
         )
 
 
@@ -1049,7 +1046,7 @@ def read_run_record(out_dir: Path, folder: Path | None = None) -> dict[str, Any]
     """The sealed run record of a finished cell, from ``folder`` (default ``out_dir``; its
     ``completed/`` for the kept copy): a damaged or edited one is a DataError."""
     return environment.read_record(
-        (folder or out_dir) / RUN_RECORD,
+        (folder or out_dir) / layout.RUN_RECORD,
         "training_run",
         f"delete {out_dir} and train the cell again (or restore the file from a backup)",
     )
@@ -1087,13 +1084,13 @@ def verify_run_outputs(out_dir: Path, record: dict[str, Any]) -> None:
     if changed:
         raise DataError(
             f"{out_dir / changed[0]}: its sha256 differs from the one recorded in "
-            f"{out_dir / RUN_RECORD}: the file changed after training; delete it to have it "
-            f"restored from {out_dir / cellfolder.COMPLETED_DIR} (checked against its sha256), "
+            f"{out_dir / layout.RUN_RECORD}: the file changed after training; delete it to have it "
+            f"restored from {out_dir / layout.COMPLETED_DIR} (checked against its sha256), "
             f"or delete {out_dir} and train the cell again"
         )
     if missing:
         raise DataError(
-            f"{out_dir / missing[0]} is missing (listed in {out_dir / RUN_RECORD}); delete {out_dir} "
+            f"{out_dir / missing[0]} is missing (listed in {out_dir / layout.RUN_RECORD}); delete {out_dir} "
             "and train the cell again"
         )
 
@@ -1106,7 +1103,7 @@ def _present(out_dir: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
 def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
     """The run record in ``out_dir`` if it is of ``config``; None if there is none; ConfigError
     if it is of another configuration."""
-    if not (out_dir / RUN_RECORD).is_file():
+    if not (out_dir / layout.RUN_RECORD).is_file():
         return None
     record = read_run_record(out_dir)
     _check_same_run(record, config, out_dir)
@@ -1117,8 +1114,8 @@ def completed_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
     """The finished run kept in ``out_dir/completed/`` (its sealed record, every file checked
     against its sha256), or None when the run never completed; ConfigError if it is of another
     configuration."""
-    kept = out_dir / cellfolder.COMPLETED_DIR
-    if not (kept / RUN_RECORD).is_file():
+    kept = out_dir / layout.COMPLETED_DIR
+    if not (kept / layout.RUN_RECORD).is_file():
         return None
     record = read_run_record(out_dir, kept)
     _check_same_run(record, config, out_dir)
@@ -1126,7 +1123,7 @@ def completed_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
     if missing or changed:
         raise ChecksumError(
             f"{kept / (missing + changed)[0]} is missing or does not match its sha256 in "
-            f"{kept / RUN_RECORD}: the finished run cannot be restored; delete {out_dir} to train "
+            f"{kept / layout.RUN_RECORD}: the finished run cannot be restored; delete {out_dir} to train "
             "the cell again"
         )
     return record
@@ -1147,14 +1144,16 @@ def restore_completed_run(
         "restored_outputs": True,
     }
     record = environment.seal({**record, "attempts": [*record.get("attempts", []), attempt]})
-    write_json(out_dir / cellfolder.COMPLETED_DIR / RUN_RECORD, record)
-    checkpoints.clear_state(out_dir / STATE_DIR)  # left over if killed right after completing
-    cellfolder.publish(out_dir, [*_output_names(record), RUN_RECORD])
+    write_json(out_dir / layout.COMPLETED_DIR / layout.RUN_RECORD, record)
+    checkpoints.clear_state(
+        out_dir / layout.STATE_DIR
+    )  # left over if killed right after completing
+    cellfolder.publish(out_dir, [*_output_names(record), layout.RUN_RECORD])
     logger.info(
         "%s: training had completed (%d epochs); its outputs are restored from %s",
         config.cell_id,
         record.get("epochs_run"),
-        out_dir / cellfolder.COMPLETED_DIR,
+        out_dir / layout.COMPLETED_DIR,
     )
     return record
 
@@ -1181,7 +1180,9 @@ def train_cell(
         missing = [] if existing is None else missing_and_changed_outputs(out_dir, existing)[0]
         if existing is not None and not missing:
             verify_run_outputs(out_dir, existing)  # a changed output is refused, never replaced
-            checkpoints.clear_state(out_dir / STATE_DIR)  # left over if killed after completing
+            checkpoints.clear_state(
+                out_dir / layout.STATE_DIR
+            )  # left over if killed after completing
             return TrainResult("already_complete", existing)
         kept = completed_run(out_dir, config)
         if kept is not None:

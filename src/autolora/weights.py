@@ -22,6 +22,7 @@ from typing import Any
 from autolora.data.sources.download import Checksum, download
 from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.files import atomic_write, sha256_file, write_json
+from autolora.planning import layout
 from autolora.planning.vocabulary import ARCHS, PUBLISHED_ARCHS, PUBLISHED_EPS_PT_255
 
 log = logging.getLogger(__name__)
@@ -341,11 +342,6 @@ def save_backbone(
     return write_bytes(out, safetensors_bytes(dict(state), dict(metadata)))
 
 
-def record_path(out: str | os.PathLike) -> Path:
-    """The JSON record written beside a converted or pre-trained backbone."""
-    return Path(out).with_suffix(".json")
-
-
 def write_backbone(
     state: Mapping[str, Any],
     out: str | os.PathLike,
@@ -374,7 +370,7 @@ def write_backbone(
         "sha256": sha,
         "num_tensors": len(state),
     }
-    write_json(record_path(out), record)
+    write_json(layout.backbone_record(out), record)
     return record
 
 
@@ -434,7 +430,7 @@ def verify_backbone(
     from autolora.files import parse_json, sha256_bytes
 
     path = Path(path)
-    record_file = record_path(path)
+    record_file = layout.backbone_record(path)
     rebuild = (
         "convert it again with `autolora weights convert` (or `autolora pretrain` for the tiny "
         "backbone), or rerun the workflow's weights rule"
@@ -449,8 +445,8 @@ def verify_backbone(
         raise ConfigError(
             f"{path} holds {record.get('arch')} weights pre-trained at eps_pt "
             f"{record.get('eps_pt')} ({record_file}), but the cell asks for {arch} at eps_pt "
-            f"{eps_pt:g}: pass the cell's backbone, e.g. resources/weights/{arch}-eps{eps_pt:g}"
-            ".safetensors"
+            f"{eps_pt:g}: pass the cell's backbone, e.g. "
+            f"{layout.backbone('resources', arch, format(eps_pt, 'g'))}"
         )
     actual = sha256_bytes(data)
     if actual != record.get("sha256"):

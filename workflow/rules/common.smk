@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 try:
-    from autolora.planning import costmodel, grid, vocabulary
+    from autolora.planning import costmodel, grid, layout, vocabulary
     from autolora.autoattack_variants import configured_variant
     from autolora.errors import AutoloraError
     from autolora.planning.protocol import PROTOCOLS
@@ -29,12 +29,12 @@ except AutoloraError as error:
 RESULTS = config["results"]
 RESOURCES = config["resources"]
 PROTOCOL = config["protocol"]
-REPORT = f"{RESULTS}/{PROTOCOL}"
+REPORT = layout.results_folder(RESULTS, PROTOCOL)
 REPORTED_CHECKPOINT = grid.reported_checkpoint(config)
 COST = costmodel.CostModel.from_config(config)
 AUTOATTACK_CELLS = GRID.autoattack_cells(config)
 AUTOATTACK_VARIANT = configured_variant(config)
-CELL = f"{RESULTS}/{{protocol}}/runs/{{arch}}-eps{{eps}}/{{dataset}}/{{method}}/seed{{seed}}"
+CELL = layout.cell_pattern(RESULTS)
 CONDA_ENV = "../../envs/autolora.yaml"
 # How cells are computed (device, workers, fast paths): not a param, so changing it reruns nothing.
 RUNTIME_JSON = json.dumps(grid.runtime(config), sort_keys=True, separators=(",", ":"))
@@ -62,17 +62,14 @@ wildcard_constraints:
     dataset=_alternatives(config["datasets"]),
     method=vocabulary.method_folder_pattern(),
     seed=r"\d+",
-    checkpoint="best_test|best_val|final",
+    checkpoint=_alternatives(layout.CHECKPOINT_NAMES),
 
 
 # ---- cells ---------------------------------------------------------------------------------
 
 
 def cell_id(wildcards):
-    return (
-        f"{wildcards.protocol}/runs/{wildcards.arch}-eps{wildcards.eps}/"
-        f"{wildcards.dataset}/{wildcards.method}/seed{wildcards.seed}"
-    )
+    return layout.CELL_ID_TEMPLATE.format(**dict(wildcards.items()))
 
 
 def cell_spec(wildcards):
@@ -100,11 +97,12 @@ def runtime_json(wildcards):
 
 
 def cell_evaluations():
-    return [f"{RESULTS}/{key}/eval-{REPORTED_CHECKPOINT}.json" for key in GRID.cells]
+    evaluation = layout.evaluation_record(REPORTED_CHECKPOINT)
+    return [f"{RESULTS}/{key}/{evaluation}" for key in GRID.cells]
 
 
 def cell_histories():
-    return [f"{RESULTS}/{key}/history.csv" for key in GRID.cells]
+    return [f"{RESULTS}/{key}/{layout.HISTORY}" for key in GRID.cells]
 
 
 # ---- resources from the cost model -----------------------------------------------------------

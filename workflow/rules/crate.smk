@@ -9,10 +9,10 @@ rule crate:
         rules.aggregate.output,
         paper=workflow.source_path("../../config/paper_results.csv"),
     output:
-        metadata=f"{REPORT}/ro-crate-metadata.json",
-        source=directory(f"{REPORT}/source"),
+        metadata=f"{REPORT}/{layout.CRATE_METADATA}",
+        source=directory(f"{REPORT}/{layout.CRATE_SOURCE_DIR}"),
     log:
-        f"{REPORT}/logs/crate.log",
+        f"{REPORT}/{layout.CRATE_LOG}",
     localrule: True
     conda:
         CONDA_ENV

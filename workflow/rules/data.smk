@@ -6,9 +6,9 @@
 
 rule download_dataset:
     output:
-        directory(f"{RESOURCES}/downloads/{{dataset}}"),
+        directory(layout.dataset_downloads(RESOURCES, "{dataset}")),
     log:
-        f"{RESOURCES}/logs/download_dataset/{{dataset}}.log",
+        layout.resource_log(RESOURCES, "download_dataset", "{dataset}"),
     wildcard_constraints:
         dataset=_alternatives(REAL_DATASETS),
     localrule: True
@@ -18,7 +18,7 @@ rule download_dataset:
     params:
         # Partial and finished archives wait here, outside the output folder that Snakemake
         # deletes when the job fails, so a retry resumes instead of starting over.
-        staging=lambda wildcards: f"{RESOURCES}/downloads/.staging/{wildcards.dataset}",
+        staging=lambda wildcards: layout.dataset_staging(RESOURCES, wildcards.dataset),
     shell:
         "autolora data download --dataset {wildcards.dataset} --dest {output:q} "
         "--staging {params.staging:q} > {log:q} 2>&1"
@@ -28,9 +28,9 @@ rule prepare_dataset:
     input:
         rules.download_dataset.output,
     output:
-        directory(f"{RESOURCES}/data/{{dataset}}"),
+        directory(layout.prepared_dataset(RESOURCES, "{dataset}")),
     log:
-        f"{RESOURCES}/logs/prepare_dataset/{{dataset}}.log",
+        layout.resource_log(RESOURCES, "prepare_dataset", "{dataset}"),
     wildcard_constraints:
         dataset=_alternatives(REAL_DATASETS),
     conda:
@@ -48,9 +48,9 @@ rule prepare_dataset:
 
 rule synthesize_dataset:
     output:
-        directory(f"{RESOURCES}/data/{{dataset}}"),
+        directory(layout.prepared_dataset(RESOURCES, "{dataset}")),
     log:
-        f"{RESOURCES}/logs/synthesize_dataset/{{dataset}}.log",
+        layout.resource_log(RESOURCES, "synthesize_dataset", "{dataset}"),
     wildcard_constraints:
         dataset=_alternatives(SYNTHETIC_DATASETS),
     conda:

@@ -3,13 +3,13 @@
 
 rule evaluate:
     input:
-        run=f"{CELL}/run.json",
-        checkpoint=f"{CELL}/{{checkpoint}}.safetensors",
-        data=f"{RESOURCES}/data/{{dataset}}",
+        run=f"{CELL}/{layout.RUN_RECORD}",
+        checkpoint=f"{CELL}/{layout.checkpoint_file('{checkpoint}')}",
+        data=layout.prepared_dataset(RESOURCES, "{dataset}"),
     output:
-        f"{CELL}/eval-{{checkpoint}}.json",
+        f"{CELL}/{layout.evaluation_record('{checkpoint}')}",
     log:
-        f"{CELL}/eval-{{checkpoint}}.log",
+        f"{CELL}/{layout.evaluation_log('{checkpoint}')}",
     conda:
         CONDA_ENV
     threads: JOB_THREADS

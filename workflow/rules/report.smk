@@ -1,13 +1,13 @@
-# `autolora aggregate` (layout in src/autolora/commands/aggregate.py): tables (CSV, Markdown,
+# `autolora aggregate` (file names in autolora.planning.layout): tables (CSV, Markdown,
 # LaTeX), p-values, figures, the paper comparison and its claims, the provenance index read by
 # `autolora audit`, the missing cells, and the reproduction report.
 
 
 rule resolve_config:
     output:
-        f"{REPORT}/config.resolved.yaml",
+        f"{REPORT}/{layout.RESOLVED_CONFIG}",
     log:
-        f"{REPORT}/logs/resolve_config.log",
+        f"{REPORT}/{layout.report_log('resolve_config')}",
     localrule: True
     conda:
         CONDA_ENV
@@ -28,42 +28,42 @@ rule aggregate:
         histories=cell_histories(),
     output:
         tables=report(
-            directory(f"{REPORT}/tables"),
+            directory(f"{REPORT}/{layout.TABLES_DIR}"),
             patterns=["{name}.csv"],
             caption="../report/tables.rst",
             category="Tables",
             labels={"table": "{name}"},
         ),
         figures=report(
-            directory(f"{REPORT}/figures"),
+            directory(f"{REPORT}/{layout.FIGURES_DIR}"),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",
             labels={"figure": "{name}"},
         ),
-        provenance=directory(f"{REPORT}/provenance"),
+        provenance=directory(f"{REPORT}/{layout.PROVENANCE_DIR}"),
         comparison=report(
-            f"{REPORT}/comparison.csv",
+            f"{REPORT}/{layout.COMPARISON_CSV}",
             caption="../report/comparison.rst",
             category="Paper vs. reproduction",
             labels={"document": "numbers"},
         ),
         claims=report(
-            f"{REPORT}/claims.csv",
+            f"{REPORT}/{layout.CLAIMS}",
             caption="../report/claims.rst",
             category="Paper vs. reproduction",
             labels={"document": "claims"},
         ),
-        missing=f"{REPORT}/missing.txt",
-        markdown=f"{REPORT}/report.md",
+        missing=f"{REPORT}/{layout.MISSING_CELLS}",
+        markdown=f"{REPORT}/{layout.REPORT_MD}",
         html=report(
-            f"{REPORT}/report.html",
+            f"{REPORT}/{layout.REPORT_HTML}",
             caption="../report/reproduction.rst",
             category="Reproduction report",
             labels={"document": "paper vs. reproduction"},
         ),
     log:
-        f"{REPORT}/logs/aggregate.log",
+        f"{REPORT}/{layout.report_log('aggregate')}",
     conda:
         CONDA_ENV
     threads: 1

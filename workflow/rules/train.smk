@@ -9,18 +9,17 @@
 
 rule train:
     input:
-        data=f"{RESOURCES}/data/{{dataset}}",
-        weights=f"{RESOURCES}/weights/{{arch}}-eps{{eps}}.safetensors",
+        data=layout.prepared_dataset(RESOURCES, "{dataset}"),
+        weights=layout.backbone(RESOURCES, "{arch}", "{eps}"),
     output:
-        run=f"{CELL}/run.json",
-        history=f"{CELL}/history.csv",
-        checkpoints=expand(
-            f"{CELL}/{{name}}.safetensors",
-            name=grid.train_checkpoints(config),
-            allow_missing=True,
-        ),
+        run=f"{CELL}/{layout.RUN_RECORD}",
+        history=f"{CELL}/{layout.HISTORY}",
+        checkpoints=[
+            f"{CELL}/{layout.checkpoint_file(name)}"
+            for name in grid.train_checkpoints(config)
+        ],
     log:
-        f"{CELL}/train.log",
+        f"{CELL}/{layout.TRAIN_LOG}",
     conda:
         CONDA_ENV
     threads: JOB_THREADS

@@ -5,9 +5,9 @@
 
 rule download_weights:
     output:
-        f"{RESOURCES}/downloads/weights/{{arch}}-eps{{eps}}.ckpt",
+        layout.backbone_download(RESOURCES, "{arch}", "{eps}"),
     log:
-        f"{RESOURCES}/logs/download_weights/{{arch}}-eps{{eps}}.log",
+        layout.resource_log(RESOURCES, "download_weights", "{arch}-eps{eps}"),
     wildcard_constraints:
         arch=_alternatives(vocabulary.PUBLISHED_ARCHS),
     localrule: True
@@ -23,9 +23,9 @@ rule convert_weights:
     input:
         rules.download_weights.output,
     output:
-        f"{RESOURCES}/weights/{{arch}}-eps{{eps}}.safetensors",
+        layout.backbone(RESOURCES, "{arch}", "{eps}"),
     log:
-        f"{RESOURCES}/logs/convert_weights/{{arch}}-eps{{eps}}.log",
+        layout.resource_log(RESOURCES, "convert_weights", "{arch}-eps{eps}"),
     wildcard_constraints:
         arch=_alternatives(vocabulary.PUBLISHED_ARCHS),
     conda:
@@ -41,9 +41,9 @@ rule convert_weights:
 
 rule pretrain_backbone:
     output:
-        f"{RESOURCES}/weights/{{arch}}-eps{{eps}}.safetensors",
+        layout.backbone(RESOURCES, "{arch}", "{eps}"),
     log:
-        f"{RESOURCES}/logs/pretrain_backbone/{{arch}}-eps{{eps}}.log",
+        layout.resource_log(RESOURCES, "pretrain_backbone", "{arch}-eps{eps}"),
     wildcard_constraints:
         arch=_alternatives(vocabulary.PRETRAINED_HERE_ARCHS),
     conda:

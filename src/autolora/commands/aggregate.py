@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from autolora.planning import layout
+
 NAME = "aggregate"
 HELP = "build the paper's tables, p-values, figures, paper comparison, report and provenance index"
 DEFAULT_PAPER_RESULTS = "config/paper_results.csv"
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"aggregate: {len(outputs['tables'])} table(s), {outputs['numbers']} number(s), "
         f"{len(missing)} missing cell(s), {len(not_computed)} without AA; "
-        f"report {out / 'report.md'}; seal {outputs['seal']}"
+        f"report {out / layout.REPORT_MD}; seal {outputs['seal']}"
     )
     return 0
 
@@ -119,7 +121,7 @@ def check_not_fewer(tables, out_dir: Path, results_root: str | Path) -> None:
     from autolora.reporting.tables import evaluated_values_in
 
     for table in tables:
-        existing = out_dir / "tables" / f"{table.name}_values.csv"
+        existing = out_dir / layout.table_values(table.name)
         if not existing.is_file():
             continue
         before, now = evaluated_values_in(existing), table.evaluated_values
@@ -186,7 +188,7 @@ def aggregate(
     )
     from autolora.reporting.report import ReportInputs, write_report
     from autolora.reporting.stats import ttest_kind
-    from autolora.reporting.tables import CELL_LIST_FILE, build_tables
+    from autolora.reporting.tables import build_tables
 
     out_dir = Path(out_dir)
     entries = list(entries)
@@ -202,15 +204,16 @@ def aggregate(
     )
     if not allow_fewer:
         check_not_fewer(tables, out_dir, results_root)
-    for folder in ("tables", "figures", "provenance"):  # declared outputs even when empty
+    # declared outputs even when empty
+    for folder in (layout.TABLES_DIR, layout.FIGURES_DIR, layout.PROVENANCE_DIR):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     table_files: dict[str, list[Path]] = {}
     for table in tables:
         files = {
-            out_dir / "tables" / f"{table.name}.csv": table.to_csv(),
-            out_dir / "tables" / f"{table.name}.md": table.to_markdown(),
-            out_dir / "tables" / f"{table.name}.tex": table.to_latex(),
-            out_dir / "tables" / f"{table.name}_values.csv": table.values_csv(),
+            out_dir / layout.table_file(table.name, "csv"): table.to_csv(),
+            out_dir / layout.table_file(table.name, "md"): table.to_markdown(),
+            out_dir / layout.table_file(table.name, "tex"): table.to_latex(),
+            out_dir / layout.table_values(table.name): table.values_csv(),
         }
         for path, text in files.items():
             with atomic_write(path) as handle:
@@ -218,7 +221,7 @@ def aggregate(
         table_files[table.name] = list(files)
     indices = [
         write_index(
-            out_dir / "provenance",
+            out_dir / layout.PROVENANCE_DIR,
             build_index(t, root=root, protocol=protocol, outputs=table_files[t.name]),
         )
         for t in tables
@@ -226,14 +229,14 @@ def aggregate(
     paper = load_paper_results(paper_results)
     comparison, claims = comparison_frame(tables, paper), claims_frame(tables, paper)
     for path, text in {
-        out_dir / "comparison.csv": comparison.to_csv(index=False),
-        out_dir / "comparison.md": comparison_markdown(comparison),
-        out_dir / "claims.csv": claims.to_csv(index=False),
+        out_dir / layout.COMPARISON_CSV: comparison.to_csv(index=False),
+        out_dir / layout.COMPARISON_MD: comparison_markdown(comparison),
+        out_dir / layout.CLAIMS: claims.to_csv(index=False),
     }.items():
         with atomic_write(path) as handle:
             handle.write(text)
     figures = draw_figures(
-        [e for e in entries if e.table == "figures"], results_root, out_dir / "figures"
+        [e for e in entries if e.table == "figures"], results_root, out_dir / layout.FIGURES_DIR
     )
     inputs = ReportInputs(
         protocol=protocol,
@@ -261,7 +264,7 @@ def aggregate(
         for cell in cells
     }
     not_computed = dict(sorted(not_computed.items()))
-    with atomic_write(out_dir / CELL_LIST_FILE) as handle:
+    with atomic_write(out_dir / layout.MISSING_CELLS) as handle:
         handle.write(cell_list_text(missing, not_computed))
     results_index = build_results_index(
         root=root,
@@ -269,15 +272,15 @@ def aggregate(
         table_indices=indices,
         files={
             "table file": [p for files in table_files.values() for p in files],
-            "comparison": [out_dir / "comparison.csv", out_dir / "comparison.md"],
-            "claims": [out_dir / "claims.csv"],
+            "comparison": [out_dir / layout.COMPARISON_CSV, out_dir / layout.COMPARISON_MD],
+            "claims": [out_dir / layout.CLAIMS],
             "figure": sorted(figures),
             "report": list(report_files),
-            "missing cells": [out_dir / CELL_LIST_FILE],
+            "missing cells": [out_dir / layout.MISSING_CELLS],
         },
         inputs={"configuration": config_path or None, "paper results": paper_results},
     )
-    seal = SEAL_PREFIX + write_results_index(out_dir / "provenance", results_index)
+    seal = SEAL_PREFIX + write_results_index(out_dir / layout.PROVENANCE_DIR, results_index)
     return {
         "tables": tables,
         "numbers": sum(len(t.numbers) for t in tables),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from autolora.autoattack_variants import REDUCED, STANDARD, VARIANTS
+from autolora.planning import layout
 
 NAME = "evaluate"
 HELP = "evaluate a run's checkpoint (SA, PGD-10, AutoAttack) and write an evaluation record"
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         required=True,
-        choices=("best_test", "best_val", "final", "selected"),
+        choices=(*layout.CHECKPOINT_NAMES, layout.SELECTED_CHECKPOINT),
         help="which weights; 'selected' = the protocol's reported checkpoint (config selection)",
     )
     parser.add_argument(

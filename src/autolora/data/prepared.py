@@ -48,15 +48,11 @@ from autolora.files import (
     sha256_file,
     write_json,
 )
+from autolora.planning import layout
 
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")
 AUGMENTATIONS = ("pad_crop", "resized_crop")
-METADATA_FILE = "dataset.json"
-IMAGES_FILE = "images.u8"
-INDEX_FILE = "images_index.npy"
-LABELS_FILE = "labels.npy"
-EXAMPLES_FILE = "examples.csv"
 REQUIRED_KEYS = (
     "format",
     "name",
@@ -121,7 +117,7 @@ def _write_images(
     digests: list[str] = []
     file_digest = hashlib.sha256()
     offset = 0
-    with open(directory / IMAGES_FILE, "wb") as handle:
+    with open(directory / layout.IMAGES, "wb") as handle:
         for index, image in enumerate(images):
             pixels = _check_image(index, image)
             data = pixels.tobytes()
@@ -216,10 +212,10 @@ def write_prepared_dataset(
         index, digests, images_sha256 = _write_images(tmp, images)
         if len(digests) != len(labels):
             raise DataError(f"{len(digests)} images for {len(labels)} labels; give one per image")
-        _write_npy(tmp / INDEX_FILE, index)
-        _write_npy(tmp / LABELS_FILE, np.asarray(labels, dtype=np.int64))
+        _write_npy(tmp / layout.IMAGE_INDEX, index)
+        _write_npy(tmp / layout.LABELS, np.asarray(labels, dtype=np.int64))
         _write_csv(
-            tmp / EXAMPLES_FILE,
+            tmp / layout.EXAMPLES,
             ("example", "source", "label", "sha256"),
             ((i, sources[i], int(labels[i]), digests[i]) for i in range(len(digests))),
         )
@@ -227,7 +223,7 @@ def write_prepared_dataset(
             _write_scheme(tmp, scheme, plan)
         files = {
             path.relative_to(tmp).as_posix(): (
-                images_sha256 if path.name == IMAGES_FILE else sha256_file(path)
+                images_sha256 if path.name == layout.IMAGES else sha256_file(path)
             )
             for path in sorted(tmp.rglob("*"))
             if path.is_file()
@@ -247,7 +243,7 @@ def write_prepared_dataset(
             "schemes": sorted(splits),
             "files": files,
         }
-        write_json(tmp / METADATA_FILE, metadata)
+        write_json(tmp / layout.DATASET_METADATA, metadata)
         _move_into_place(tmp, out_dir, overwrite)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -263,7 +259,7 @@ def _write_scheme(directory: Path, scheme: str, plan: SplitPlan) -> None:
         for split in SPLIT_NAMES
         for position, example in enumerate(getattr(plan, split))
     ]
-    _write_csv(directory / "splits" / f"{scheme}.csv", ("split", "position", "example"), rows)
+    _write_csv(directory / layout.split_manifest(scheme), ("split", "position", "example"), rows)
     info = {
         "scheme": scheme,
         "seed": plan.seed,
@@ -273,7 +269,7 @@ def _write_scheme(directory: Path, scheme: str, plan: SplitPlan) -> None:
         "notes": plan.notes,
         **plan.extra,
     }
-    write_json(directory / "splits" / f"{scheme}.json", info)
+    write_json(directory / layout.split_info(scheme), info)
 
 
 def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
@@ -312,8 +308,8 @@ class PreparedDataset:
         self._split_cache: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
         self._verify = verify is not None
         try:
-            self.index = np.load(io.BytesIO(self._read(INDEX_FILE)))
-            self.labels = np.load(io.BytesIO(self._read(LABELS_FILE)))
+            self.index = np.load(io.BytesIO(self._read(layout.IMAGE_INDEX)))
+            self.labels = np.load(io.BytesIO(self._read(layout.LABELS)))
         except ValueError as error:
             raise DataError(
                 f"prepared dataset {directory}: unreadable array ({error}); "
@@ -326,9 +322,9 @@ class PreparedDataset:
             # images.u8 is read through a memmap, image by image: hash it in one streaming pass
             # now (which also brings it into the page cache the memmap then reads from).
             started = time.monotonic()
-            digest = sha256_file(self.directory / IMAGES_FILE)
+            digest = sha256_file(self.directory / layout.IMAGES)
             self.verification_seconds += time.monotonic() - started
-            self._check_hash(IMAGES_FILE, digest)
+            self._check_hash(layout.IMAGES, digest)
             self._load_scheme(verify)
 
     def _check_hash(self, name: str, actual: str) -> None:
@@ -338,7 +334,7 @@ class PreparedDataset:
         if expected != actual:
             recorded = f"differs from {expected}" if expected else "is not listed"
             raise ChecksumError(
-                f"{path}: sha256 {actual} {recorded} in {self.directory / METADATA_FILE}: the "
+                f"{path}: sha256 {actual} {recorded} in {self.directory / layout.DATASET_METADATA}: the "
                 "prepared dataset changed after it was written; "
                 + _rebuild_hint(self.directory, self.metadata)
             )
@@ -360,10 +356,10 @@ class PreparedDataset:
         that training or evaluation under that scheme reads is checked against dataset.json
         first; a mismatch is a ChecksumError naming the file, both hashes and the fix."""
         directory = Path(directory)
-        metadata_path = directory / METADATA_FILE
+        metadata_path = directory / layout.DATASET_METADATA
         if not metadata_path.is_file():
             raise DataError(
-                f"prepared dataset {directory}: {METADATA_FILE} is missing; "
+                f"prepared dataset {directory}: {layout.DATASET_METADATA} is missing; "
                 + _rebuild_hint(directory, None)
             )
         metadata = read_json(metadata_path, _rebuild_hint(directory, None))
@@ -398,13 +394,13 @@ class PreparedDataset:
             or self.index.shape[1] != 3
             or self.labels.shape != (len(self.index),)
         ):
-            raise DataError(f"{where}: {INDEX_FILE} and {LABELS_FILE} disagree; {hint}")
+            raise DataError(f"{where}: {layout.IMAGE_INDEX} and {layout.LABELS} disagree; {hint}")
         sizes = self.index[:, 1] * self.index[:, 2] * 3
         expected = int(self.index[-1, 0] + sizes[-1]) if len(self.index) else 0
-        actual = (self.directory / IMAGES_FILE).stat().st_size
+        actual = (self.directory / layout.IMAGES).stat().st_size
         if actual != expected:
             raise DataError(
-                f"{where}: {IMAGES_FILE} has {actual} bytes, the index says {expected}; {hint}"
+                f"{where}: {layout.IMAGES} has {actual} bytes, the index says {expected}; {hint}"
             )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -430,9 +426,9 @@ class PreparedDataset:
     def image(self, example: int) -> np.ndarray:
         """Example ``example`` as a uint8 HWC RGB array (a copy)."""
         if self._pixels is None:
-            size = (self.directory / IMAGES_FILE).stat().st_size
+            size = (self.directory / layout.IMAGES).stat().st_size
             self._pixels = (
-                np.memmap(self.directory / IMAGES_FILE, dtype=np.uint8, mode="r")
+                np.memmap(self.directory / layout.IMAGES, dtype=np.uint8, mode="r")
                 if size
                 else np.zeros(0, np.uint8)
             )
@@ -452,7 +448,7 @@ class PreparedDataset:
         verifying, checked) once."""
         if scheme not in self._split_cache:
             self._check_scheme(scheme)
-            info_name, manifest_name = f"splits/{scheme}.json", f"splits/{scheme}.csv"
+            info_name, manifest_name = layout.split_info(scheme), layout.split_manifest(scheme)
             hint = _rebuild_hint(self.directory, self.metadata)
             info = parse_json(self._read(info_name), self.directory / info_name, hint)
             manifest = self._read(manifest_name).decode("utf-8", errors="replace")
@@ -477,7 +473,7 @@ class PreparedDataset:
         return SplitView(self, scheme, name, self.split_indices(scheme)[name])
 
     def read_examples(self) -> list[dict[str, str]]:
-        with open(self.directory / EXAMPLES_FILE, newline="") as handle:
+        with open(self.directory / layout.EXAMPLES, newline="") as handle:
             return list(csv.DictReader(handle))
 
     def verify(self, *, images: bool = False) -> None:

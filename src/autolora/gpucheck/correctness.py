@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from autolora.gpucheck.runner import StepContext, environment_variables
+from autolora.planning import layout
 
 SEED = 0
 CHECKPOINTS = ("final", "best_val", "best_test")
@@ -349,7 +350,7 @@ def _compare_runs(out: Path, reference: Path) -> dict[str, Any]:
 
 
 def _history_without_time(run: Path) -> list[list[str]]:
-    rows = [line.split(",") for line in (run / "history.csv").read_text().splitlines()]
+    rows = [line.split(",") for line in (run / layout.HISTORY).read_text().splitlines()]
     keep = [i for i, name in enumerate(rows[0]) if name != "seconds"]
     return [[row[i] for i in keep] for row in rows]
 
@@ -360,8 +361,6 @@ def demo_cell(context: StepContext) -> None:
         EXIT_INTERRUPTED,
         FAULT_SIGNAL_ENV,
         FAULT_SIGNAL_NAME_ENV,
-        RUN_RECORD,
-        STATE_DIR,
     )
 
     options, record = context.options, context.record
@@ -387,7 +386,7 @@ def demo_cell(context: StepContext) -> None:
         **{FAULT_SIGNAL_ENV: f"{epoch}:{batch}:once", FAULT_SIGNAL_NAME_ENV: "SIGTERM"}
     ):
         codes["sigterm"] = train(resumed)
-    state = read_state_info(resumed / STATE_DIR) or {}
+    state = read_state_info(resumed / layout.STATE_DIR) or {}
     in_epoch = state.get("in_epoch") or {}
     record.figure("state_after_sigterm", {"epoch": state.get("epoch"), "in_epoch": in_epoch})
     record.check(
@@ -398,7 +397,7 @@ def demo_cell(context: StepContext) -> None:
     )  # fmt: skip
     with environment_variables(**no_faults):
         codes["resume"] = train(resumed)
-    run = json.loads((resumed / RUN_RECORD).read_text()) if codes["resume"] == 0 else {}
+    run = json.loads((resumed / layout.RUN_RECORD).read_text()) if codes["resume"] == 0 else {}
     attempts = run.get("attempts", [])
     record.check(
         "the rerun resumes mid-epoch and completes",
@@ -466,7 +465,7 @@ def demo_cell(context: StepContext) -> None:
 def _history_rows(run: Path) -> list[dict[str, str]]:
     import csv
 
-    with open(run / "history.csv", newline="") as handle:
+    with open(run / layout.HISTORY, newline="") as handle:
         return list(csv.DictReader(handle))
 
 

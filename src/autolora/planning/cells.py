@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autolora.errors import ConfigError, reject_unknown
+from autolora.planning import layout
 from autolora.planning.protocol import METHOD_PROTOCOL_CHOICES, PROTOCOLS, protocol_choices
 from autolora.planning.vocabulary import (
     ARCHS,
@@ -34,7 +35,6 @@ from autolora.planning.vocabulary import (
     TWINS,
     canonical_variant,
     format_number,
-    method_folder,
     parse_variant,
     plain_number,
 )
@@ -367,11 +367,8 @@ def cell_id(identity: Mapping[str, Any] | CellConfig) -> str:
     """``<protocol>/runs/<arch>-eps<eps_pt>/<dataset>/<method>[-<variant>]/seed<seed>``."""
     if isinstance(identity, CellConfig):
         identity = identity.identity
-    method = method_folder(identity["method"], identity.get("variant"))
-    return (
-        f"{identity['protocol']}/runs/{identity['arch']}-eps{format_number(identity['eps_pt'])}/"
-        f"{identity['dataset']}/{method}/seed{identity['seed']}"
-    )
+    values = {key: identity[key] for key in IDENTITY_KEYS if key != "variant"}
+    return layout.cell_id(**values, variant=identity.get("variant"))
 
 
 CELL_ID_PATTERN = re.compile(

@@ -21,11 +21,10 @@ from matplotlib.ticker import MaxNLocator
 from autolora.environment import read_record
 from autolora.errors import DataError
 from autolora.files import atomic_path, read_verified
+from autolora.planning import layout
 from autolora.planning.vocabulary import METHOD_LABELS, dataset_label
 from autolora.reporting.tables import EntryLike
 
-HISTORY_FILE = "history.csv"
-RUN_RECORD = "run.json"
 FIGURES = {  # history column: (title, y label)
     "grad_similarity": (
         "Gradient similarity (natural vs adversarial objective)",
@@ -52,13 +51,13 @@ def read_history(cell_dir: str | Path) -> pd.DataFrame | None:
     """A finished cell's ``history.csv``, checked against the sha256 its run record gives; None
     when the cell has not finished (no ``run.json``): an unfinished run's curve is not drawn."""
     cell_dir = Path(cell_dir)
-    run_path = cell_dir / RUN_RECORD
+    run_path = cell_dir / layout.RUN_RECORD
     if not run_path.is_file():
         return None
     fix = f"rerun the cell (delete {cell_dir} and `snakemake` it again)"
     record = read_record(run_path, "training_run", fix)
     recorded = [o for o in record.get("outputs") or [] if o.get("role") == "history"]
-    path = cell_dir / HISTORY_FILE
+    path = cell_dir / layout.HISTORY
     if not recorded:
         raise DataError(f"{run_path} lists no history output; {fix}")
     data = read_verified(
@@ -147,7 +146,7 @@ def build_figure(series: Sequence[MethodSeries], *, title: str, ylabel: str) -> 
 
 
 def figure_path(out_dir: str | Path, column: str, arch: str, dataset: str) -> Path:
-    return Path(out_dir) / f"{column}-{arch}-{dataset}.png"
+    return Path(out_dir) / layout.figure_name(column, arch, dataset)
 
 
 def draw_figures(

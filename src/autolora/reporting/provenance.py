@@ -33,13 +33,13 @@ from typing import Any
 from autolora import __version__
 from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.files import md5_file, read_json, sha256_file, write_json
+from autolora.planning import layout
 from autolora.planning.vocabulary import PROPOSED, PUBLISHED_ARCHS
 from autolora.reporting.stats import TEST_DESCRIPTIONS, summarize, two_sample_ttest
 from autolora.reporting.tables import parameter_ratio_pct
 
 INDEX_FORMAT = 1
 INDEX_KIND = "provenance_index"
-RESULTS_INDEX = "results.json"
 RESULTS_KIND = "results_index"
 SEAL_PREFIX = "sha256:"
 VALUE_TOLERANCE = 1e-9
@@ -219,12 +219,12 @@ def build_results_index(
 
 def write_results_index(index_dir: str | Path, index: dict) -> str:
     """Write ``provenance/results.json``; returns its sha256 (the folder's seal, without prefix)."""
-    return write_json(Path(index_dir) / RESULTS_INDEX, index)
+    return write_json(Path(index_dir) / layout.RESULTS_INDEX, index)
 
 
 def seal_of(index_dir: str | Path) -> str:
     """The seal of a results folder: the sha256 of its results index (``sha256:<hex>``)."""
-    path = resolve_index_dir(index_dir) / RESULTS_INDEX
+    path = resolve_index_dir(index_dir) / layout.RESULTS_INDEX
     if not path.is_file():
         raise ConfigError(f"{path} is missing: run `autolora aggregate` to write it")
     return SEAL_PREFIX + sha256_file(path)
@@ -241,8 +241,8 @@ def _json_float(value: float) -> float | None:
 def resolve_index_dir(index: str | Path) -> Path:
     """Accept the aggregate output folder or its ``provenance/`` subfolder."""
     index = Path(index)
-    if (index / "provenance").is_dir():
-        index = index / "provenance"
+    if (index / layout.PROVENANCE_DIR).is_dir():
+        index = index / layout.PROVENANCE_DIR
     if not index.is_dir():
         raise ConfigError(
             f"no provenance index at {index}: run `autolora aggregate` first or pass "
@@ -267,7 +267,7 @@ def load_index(index_dir: str | Path, table: str) -> dict:
 def all_indices(index_dir: str | Path) -> list[dict]:
     """Every table index of a provenance folder (not the results index)."""
     directory = resolve_index_dir(index_dir)
-    paths = sorted(p for p in directory.glob("*.json") if p.name != RESULTS_INDEX)
+    paths = sorted(p for p in directory.glob("*.json") if p.name != layout.RESULTS_INDEX)
     return [load_index(directory, p.stem) for p in paths]
 
 
@@ -524,7 +524,7 @@ def _audit_dataset_sources(audit: Audit, metadata: dict, folder: Path, indent: i
 
     name = metadata.get("name")
     published = {a.name: a.checksum for a in CATALOGUE[name].files} if name in CATALOGUE else {}
-    downloads = folder.parent.parent / "downloads" / str(name)
+    downloads = layout.downloads_beside(folder, str(name))
     for source in metadata.get("sources") or []:
         if "file" not in source:  # synthetic data: the generator and its seed
             audit.say(f"generated, not downloaded: {_words(source)}", indent)
@@ -556,9 +556,9 @@ def _audit_backbone(audit: Audit, weights_path: str, trained_sha256: str, indent
     if not audit.first_time(f"weights:{weights_path}"):
         audit.say("its record and source: verified above", indent)
         return
-    from autolora.weights import CATALOGUE, pinned_sha256, record_path
+    from autolora.weights import CATALOGUE, pinned_sha256
 
-    record_file = record_path(weights_path).as_posix()
+    record_file = layout.backbone_record(weights_path).as_posix()
     if not (audit.root / record_file).is_file():
         audit.problem(f"{record_file}: missing (the record of backbone {weights_path})", indent)
         return
@@ -595,7 +595,7 @@ def _audit_backbone(audit: Audit, weights_path: str, trained_sha256: str, indent
         return
     audit.say(f"converted from {entry.file}: sha256 {_short(expected)} ({origin})", indent)
     if source.get("file"):
-        downloads = Path(weights_path).parent.parent / "downloads" / "weights" / source["file"]
+        downloads = layout.download_of_backbone(weights_path, source["file"])
         audit.check_archive(
             "checkpoint download", downloads.as_posix(), "sha256", expected, indent + 1
         )
@@ -736,7 +736,7 @@ def audit_all(
 
 
 def _audit_results_index(audit: Audit, index_dir: Path) -> None:
-    path = index_dir / RESULTS_INDEX
+    path = index_dir / layout.RESULTS_INDEX
     shown = relative_to_root(path.resolve(), audit.root)
     if not path.is_file():
         audit.problem(
@@ -752,7 +752,7 @@ def _audit_results_index(audit: Audit, index_dir: Path) -> None:
             audit.check_file(item["role"], item["path"], item["sha256"], 1)
             listed.add((audit.root / item["path"]).resolve())
     for table_index in sorted(index_dir.glob("*.json")):
-        if table_index.name != RESULTS_INDEX and table_index.resolve() not in listed:
+        if table_index.name != layout.RESULTS_INDEX and table_index.resolve() not in listed:
             audit.problem(
                 f"{relative_to_root(table_index.resolve(), audit.root)}: a table "
                 f"index not listed in {shown}; rerun `autolora aggregate`",

@@ -17,6 +17,7 @@ import markdown
 import pandas as pd
 
 from autolora.files import atomic_write
+from autolora.planning import layout
 from autolora.reporting.compare import claims_markdown, comparison_markdown
 from autolora.reporting.stats import STD_DESCRIPTION, TEST_DESCRIPTIONS
 from autolora.reporting.tables import Table
@@ -226,7 +227,7 @@ def write_report(inputs: ReportInputs, out_dir: str | Path) -> tuple[Path, Path]
     """Write ``report.md`` and ``report.html`` into ``out_dir``."""
     out_dir = Path(out_dir)
     text = report_markdown(inputs, out_dir)
-    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    md_path, html_path = out_dir / layout.REPORT_MD, out_dir / layout.REPORT_HTML
     with atomic_write(md_path) as handle:
         handle.write(text)
     with atomic_write(html_path) as handle:

@@ -29,6 +29,7 @@ from autolora.autoattack_variants import (
 )
 from autolora.environment import read_record
 from autolora.errors import DataError
+from autolora.planning import layout
 from autolora.planning.vocabulary import (
     ARCH_LABELS,
     AUTOLR,
@@ -60,7 +61,6 @@ ARITHMETIC_CELLS_LISTED = 6  # cells named per kind in the arithmetic note; more
 RATIO_ROW = "param_ratio"  # LoRa parameters created (what the paper's Table 3 counts)
 RATIO_USED_ROW = "param_ratio_used"  # those the LoRa forward uses (lora_blocks: last)
 AUTOATTACK_METRIC = "AA"
-CELL_LIST_FILE = "missing.txt"  # written by `autolora aggregate`: every cell a footnote counts
 NO_AA_IN_RECORD = (
     "their evaluation records have no AA (evaluated with `--no-autoattack`); delete them and "
     "rerun `snakemake`"
@@ -129,7 +129,7 @@ class EvaluationStore:
         self._arithmetic: dict[str, str | None] = {}
 
     def path(self, cell_id: str) -> Path:
-        return self.results_root / cell_id / f"eval-{self.checkpoint}.json"
+        return self.results_root / cell_id / layout.evaluation_record(self.checkpoint)
 
     def get(self, cell_id: str) -> dict | None:
         """The record of ``cell_id``, or None when it does not exist (yet)."""
@@ -158,7 +158,7 @@ class EvaluationStore:
         """How the cell's training steps computed (:func:`training_arithmetic` of its run record),
         or None when the cell has no readable run record."""
         if cell_id not in self._arithmetic:
-            path = self.results_root / cell_id / "run.json"
+            path = self.results_root / cell_id / layout.RUN_RECORD
             record = (
                 read_record(path, "training_run", f"rerun `snakemake {path}`")
                 if path.is_file()
@@ -752,7 +752,9 @@ class Table:
         return sum(1 for n in self.numbers for s in n.seeds if s.status == "ok")
 
     def eval_target(self, cell_id: str) -> str:
-        return f"{self.results_root.rstrip('/')}/{cell_id}/eval-{self.checkpoint}.json"
+        return (
+            f"{self.results_root.rstrip('/')}/{cell_id}/{layout.evaluation_record(self.checkpoint)}"
+        )
 
     def footnotes(self) -> list[str]:
         """Notes printed under the table: conventions first, then each gap once, by cause, with
@@ -771,7 +773,7 @@ class Table:
         for reason, cells in self.not_computed_by_reason().items():
             notes.append(
                 f"{NOT_COMPUTED}: AA not computed for {len(cells)} of {aa_cells} cells: {reason} "
-                f"(the cells: {CELL_LIST_FILE})."
+                f"(the cells: {layout.MISSING_CELLS})."
             )
         notes += sorted(
             {
@@ -789,7 +791,7 @@ class Table:
             notes.append(
                 f"{MISSING}: no evaluation record yet for {len(self.missing_cells)} of "
                 f"{len(self.cells)} cells; `snakemake` produces them (each cell and its command: "
-                f"{CELL_LIST_FILE})."
+                f"{layout.MISSING_CELLS})."
             )
         return notes
 

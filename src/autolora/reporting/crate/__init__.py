@@ -33,11 +33,9 @@ from autolora.reporting.crate.deposit import (
     write_archive,
 )
 from autolora.reporting.crate.describe import copy_workflow_source, describe_results, write_crate
-from autolora.reporting.crate.vocabulary import METADATA_FILE, SOURCE_DIR, iso_time, media_type
+from autolora.reporting.crate.vocabulary import iso_time, media_type
 
 __all__ = [
-    "METADATA_FILE",
-    "SOURCE_DIR",
     "CrateAudit",
     "copy_workflow_source",
     "describe_results",

@@ -12,10 +12,10 @@ from typing import Any
 
 from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.files import HASH_CHUNK_BYTES, atomic_path, read_json, sha256_file
+from autolora.planning import layout
 from autolora.reporting.crate.vocabulary import (
     ARCHIVE_TIME,
     LARGE_SUFFIXES,
-    METADATA_FILE,
 )
 
 
@@ -33,7 +33,7 @@ class CrateAudit:
 
 
 def load_crate(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / METADATA_FILE
+    path = Path(folder) / layout.CRATE_METADATA
     if not path.is_file():
         raise ConfigError(f"{path} missing: write the crate first with `autolora crate {folder}`")
     crate = read_json(path)
@@ -109,7 +109,7 @@ def write_archive(
     same crate gives the same archive. Returns the archived paths."""
     folder, out = Path(folder), Path(out)
     crate = load_crate(folder)
-    chosen = [METADATA_FILE]
+    chosen = [layout.CRATE_METADATA]
     digests = {}
     for item in described_files(crate):
         inside = not Path(item["path"]).is_absolute() and not Path(

@@ -18,24 +18,21 @@ from urllib.parse import quote
 from autolora import __version__
 from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.files import atomic_write, read_json, sha256_file
+from autolora.planning import layout
 from autolora.reporting.crate.graph import CrateBuilder, ref, rule_files
 from autolora.reporting.crate.vocabulary import (
     COMPLETED,
     CONNECTIONS,
-    CRATE_LOG,
     LARGE_SUFFIXES,
     LICENSE_ID,
     MAIN_WORKFLOW,
-    METADATA_FILE,
     OCTET_STREAM,
     PAPER_AUTHORS,
     PAPER_ID,
     PROFILES,
-    RESOLVED_CONFIG,
     RO_CRATE,
     SKIPPED_SUFFIXES,
     SNAKEMAKE_LANGUAGE,
-    SOURCE_DIR,
     STEP_ORDER,
     STEP_PURPOSE,
     WORKFLOW_INPUTS,
@@ -86,7 +83,7 @@ def copy_workflow_source(
             )
         copies[name] = path
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{SOURCE_DIR}.", dir=folder))
+    staging = Path(tempfile.mkdtemp(prefix=f".{layout.CRATE_SOURCE_DIR}.", dir=folder))
     try:
         for name, path in sorted(copies.items()):
             target = staging / name
@@ -95,7 +92,7 @@ def copy_workflow_source(
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide it from the group
-        final = folder / SOURCE_DIR
+        final = folder / layout.CRATE_SOURCE_DIR
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
@@ -123,7 +120,7 @@ def describe_results(
     from autolora.planning.grid import expand_grid, load_config, reported_checkpoint
 
     folder, root = Path(folder), Path(root)
-    config_file = folder / RESOLVED_CONFIG
+    config_file = folder / layout.RESOLVED_CONFIG
     if not config_file.is_file():
         raise ConfigError(
             f"{config_file} missing: the crate describes a results folder the workflow (or "
@@ -137,11 +134,11 @@ def describe_results(
     expected = root / config.get("results", "results") / config.get("protocol", "paper")
     if expected.resolve() != folder.resolve():
         raise ConfigError(
-            f"{folder}: its {RESOLVED_CONFIG} puts the results at {expected} relative to "
+            f"{folder}: its {layout.RESOLVED_CONFIG} puts the results at {expected} relative to "
             f"{root.resolve()}; pass --root <the folder the workflow ran from>"
         )
     builder = CrateBuilder(folder=folder, root=root, config=config)
-    builder.rule_files = rule_files(folder / SOURCE_DIR)
+    builder.rule_files = rule_files(folder / layout.CRATE_SOURCE_DIR)
     grid = expand_grid(config)
     checkpoint = reported_checkpoint(config)
     results_root = str(config.get("results", "results"))
@@ -159,7 +156,7 @@ def _describe_source(
     """The copied workflow definition; returns the config and paper-results copies. The copy of
     the paper's numbers must be the file the aggregation read (``paper_claim``)."""
     found: dict[str, list[str]] = {"config": [], "paper_results": []}
-    source = builder.folder / SOURCE_DIR
+    source = builder.folder / layout.CRATE_SOURCE_DIR
     configured = {"schema.yaml", "weights.lock"}
     for file in sorted(p for p in source.rglob("*") if p.is_file()):
         path = file.relative_to(builder.folder).as_posix()
@@ -199,14 +196,14 @@ def _describe_cells(
     cells = _Cells()
     for cell_id in cell_ids:
         directory = f"{results_root}/{cell_id}"
-        run_path = f"{directory}/run.json"
+        run_path = f"{directory}/{layout.RUN_RECORD}"
         if not (builder.root / run_path).is_file():
             cells.missing += 1
             continue
         run = read_json(builder.root / run_path)
         _describe_training(builder, cells, cell_id, run_path, run)
         cells.trained += 1
-        eval_path = f"{directory}/eval-{checkpoint}.json"
+        eval_path = f"{directory}/{layout.evaluation_record(checkpoint)}"
         if (builder.root / eval_path).is_file():
             _describe_evaluation(builder, cells, cell_id, eval_path)
     return cells
@@ -286,7 +283,7 @@ def _describe_training(
         builder.example_of(file, "train", "checkpoints")
         builder.example_of(file, "", "checkpoints")
         results.append(file)
-    log = Path(run_path).with_name("train.log").as_posix()
+    log = Path(run_path).with_name(layout.TRAIN_LOG).as_posix()
     if builder.crate_path(log) and (builder.root / log).is_file():
         log_id = builder.payload_file(
             builder.crate_path(log), description=f"training log of {cell_id}"
@@ -558,23 +555,24 @@ class _Aggregate:
     end: str | None = None
 
 
+RESOLVE_CONFIG_LOG = layout.report_log("resolve_config")
 TOP_LEVEL = {
-    "report.md": ("report", "the reproduction report (Markdown)"),
+    layout.REPORT_MD: ("report", "the reproduction report (Markdown)"),
     "report.html": ("report", "the reproduction report (HTML)"),
-    "comparison.csv": ("report", "paper vs. reproduction, number by number"),
-    "comparison.md": ("report", "paper vs. reproduction, number by number"),
-    "claims.csv": ("report", "the paper's qualitative claims, checked on the reproduction"),
-    "missing.txt": ("report", "cells without an evaluation record and the command for each"),
+    layout.COMPARISON_CSV: ("report", "paper vs. reproduction, number by number"),
+    layout.COMPARISON_MD: ("report", "paper vs. reproduction, number by number"),
+    layout.CLAIMS: ("report", "the paper's qualitative claims, checked on the reproduction"),
+    layout.MISSING_CELLS: ("report", "cells without an evaluation record and the command for each"),
 }
 
 
 def load_claims(builder: CrateBuilder) -> dict[str, Any] | None:
     """Register the sha256 the provenance indices claim for files of the folder (tables, report,
     figures, table indices, the resolved config); returns the claim on the paper's numbers."""
-    from autolora.reporting.provenance import RESULTS_INDEX, all_indices
+    from autolora.reporting.provenance import all_indices
 
     folder = builder.folder
-    if not (folder / "provenance").is_dir():
+    if not (folder / layout.PROVENANCE_DIR).is_dir():
         return None
     for index in all_indices(folder):
         for output in index.get("outputs") or []:
@@ -582,10 +580,10 @@ def load_claims(builder: CrateBuilder) -> dict[str, Any] | None:
             if inside:
                 builder.claims[inside] = (
                     output["sha256"],
-                    f"{folder}/provenance/{index['table']}.json",
+                    f"{folder}/{layout.table_index(index['table'])}",
                 )
     paper = None
-    results_index = folder / "provenance" / RESULTS_INDEX
+    results_index = folder / layout.PROVENANCE_DIR / layout.RESULTS_INDEX
     if results_index.is_file():
         index = read_json(results_index)
         for item in [
@@ -606,7 +604,7 @@ def _describe_aggregate(builder: CrateBuilder) -> _Aggregate:
 
     aggregate = _Aggregate()
     folder = builder.folder
-    indices = all_indices(folder) if (folder / "provenance").is_dir() else []
+    indices = all_indices(folder) if (folder / layout.PROVENANCE_DIR).is_dir() else []
     for index in indices:
         if index.get("created") and (aggregate.end is None or index["created"] > aggregate.end):
             aggregate.end = index["created"]
@@ -615,8 +613,9 @@ def _describe_aggregate(builder: CrateBuilder) -> _Aggregate:
         path = file.relative_to(folder).as_posix()
         top = path.split("/", 1)[0]
         if (
-            path in (METADATA_FILE, RESOLVED_CONFIG, "logs/resolve_config.log", CRATE_LOG)
-            or top in (SOURCE_DIR, "runs")
+            path
+            in (layout.CRATE_METADATA, layout.RESOLVED_CONFIG, RESOLVE_CONFIG_LOG, layout.CRATE_LOG)
+            or top in (layout.CRATE_SOURCE_DIR, layout.RUNS_DIR)
             or _hidden(Path(path))
             or path.endswith(LARGE_SUFFIXES + SKIPPED_SUFFIXES)
         ):
@@ -638,23 +637,23 @@ def _describe_aggregate(builder: CrateBuilder) -> _Aggregate:
 def _aggregate_output(path: str) -> tuple[str | None, str]:
     if path in TOP_LEVEL:
         return TOP_LEVEL[path]
-    if path.startswith("tables/"):
+    if path.startswith(f"{layout.TABLES_DIR}/"):
         return "tables", f"table {Path(path).stem} ({media_type(path)})"
-    if path.startswith("figures/"):
+    if path.startswith(f"{layout.FIGURES_DIR}/"):
         return "figures", f"figure {Path(path).stem}"
-    if path == "provenance/results.json":
+    if path == f"{layout.PROVENANCE_DIR}/{layout.RESULTS_INDEX}":
         return (
             "provenance_index",
             "results index: every other file of the folder with its sha256; its own sha256 is "
             "the folder's seal (`autolora audit --all --seal`)",
         )
-    if path.startswith("provenance/"):
+    if path.startswith(f"{layout.PROVENANCE_DIR}/"):
         return (
             "provenance_index",
             f"provenance index of {Path(path).stem}: every number → the "
             "evaluation records of its seeds → checkpoints, run records and inputs with sha256",
         )
-    if path.startswith("logs/"):
+    if path.startswith(f"{layout.LOGS_DIR}/"):
         return None, f"log of rule {Path(path).stem}"
     return None, "written by the workflow"
 
@@ -666,7 +665,7 @@ def _describe_numbers(builder: CrateBuilder, index: Mapping[str, Any]) -> list[s
         for suffix in (".csv", ".md", ".tex", "_values.csv")
         if f"tables/{table}{suffix}" in builder.graph.entities
     ]
-    index_file = f"provenance/{table}.json"
+    index_file = layout.table_index(table)
     numbers = []
     for number in index.get("numbers") or []:
         identifier = f"#number/{table}/{number['row']}/{number['column']}"
@@ -747,7 +746,7 @@ def _assemble(
     main_workflow, engine = _describe_workflow(builder, autolora)
     run, organize, end = _describe_run(builder, cells, main_workflow, engine, people, protocol)
     _describe_root(builder, main_workflow, [run, organize], people, protocol, end)
-    return builder.graph.jsonld(first=[METADATA_FILE, "./"])
+    return builder.graph.jsonld(first=[layout.CRATE_METADATA, "./"])
 
 
 def _describe_final_steps(
@@ -760,15 +759,14 @@ def _describe_final_steps(
     """resolve_config and aggregate, whose records are the files they wrote; returns the
     software entities of the autolora versions the records name."""
     resolved = builder.payload_file(
-        RESOLVED_CONFIG,
         description="the configuration the tables were built from (all of Snakemake's config, "
         "as JSON)",
     )
     builder.example_of(resolved, "resolve_config", "resolved_config")
     builder.example_of(resolved, "aggregate", "resolved_config")
     resolve_results = [resolved]
-    if (builder.folder / "logs/resolve_config.log").is_file():
-        resolve_results.append(builder.payload_file("logs/resolve_config.log"))
+    if (builder.folder / RESOLVE_CONFIG_LOG).is_file():
+        resolve_results.append(builder.payload_file(RESOLVE_CONFIG_LOG))
     for path in source_files["config"]:
         builder.example_of(path, "resolve_config", "config")
         builder.example_of(path, "", "config")
@@ -859,7 +857,7 @@ def _describe_workflow(builder: CrateBuilder, autolora: Sequence[str]) -> tuple[
             "name": "AutoLoRa reproduction workflow",
             "description": "Snakemake workflow reproducing AutoLoRa (ICLR 2024) and its baselines: "
             "the grid of training cells from the config, their evaluations, and every table, "
-            f"figure and report built from them; {code_sentence}. The files under {SOURCE_DIR}/ "
+            f"figure and report built from them; {code_sentence}. The files under {layout.CRATE_SOURCE_DIR}/ "
             "are copies taken when the crate was written.",
             "programmingLanguage": ref(SNAKEMAKE_LANGUAGE),
             "conformsTo": ref("https://bioschemas.org/profiles/ComputationalWorkflow/1.0-RELEASE"),
@@ -998,7 +996,7 @@ def _describe_root(
     )
     graph.add(
         {
-            "@id": METADATA_FILE,
+            "@id": layout.CRATE_METADATA,
             "@type": "CreativeWork",
             "about": ref("./"),
             "conformsTo": [ref(RO_CRATE), ref(PROFILES[3][0])],
@@ -1008,7 +1006,7 @@ def _describe_root(
 
 def write_crate(folder: str | Path, crate: Mapping[str, Any]) -> Path:
     """Write ``ro-crate-metadata.json`` atomically; same content, same bytes."""
-    path = Path(folder) / METADATA_FILE
+    path = Path(folder) / layout.CRATE_METADATA
     with atomic_write(path) as handle:
         json.dump(crate, handle, indent=2, ensure_ascii=False)
         handle.write("\n")

@@ -13,13 +13,13 @@ from typing import Any
 
 from autolora.errors import ChecksumError, DataError
 from autolora.files import sha256_file
+from autolora.planning import layout
 from autolora.reporting.crate.vocabulary import (
     COMPLETED,
     CONTEXT,
     LARGE_SUFFIXES,
     MAIN_WORKFLOW,
     PARAMETERS,
-    SOURCE_DIR,
     STEP_PURPOSE,
     WORKFLOW_PARAMETERS,
     iso_time,
@@ -386,5 +386,7 @@ def rule_files(source: Path) -> dict[str, str]:
     for file in [source / "Snakefile", *sorted((source / "workflow").rglob("*.smk"))]:
         if file.is_file():
             for name in re.findall(r"^rule (\w+):", file.read_text(), flags=re.MULTILINE):
-                found.setdefault(name, f"{SOURCE_DIR}/{file.relative_to(source).as_posix()}")
+                found.setdefault(
+                    name, f"{layout.CRATE_SOURCE_DIR}/{file.relative_to(source).as_posix()}"
+                )
     return found

@@ -6,10 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-METADATA_FILE = "ro-crate-metadata.json"
-SOURCE_DIR = "source"
-RESOLVED_CONFIG = "config.resolved.yaml"
-CRATE_LOG = "logs/crate.log"  # still being written while the crate is: not described
+from autolora.planning import layout
 
 RO_CRATE = "https://w3id.org/ro/crate/1.1"
 WFRUN = "https://w3id.org/ro/terms/workflow-run#"
@@ -42,7 +39,7 @@ COMPLETED = "http://schema.org/CompletedActionStatus"
 
 # What `copy_workflow_source` takes from the workflow's folder (files, or folders taken whole).
 WORKFLOW_SOURCES = ("Snakefile", "workflow", "config/schema.yaml", "config/weights.lock", "envs")
-MAIN_WORKFLOW = f"{SOURCE_DIR}/Snakefile"
+MAIN_WORKFLOW = f"{layout.CRATE_SOURCE_DIR}/Snakefile"
 # Files the crate does not describe: checkpoints are referenced through the run records instead,
 # resume state is not a result, and a deposit archive is made from the crate, not part of it.
 LARGE_SUFFIXES = (".safetensors",)
