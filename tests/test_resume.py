@@ -17,12 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from autolora.checkpoints import STATE_FILE as STATE_FILE_NAME
 from autolora.checkpoints import load_state, read_state_info
 from autolora.cli import main
 from autolora.data.loaders import make_loader
 from autolora.data.prepared import PreparedDataset
 from autolora.models import build_model
+from autolora.planning.layout import STATE_FILE as STATE_FILE_NAME
 
 pytestmark = pytest.mark.slow
 
