@@ -759,6 +759,7 @@ def _describe_final_steps(
     """resolve_config and aggregate, whose records are the files they wrote; returns the
     software entities of the autolora versions the records name."""
     resolved = builder.payload_file(
+        layout.RESOLVED_CONFIG,
         description="the configuration the tables were built from (all of Snakemake's config, "
         "as JSON)",
     )
