@@ -20,10 +20,10 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from autolora.data.sources import CATALOGUE as DATASETS
-from autolora.environment import seal
 from autolora.files import sha256_file, write_json
 from autolora.planning.cells import cell_id as make_cell_id
 from autolora.planning.grid import TableEntry
+from autolora.records import seal
 from autolora.weights import CATALOGUE, record_lock
 
 CHECKPOINTS = ("best_val", "best_test", "final")

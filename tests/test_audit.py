@@ -260,6 +260,7 @@ def test_a_changed_prepared_data_file_or_backbone_record_fails(aggregated, capsy
 @pytest.mark.parametrize("version", ["standard", "apgd-ce+apgd-t", None])
 def test_recompute_evaluates_aa_again_with_the_variant_it_was_recorded_with(tmp_path, version):
     from autolora.recompute import _evaluation_arguments
+    from autolora.records import EvaluationRecord
 
     (entry,) = [e for e in expand_grid(CONFIG).entries if e.table == "table1"][:1]
     cell = write_cell(tmp_path, entry, metrics_of(80.0, 50.0, 45.0), autoattack_version="x")
@@ -269,5 +270,6 @@ def test_recompute_evaluates_aa_again_with_the_variant_it_was_recorded_with(tmp_
         del record["autoattack"]["version"]
     else:
         record["autoattack"]["version"] = version
+    record = EvaluationRecord.from_json(record, cell / "eval-best_test.json", "a test record")
     arguments = _evaluation_arguments(record, tmp_path, "AA")
     assert arguments["autoattack"] and arguments["autoattack_version"] == (version or "standard")

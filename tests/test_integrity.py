@@ -20,11 +20,11 @@ import pytest
 
 from autolora.cli import main
 from autolora.data.synthetic import write_synthetic_dataset
-from autolora.environment import seal
 from autolora.evaluate import evaluate_run
 from autolora.files import read_json, write_json
 from autolora.planning.grid import expand_grid, reported_checkpoint
 from autolora.pretrain import PretrainSettings, pretrain_to_file
+from autolora.records import seal
 from autolora.train import train_cell
 
 REPO = Path(__file__).resolve().parents[1]

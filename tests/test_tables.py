@@ -16,10 +16,10 @@ from records_factory import metrics_of, read_json, write_cell
 from scipy.stats import t as t_distribution
 
 from autolora.cli import main
-from autolora.environment import seal
 from autolora.errors import DataError
 from autolora.files import write_json
 from autolora.planning.grid import expand_grid
+from autolora.records import seal
 from autolora.reporting.compare import (
     FAILS,
     HOLDS,

@@ -75,18 +75,23 @@ def report_folder(root: Path) -> Path:
 def verification_overhead(results: Path) -> tuple[float, float, int]:
     """(seconds spent verifying inputs, seconds of the jobs, number of records) over every run and
     evaluation record under ``results``, as each record measured them."""
-    from autolora.files import read_json
+    from autolora.records import EvaluationRecord, RunRecord
 
     verifying = total = 0.0
     count = 0
     for path in sorted(results.rglob("*.json")):
-        if path.name != layout.RUN_RECORD and not path.name.startswith(layout.EVALUATION_PREFIX):
-            continue
         if path.parent.name == layout.COMPLETED_DIR:  # the kept copy of the cell's run.json
             continue
-        record = read_json(path)
-        seconds = record.get("seconds_this_attempt", record.get("seconds"))
-        verified = (record.get("verified") or {}).get("seconds")
+        fix = "rerun the demo"
+        if path.name == layout.RUN_RECORD:
+            run = RunRecord.read(path, fix)
+            seconds, verification = run.seconds_this_attempt, run.verified
+        elif path.name.startswith(layout.EVALUATION_PREFIX):
+            evaluation = EvaluationRecord.read(path, fix)
+            seconds, verification = evaluation.seconds, evaluation.verified
+        else:
+            continue
+        verified = (verification or {}).get("seconds")
         if seconds is None or verified is None:
             continue
         verifying, total, count = verifying + verified, total + seconds, count + 1

@@ -1,21 +1,15 @@
-"""Run and evaluation records: the environment a result was produced in, and the record seal.
+"""The environment a result was produced in, for the run and evaluation records.
 
 Code version (git commit and dirty flag of the package's repository, when there is one), package
-versions, Python, host, device name, torch thread counts, SLURM job context, time stamps, the
-command line and files with their sha256. Torch is imported lazily (only ``device_name`` and
-``torch_threads`` need it).
-
-Seal: every record carries ``record_sha256``, the sha256 of its own canonical JSON without that
-key (:func:`seal`). Readers check it (:func:`read_record`), so a changed byte or a hand edit of a
-record is refused by name before any number is taken from it. A seal detects damage and edits
-that do not recompute it; it is not a signature (see the README on what the audit cannot detect).
+versions, Python, host, device name, torch thread counts, SLURM job context, time stamps and the
+command line. Torch is imported lazily (only ``device_name``, ``torch_threads`` and
+``resolve_device`` need it). The records themselves are ``autolora.records``.
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import json
 import os
 import platform
 import shlex
@@ -26,10 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autolora import __version__
-from autolora.errors import DataError
-from autolora.files import canonical_json, read_json, sha256_bytes, sha256_file
-
-SEAL_KEY = "record_sha256"
+from autolora.errors import ConfigError
 
 RECORDED_PACKAGES = (
     "torch",
@@ -176,47 +167,14 @@ def environment(device: Any) -> dict[str, Any]:
     }
 
 
-def record_path(path: str | os.PathLike) -> str:
-    """``path`` as records store it: relative to the working directory when inside it (the
-    workflow runs from the repository root), absolute otherwise."""
-    absolute = Path(path).resolve()
-    try:
-        return str(absolute.relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(absolute)
+def resolve_device(name: str, option: str = "runtime.device") -> Any:
+    """The torch device ``name`` asks for: ``auto`` is CUDA when available, else the CPU. A CUDA
+    device where CUDA is not available is a ConfigError naming ``option``."""
+    import torch
 
-
-def file_entry(role: str, path: str | os.PathLike) -> dict[str, str]:
-    """``{role, path, sha256}`` of an existing file."""
-    return {"role": role, "path": record_path(path), "sha256": sha256_file(path)}
-
-
-def seal_digest(record: dict[str, Any]) -> str:
-    """sha256 of the record's canonical JSON without its seal."""
-    content = {key: value for key, value in record.items() if key != SEAL_KEY}
-    return sha256_bytes(canonical_json(content).encode())
-
-
-def seal(record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` with its ``record_sha256`` (computed on the JSON form, as written)."""
-    content = json.loads(canonical_json({k: v for k, v in record.items() if k != SEAL_KEY}))
-    return {**content, SEAL_KEY: seal_digest(content)}
-
-
-def read_record(path: str | os.PathLike, kind: str, fix: str) -> dict[str, Any]:
-    """A sealed record of ``kind`` from ``path``: damaged JSON, another kind, a missing or broken
-    seal are each a DataError naming the file and ``fix``."""
-    record = read_json(path, fix)
-    if not isinstance(record, dict) or record.get("kind") != kind:
-        found = record.get("kind") if isinstance(record, dict) else type(record).__name__
-        raise DataError(f"{path} is not a {kind} record (kind {found!r}); {fix}")
-    recorded = record.get(SEAL_KEY)
-    if recorded is None:
-        raise DataError(f"{path} has no {SEAL_KEY} (it was not written by autolora); {fix}")
-    actual = seal_digest(record)
-    if actual != recorded:
-        raise DataError(
-            f"{path}: its content hashes to {actual}, not to its {SEAL_KEY} {recorded}: the record "
-            f"was changed after it was written; {fix}"
-        )
-    return record
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{option} is {name!r} but CUDA is not available: use auto or cpu")
+    return device

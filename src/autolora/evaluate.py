@@ -27,8 +27,9 @@ from autolora import environment
 from autolora.attacks import autoattack_evaluation, eval_mode, pgd
 from autolora.autoattack_variants import STANDARD, autoattack_variant
 from autolora.errors import ConfigError, DataError
-from autolora.files import sha256_file, write_json
+from autolora.files import sha256_file
 from autolora.planning import layout
+from autolora.records import EvaluationRecord, RunRecord, file_entry, record_path
 
 logger = logging.getLogger(__name__)
 
@@ -121,16 +122,14 @@ def resolve_checkpoint_name(name: str, config) -> str:
     return name
 
 
-def load_run_record(run_dir: Path) -> dict[str, Any]:
+def load_run_record(run_dir: Path) -> RunRecord:
     path = run_dir / layout.RUN_RECORD
     if not path.is_file():
         raise DataError(f"{path} does not exist: the run is not complete; finish `autolora train`")
-    return environment.read_record(
-        path, "training_run", f"delete {run_dir} and train the cell again (`autolora train`)"
-    )
+    return RunRecord.read(path, f"delete {run_dir} and train the cell again (`autolora train`)")
 
 
-def check_same_data(run_record: dict, data_dir: Path, run_dir: Path) -> list[dict[str, str]]:
+def check_same_data(run_record: RunRecord, data_dir: Path, run_dir: Path) -> list[dict[str, str]]:
     """The prepared dataset must be the one the run was trained on: its ``dataset.json`` and
     split files must hash to the run record's input entries, else the numbers would silently
     describe other data. Returns what was checked."""
@@ -140,7 +139,7 @@ def check_same_data(run_record: dict, data_dir: Path, run_dir: Path) -> list[dic
         "split_manifest": Path(layout.SPLITS_DIR),
         "split_info": Path(layout.SPLITS_DIR),
     }
-    for entry in run_record.get("inputs", []):
+    for entry in run_record.inputs or []:
         place = expected_places.get(entry.get("role"))
         if place is None or entry.get("path") is None:
             continue
@@ -154,9 +153,9 @@ def check_same_data(run_record: dict, data_dir: Path, run_dir: Path) -> list[dic
             )
         checked.append(
             {
-                "path": environment.record_path(path),
+                "path": record_path(path),
                 "sha256": actual,
-                "checked_against": environment.record_path(run_dir / layout.RUN_RECORD),
+                "checked_against": record_path(run_dir / layout.RUN_RECORD),
             }
         )
     return checked
@@ -189,12 +188,12 @@ def evaluate_run(
     from autolora.data.prepared import PreparedDataset, SplitView
     from autolora.models import build_model
     from autolora.planning.cells import CellConfig
-    from autolora.train import method_settings, resolve_device
+    from autolora.train import method_settings
 
     started, clock = environment.timestamp(), time.monotonic()
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     run_record = load_run_record(run_dir)
-    config = CellConfig.from_dict(run_record["config"]).with_runtime(runtime)
+    config = CellConfig.from_dict(run_record.config).with_runtime(runtime)
     if autoattack_batch_size is not None:
         if autoattack_batch_size < 1:
             raise ConfigError(f"--autoattack-batch-size must be >= 1, got {autoattack_batch_size}")
@@ -203,11 +202,11 @@ def evaluate_run(
             autoattack=dataclasses.replace(config.autoattack, batch_size=autoattack_batch_size),
         )
     name = resolve_checkpoint_name(checkpoint, config)
-    checkpoint_entry = run_record["checkpoints"].get(name)
+    checkpoint_entry = run_record.checkpoints.get(name)
     if checkpoint_entry is None:
         raise DataError(
             f"run {run_dir} has no {name} checkpoint (its checkpoints: "
-            f"{', '.join(run_record['checkpoints'])}); choose another --checkpoint"
+            f"{', '.join(run_record.checkpoints)}); choose another --checkpoint"
         )
     checkpoint_path = run_dir / layout.checkpoint_file(name)
     verification_started = time.monotonic()
@@ -220,9 +219,9 @@ def evaluate_run(
     checkpoint_sha = checkpoint_entry["sha256"]
     verified = [
         {
-            "path": environment.record_path(checkpoint_path),
+            "path": record_path(checkpoint_path),
             "sha256": checkpoint_sha,
-            "checked_against": environment.record_path(run_dir / layout.RUN_RECORD),
+            "checked_against": record_path(run_dir / layout.RUN_RECORD),
         }
     ]
     n = config.autoattack.n if n is None else n
@@ -230,7 +229,7 @@ def evaluate_run(
         raise ConfigError(f"--n must be >= 1, got {n}")
     run_autoattack = config.autoattack.enabled if autoattack is None else autoattack
     variant = autoattack_variant(autoattack_version)
-    torch_device = resolve_device(device or config.runtime.device)
+    torch_device = environment.resolve_device(device or config.runtime.device)
 
     verified += check_same_data(run_record, data_dir, run_dir)
     verification_seconds = time.monotonic() - verification_started
@@ -238,9 +237,9 @@ def evaluate_run(
     verification_seconds += dataset.verification_seconds
     verified += [
         {
-            "path": environment.record_path(data_dir / item["file"]),
+            "path": record_path(data_dir / item["file"]),
             "sha256": item["sha256"],
-            "checked_against": environment.record_path(data_dir / layout.DATASET_METADATA),
+            "checked_against": record_path(data_dir / layout.DATASET_METADATA),
         }
         for item in dataset.verified
     ]
@@ -311,40 +310,36 @@ def evaluate_run(
         }
         logger.info("%s %s: %s %.2f", config.cell_id, name, variant.label, aa)
 
-    metadata = run_record["checkpoints"][name]
+    metadata = run_record.checkpoints[name]
     scheme = config.split_scheme
-    env = environment.environment(torch_device)
-    record = {
-        "kind": "evaluation",
-        "cell": run_record["cell"],
-        "cell_id": config.cell_id,
-        "checkpoint": {
+    run_record_path = run_dir / layout.RUN_RECORD
+    record = EvaluationRecord(
+        cell=run_record.cell,
+        cell_id=config.cell_id,
+        checkpoint={
             "name": name,
             "requested": checkpoint,
-            "path": environment.record_path(checkpoint_path),
+            "path": record_path(checkpoint_path),
             "sha256": checkpoint_sha,
             "epoch": metadata["epoch"],
             "selected_by": metadata["selected_by"],
         },
-        "metrics": {"SA": sa, "PGD10": pgd10, "AA": aa},
-        "n": count,
-        "subset": subset,
-        "attack": {"eps": attack.eps, "step": attack.step, "pgd_steps": attack.eval_steps},
-        "autoattack": autoattack_record,
-        "run_record": environment.file_entry("run_record", run_dir / layout.RUN_RECORD),
-        "inputs": [
-            environment.file_entry("dataset", data_dir / layout.DATASET_METADATA),
-            environment.file_entry("split_manifest", data_dir / layout.split_manifest(scheme)),
-            environment.file_entry("checkpoint", checkpoint_path),
+        metrics={"SA": sa, "PGD10": pgd10, "AA": aa},
+        n=count,
+        subset=subset,
+        attack={"eps": attack.eps, "step": attack.step, "pgd_steps": attack.eval_steps},
+        autoattack=autoattack_record,
+        run_record={"path": record_path(run_record_path), "sha256": sha256_file(run_record_path)},
+        inputs=[
+            file_entry("dataset", data_dir / layout.DATASET_METADATA),
+            file_entry("split_manifest", data_dir / layout.split_manifest(scheme)),
+            file_entry("checkpoint", checkpoint_path),
         ],
-        "verified": {"files": verified, "seconds": round(verification_seconds, 6)},
-        **env,
-        "seconds": round(time.monotonic() - clock, 3),
-        "started": started,
-        "finished": environment.timestamp(),
-        "command": command if command is not None else environment.command_line(),
-    }
-    del record["run_record"]["role"]
-    record = environment.seal(record)
-    write_json(out, record)
-    return record
+        verified={"files": verified, "seconds": round(verification_seconds, 6)},
+        **environment.environment(torch_device),
+        seconds=round(time.monotonic() - clock, 3),
+        started=started,
+        finished=environment.timestamp(),
+        command=command if command is not None else environment.command_line(),
+    )
+    return record.write(out)

@@ -129,6 +129,11 @@ def canonical_json(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+def as_json_data(data: Any) -> Any:
+    """``data`` as JSON reads it back (tuples become lists): what a record or a state holds."""
+    return json.loads(json.dumps(data))
+
+
 def write_json(path: str | os.PathLike, data: Any) -> str:
     """Write ``data`` as :func:`json_text`, atomically; returns the file's sha256."""
     return write_text(path, json_text(data))

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autolora.autoattack_variants import STANDARD, record_variant
-from autolora.environment import read_record
+from autolora.autoattack_variants import STANDARD
 from autolora.errors import ChecksumError, ConfigError
+from autolora.records import EvaluationRecord
 from autolora.reporting.provenance import find_number, load_index, number_value, same_value
 
 
@@ -46,20 +46,20 @@ def _close(a: float | None, b: float | None, tolerance: float) -> bool:
     return same_value(a, b) or abs(a - b) <= tolerance
 
 
-def _evaluation_arguments(record: dict[str, Any], root: Path, metric: str) -> dict[str, Any]:
+def _evaluation_arguments(record: EvaluationRecord, root: Path, metric: str) -> dict[str, Any]:
     """How the recorded evaluation was run: its cell, data, checkpoint and test images."""
-    run_dir = root / Path(record["run_record"]["path"]).parent
-    dataset = [i for i in record.get("inputs") or [] if i.get("role") == "dataset"]
+    run_dir = root / Path(record.run_record["path"]).parent
+    dataset = record.inputs_of("dataset")
     if not dataset:
-        raise ConfigError(f"evaluation record of {record.get('cell_id')} names no dataset input")
+        raise ConfigError(f"evaluation record of {record.cell_id} names no dataset input")
     return {
         "run_dir": run_dir,
         "data_dir": root / Path(dataset[0]["path"]).parent,
-        "checkpoint": record["checkpoint"]["name"],
-        "n": record.get("n"),
+        "checkpoint": record.checkpoint_name,
+        "n": record.n,
         "autoattack": metric == "AA",
         # the AutoAttack variant the recorded AA came from (records without one ran standard)
-        "autoattack_version": record_variant(record) or STANDARD,
+        "autoattack_version": record.autoattack_version or STANDARD,
     }
 
 
@@ -98,7 +98,7 @@ def recompute_number(
                 recomputed_seeds.append(dict(seed))
                 continue
             path = root / seed["evaluation"]
-            record = read_record(path, "evaluation", "rerun `autolora evaluate` for this cell")
+            record = EvaluationRecord.read(path, "rerun `autolora evaluate` for this cell")
             arguments = _evaluation_arguments(record, root, metric)
             out = Path(scratch) / f"{len(recomputed_seeds)}.json"
             fresh = evaluate_run(

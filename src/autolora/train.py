@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -82,7 +83,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from autolora import cellfolder, checkpoints, environment
+from autolora import cellfolder, checkpoints, environment, records
 from autolora.data.gpu_augment import DeviceAugmenter, device_batches, make_device_loader
 from autolora.data.loaders import make_loader
 from autolora.data.prepared import PreparedDataset
@@ -90,7 +91,7 @@ from autolora.data.transforms import TransformSpec
 from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.evaluate import batches_on, clean_and_pgd_accuracy, lora_accuracy
 from autolora.fastpath import FastPaths, configure_backends, prepare_model, training_autocast
-from autolora.files import read_json, sha256_file, write_json, write_text
+from autolora.files import as_json_data, read_json, sha256_file, write_text
 from autolora.methods import Method, MethodSettings, build_method
 from autolora.models import (
     build_model,
@@ -101,6 +102,7 @@ from autolora.models import (
 from autolora.planning import layout
 from autolora.planning.cells import CellConfig, resolve_cell, runtime_values
 from autolora.planning.protocol import PROTOCOL_CHOICES, protocol_choices
+from autolora.records import RunRecord
 from autolora.schedules import AutoLR, lambda_weights, multistep_lr
 from autolora.weights import DEFAULT_LOCK, load_verified_backbone
 
@@ -129,22 +131,13 @@ class NonFiniteLoss(Exception):
 @dataclass
 class TrainResult:
     status: str  # "complete" | "already_complete" | "restored"
-    record: dict[str, Any]
+    record: RunRecord
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed for the stream named by ``parts`` (e.g. ``"train", epoch``)."""
     text = json.dumps([seed, *parts])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"runtime.device is {name!r} but CUDA is not available: use auto or cpu")
-    return device
 
 
 def method_settings(config: CellConfig) -> MethodSettings:
@@ -199,10 +192,6 @@ def _parse_mapping(text: str, option: str, what: str) -> tuple[dict[str, Any], P
     if not isinstance(value, dict):
         raise ConfigError(f"{option} file {path} must hold a mapping ({what})")
     return value, path
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value))
 
 
 # ---- fault injection and signals ----------------------------------------------------------------
@@ -367,8 +356,8 @@ class CellTraining:
         self.state_dir = out_dir / layout.STATE_DIR
         self.spec_file = spec_file
         self.command = command
-        self.config_dict = _jsonable(config.to_dict())
-        self.device = resolve_device(config.runtime.device)
+        self.config_dict = config.to_dict()
+        self.device = environment.resolve_device(config.runtime.device)
         self.fast_paths = FastPaths.from_runtime(config.runtime)
         self.stop = StopFlag()
         self.fault_nan = FaultPoint.from_env(FAULT_NAN_ENV)
@@ -391,9 +380,9 @@ class CellTraining:
         check_dataset_name(self.dataset, config, self.data_dir)
         self.verified += [
             {
-                "path": environment.record_path(self.data_dir / item["file"]),
+                "path": records.record_path(self.data_dir / item["file"]),
                 "sha256": item["sha256"],
-                "checked_against": environment.record_path(self.data_dir / layout.DATASET_METADATA),
+                "checked_against": records.record_path(self.data_dir / layout.DATASET_METADATA),
             }
             for item in self.dataset.verified
         ]
@@ -418,9 +407,7 @@ class CellTraining:
         self.verified += [
             {
                 **item,
-                "path": item["path"]
-                if item.get("source")
-                else environment.record_path(item["path"]),
+                "path": item["path"] if item.get("source") else records.record_path(item["path"]),
             }
             for item in verified
         ]
@@ -732,7 +719,7 @@ class CellTraining:
             tensors[name] = self.best_weights[name] if name in self.best_dirty else None
         if generator is not None:
             tensors["generator"] = {"state": generator.get_state()}
-        checkpoints.save_state(self.state_dir, _jsonable(info), tensors)
+        checkpoints.save_state(self.state_dir, as_json_data(info), tensors)
         self.best_dirty.clear()
 
     def _restore(self) -> bool:
@@ -792,7 +779,7 @@ class CellTraining:
             "num_classes": int(self.split_info["num_outputs"]),
         }
 
-    def _finish(self, started_at: float) -> dict[str, Any]:
+    def _finish(self, started_at: float) -> RunRecord:
         progress = self.progress
         entries: dict[str, dict[str, Any]] = {}
         for name, metric in CHECKPOINT_METRICS.items():
@@ -829,38 +816,33 @@ class CellTraining:
             }
         history_sha256 = write_history(kept / layout.HISTORY, progress.history)
         outputs.append(_output_entry("history", self.out_dir / layout.HISTORY, history_sha256))
-        record = {
-            "kind": "training_run",
-            "cell": self.config.identity,
-            "cell_id": self.config.cell_id,
-            "spec": self.spec,
-            "config": self.config_dict,
-            "protocol": {
+        record = RunRecord(
+            cell=self.config.identity,
+            cell_id=self.config.cell_id,
+            spec=self.spec,
+            config=self.config_dict,
+            protocol={
                 "name": self.config.protocol,
                 "choices": protocol_record(self.config),
                 "defaults": protocol_choices(self.config.protocol),
             },
-            "lora": self._lora_record(),
+            lora=self._lora_record(),
             **environment.environment(self.device),
-            "started": progress.started,
-            "finished": environment.timestamp(),
-            "command": self.command,
-            "inputs": self._inputs(),
-            "verified": {
-                "files": self.verified,
-                "seconds": round(self.verification_seconds, 6),
-            },
-            "outputs": outputs,
-            "checkpoints": checkpoint_records,
-            "attempts": progress.attempts,
-            "epochs_run": progress.epoch,
-            "stop_reason": progress.stop_reason,
-            "seconds_this_attempt": round(time.monotonic() - started_at, 3),
-        }
-        record = environment.seal(record)
-        write_json(kept / layout.RUN_RECORD, record)  # the run is complete from here on
+            started=progress.started,
+            finished=environment.timestamp(),
+            command=self.command,
+            inputs=self._inputs(),
+            verified={"files": self.verified, "seconds": round(self.verification_seconds, 6)},
+            outputs=outputs,
+            checkpoints=checkpoint_records,
+            attempts=progress.attempts,
+            epochs_run=progress.epoch,
+            stop_reason=progress.stop_reason,
+            seconds_this_attempt=round(time.monotonic() - started_at, 3),
+        )
+        record.write(kept / layout.RUN_RECORD)  # the run is complete from here on
         checkpoints.clear_state(self.state_dir)
-        cellfolder.publish(self.out_dir, [*_output_names(record), layout.RUN_RECORD])
+        cellfolder.publish(self.out_dir, [*record.output_names(), layout.RUN_RECORD])
         logger.info(
             "%s: complete after %d epochs (%s)",
             self.config.cell_id,
@@ -884,7 +866,7 @@ class CellTraining:
 
     def _inputs(self) -> list[dict[str, Any]]:
         if self.spec_file is not None:
-            spec_entry = environment.file_entry("spec", self.spec_file)
+            spec_entry = records.file_entry("spec", self.spec_file)
         else:
             text = json.dumps(self.spec, sort_keys=True)
             spec_entry = {
@@ -895,11 +877,11 @@ class CellTraining:
         scheme = self.config.split_scheme
         return [
             spec_entry,
-            environment.file_entry("dataset", self.data_dir / layout.DATASET_METADATA),
-            environment.file_entry("split_manifest", self.data_dir / layout.split_manifest(scheme)),
-            environment.file_entry("split_info", self.data_dir / layout.split_info(scheme)),
-            environment.file_entry("weights", self.weights_path),
-            environment.file_entry("weights_record", layout.backbone_record(self.weights_path)),
+            records.file_entry("dataset", self.data_dir / layout.DATASET_METADATA),
+            records.file_entry("split_manifest", self.data_dir / layout.split_manifest(scheme)),
+            records.file_entry("split_info", self.data_dir / layout.split_info(scheme)),
+            records.file_entry("weights", self.weights_path),
+            records.file_entry("weights_record", layout.backbone_record(self.weights_path)),
         ]
 
     # -- the whole run --
@@ -1025,11 +1007,7 @@ def _relative_log(out_dir: Path, log_path: Path | None) -> str | None:
 def _output_entry(role: str, declared: Path, sha256: str) -> dict[str, str]:
     """The record's entry of an output: its declared path (a link to, or copy of, the file kept
     in completed/) and the file's sha256."""
-    return {"role": role, "path": environment.record_path(declared), "sha256": sha256}
-
-
-def _output_names(record: dict[str, Any]) -> list[str]:
-    return [Path(entry["path"]).name for entry in record["outputs"]]
+    return {"role": role, "path": records.record_path(declared), "sha256": sha256}
 
 
 def check_dataset_name(dataset: PreparedDataset, config: CellConfig, data_dir: Path) -> None:
@@ -1042,34 +1020,29 @@ def check_dataset_name(dataset: PreparedDataset, config: CellConfig, data_dir: P
         )
 
 
-def read_run_record(out_dir: Path, folder: Path | None = None) -> dict[str, Any]:
+def read_run_record(out_dir: Path, folder: Path | None = None) -> RunRecord:
     """The sealed run record of a finished cell, from ``folder`` (default ``out_dir``; its
     ``completed/`` for the kept copy): a damaged or edited one is a DataError."""
-    return environment.read_record(
+    return RunRecord.read(
         (folder or out_dir) / layout.RUN_RECORD,
-        "training_run",
         f"delete {out_dir} and train the cell again (or restore the file from a backup)",
     )
 
 
-def _check_same_run(record: dict[str, Any], config: CellConfig, out_dir: Path) -> None:
-    if _without_runtime(record.get("config") or {}) != _without_runtime(
-        _jsonable(config.to_dict())
-    ):
+def _check_same_run(record: RunRecord, config: CellConfig, out_dir: Path) -> None:
+    if _without_runtime(record.config or {}) != _without_runtime(config.to_dict()):
         raise ConfigError(
             f"{out_dir} holds a finished run of a different configuration "
-            f"({record.get('cell_id')}): delete {out_dir} to train the cell again with the new "
+            f"({record.cell_id}): delete {out_dir} to train the cell again with the new "
             "settings, or choose another --out"
         )
 
 
-def missing_and_changed_outputs(
-    folder: Path, record: dict[str, Any]
-) -> tuple[list[str], list[str]]:
+def missing_and_changed_outputs(folder: Path, record: RunRecord) -> tuple[list[str], list[str]]:
     """The outputs a run record lists (checkpoints, history) that are missing from ``folder``,
     and those there that differ from their sha256."""
     missing, changed = [], []
-    for entry in record.get("outputs") or []:
+    for entry in record.outputs or []:
         output = folder / Path(entry["path"]).name
         if not output.is_file():
             missing.append(output.name)
@@ -1078,7 +1051,7 @@ def missing_and_changed_outputs(
     return missing, changed
 
 
-def verify_run_outputs(out_dir: Path, record: dict[str, Any]) -> None:
+def verify_run_outputs(out_dir: Path, record: RunRecord) -> None:
     """Check every output a run record lists against its sha256 (DataError naming the file)."""
     missing, changed = missing_and_changed_outputs(out_dir, record)
     if changed:
@@ -1095,12 +1068,13 @@ def verify_run_outputs(out_dir: Path, record: dict[str, Any]) -> None:
         )
 
 
-def _present(out_dir: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The output entries of ``record`` whose files exist in ``out_dir``."""
-    return [e for e in record.get("outputs") or [] if (out_dir / Path(e["path"]).name).is_file()]
+def _present(out_dir: Path, record: RunRecord) -> RunRecord:
+    """``record`` with only the output entries whose files exist in ``out_dir``."""
+    present = [e for e in record.outputs or [] if (out_dir / Path(e["path"]).name).is_file()]
+    return dataclasses.replace(record, outputs=present)
 
 
-def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
+def check_existing_run(out_dir: Path, config: CellConfig) -> RunRecord | None:
     """The run record in ``out_dir`` if it is of ``config``; None if there is none; ConfigError
     if it is of another configuration."""
     if not (out_dir / layout.RUN_RECORD).is_file():
@@ -1110,7 +1084,7 @@ def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | No
     return record
 
 
-def completed_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
+def completed_run(out_dir: Path, config: CellConfig) -> RunRecord | None:
     """The finished run kept in ``out_dir/completed/`` (its sealed record, every file checked
     against its sha256), or None when the run never completed; ConfigError if it is of another
     configuration."""
@@ -1130,29 +1104,29 @@ def completed_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
 
 
 def restore_completed_run(
-    out_dir: Path, record: dict[str, Any], config: CellConfig, log_path: Path | None
-) -> dict[str, Any]:
+    out_dir: Path, record: RunRecord, config: CellConfig, log_path: Path | None
+) -> RunRecord:
     """Put the kept outputs of a finished run back in place, recording this attempt."""
     attempt = {
         "started": environment.timestamp(),
-        "resumed_from_epoch": record.get("epochs_run"),
+        "resumed_from_epoch": record.epochs_run,
         "resumed_at_batch": None,
         "host": environment.host(),
         "slurm": environment.slurm_context(),
-        "runtime": _jsonable(config.to_dict())["runtime"],
+        "runtime": config.to_dict()["runtime"],
         "log": _relative_log(out_dir, log_path),
         "restored_outputs": True,
     }
-    record = environment.seal({**record, "attempts": [*record.get("attempts", []), attempt]})
-    write_json(out_dir / layout.COMPLETED_DIR / layout.RUN_RECORD, record)
+    record = dataclasses.replace(record, attempts=[*(record.attempts or []), attempt])
+    record.write(out_dir / layout.COMPLETED_DIR / layout.RUN_RECORD)
     checkpoints.clear_state(
         out_dir / layout.STATE_DIR
     )  # left over if killed right after completing
-    cellfolder.publish(out_dir, [*_output_names(record), layout.RUN_RECORD])
+    cellfolder.publish(out_dir, [*record.output_names(), layout.RUN_RECORD])
     logger.info(
         "%s: training had completed (%d epochs); its outputs are restored from %s",
         config.cell_id,
-        record.get("epochs_run"),
+        record.epochs_run,
         out_dir / layout.COMPLETED_DIR,
     )
     return record
@@ -1187,7 +1161,7 @@ def train_cell(
         kept = completed_run(out_dir, config)
         if kept is not None:
             if existing is not None:
-                verify_run_outputs(out_dir, {**existing, "outputs": _present(out_dir, existing)})
+                verify_run_outputs(out_dir, _present(out_dir, existing))
             return TrainResult("restored", restore_completed_run(out_dir, kept, config, log_path))
         if existing is not None:
             verify_run_outputs(out_dir, existing)  # names the missing output

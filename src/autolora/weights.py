@@ -21,9 +21,10 @@ from typing import Any
 
 from autolora.data.sources.download import Checksum, download
 from autolora.errors import ChecksumError, ConfigError, DataError
-from autolora.files import atomic_write, sha256_file, write_json
+from autolora.files import atomic_write, sha256_file
 from autolora.planning import layout
 from autolora.planning.vocabulary import ARCHS, PUBLISHED_ARCHS, PUBLISHED_EPS_PT_255
+from autolora.records import BackboneRecord
 
 log = logging.getLogger(__name__)
 
@@ -360,18 +361,16 @@ def write_backbone(
         out,
         {"format": "torchvision", "arch": arch, "eps_pt": eps_pt, "source": dict(source)},
     )
-    record = {
-        "kind": "backbone_weights",
-        "arch": arch,
-        "eps_pt": eps_pt,
-        "source": dict(source),
-        **extra,
-        "file": Path(out).name,
-        "sha256": sha,
-        "num_tensors": len(state),
-    }
-    write_json(layout.backbone_record(out), record)
-    return record
+    record = BackboneRecord(
+        arch=arch,
+        eps_pt=eps_pt,
+        source=dict(source),
+        file=Path(out).name,
+        sha256=sha,
+        num_tensors=len(state),
+        extra=extra,
+    )
+    return record.write(layout.backbone_record(out))
 
 
 def convert_checkpoint(
@@ -427,7 +426,7 @@ def verify_backbone(
     """Check a backbone's bytes against the record beside it (sha256, arch, ε_pt) and, for a
     converted catalogue checkpoint, the record's source hash against the published or pinned one.
     Returns what was verified, for the run record."""
-    from autolora.files import parse_json, sha256_bytes
+    from autolora.files import sha256_bytes
 
     path = Path(path)
     record_file = layout.backbone_record(path)
@@ -438,20 +437,18 @@ def verify_backbone(
     if not record_file.is_file():
         raise DataError(f"backbone {path} has no record {record_file} beside it; {rebuild}")
     record_bytes = record_file.read_bytes()
-    record = parse_json(record_bytes, record_file, rebuild)
-    if not isinstance(record, dict) or record.get("kind") != "backbone_weights":
-        raise DataError(f"{record_file} is not a backbone weights record; {rebuild}")
-    if record.get("arch") != arch or float(record.get("eps_pt", -1)) != float(eps_pt):
+    record = BackboneRecord.parse(record_bytes, record_file, rebuild)
+    if record.arch != arch or float(record.eps_pt) != float(eps_pt):
         raise ConfigError(
-            f"{path} holds {record.get('arch')} weights pre-trained at eps_pt "
-            f"{record.get('eps_pt')} ({record_file}), but the cell asks for {arch} at eps_pt "
+            f"{path} holds {record.arch} weights pre-trained at eps_pt "
+            f"{record.eps_pt} ({record_file}), but the cell asks for {arch} at eps_pt "
             f"{eps_pt:g}: pass the cell's backbone, e.g. "
             f"{layout.backbone('resources', arch, format(eps_pt, 'g'))}"
         )
     actual = sha256_bytes(data)
-    if actual != record.get("sha256"):
+    if actual != record.sha256:
         raise ChecksumError(
-            f"{path}: sha256 {actual} differs from {record.get('sha256')} recorded in "
+            f"{path}: sha256 {actual} differs from {record.sha256} recorded in "
             f"{record_file}: the file changed after it was written; {rebuild}"
         )
     verified = [
@@ -460,7 +457,7 @@ def verify_backbone(
     ]
     entry = CATALOGUE.get((arch, float(eps_pt))) if arch in PUBLISHED_ARCHS else None
     if entry is not None:
-        source_sha = (record.get("source") or {}).get("sha256")
+        source_sha = (record.source or {}).get("sha256")
         expected, origin = pinned_sha256(entry, lock_path)
         if expected is None:
             raise ChecksumError(

@@ -57,16 +57,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"autolora train: error: {error}", file=sys.stderr)
         return train.EXIT_NON_FINITE
     if result.status == "already_complete":
-        print(f"{args.out}: already complete ({result.record['cell_id']})")
+        print(f"{args.out}: already complete ({result.record.cell_id})")
     elif result.status == "restored":
         print(
-            f"{args.out}: training had completed ({result.record['cell_id']}, "
-            f"{result.record['epochs_run']} epochs); outputs restored from its completed/"
+            f"{args.out}: training had completed ({result.record.cell_id}, "
+            f"{result.record.epochs_run} epochs); outputs restored from its completed/"
         )
     else:
         record = result.record
         print(
-            f"{args.out}: trained {record['cell_id']} for {record['epochs_run']} epochs "
-            f"({record['stop_reason']})"
+            f"{args.out}: trained {record.cell_id} for {record.epochs_run} epochs "
+            f"({record.stop_reason})"
         )
     return 0

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 import shutil
 import time
@@ -37,6 +36,7 @@ import numpy as np
 
 from autolora.errors import ChecksumError, DataError
 from autolora.files import (
+    as_json_data,
     atomic_path,
     atomic_write,
     is_no_space,
@@ -458,7 +458,7 @@ class PreparedDataset:
 
     def split_info(self, scheme: str) -> dict[str, Any]:
         """The contents of splits/<scheme>.json."""
-        return json.loads(json.dumps(self._load_scheme(scheme)[0]))
+        return as_json_data(self._load_scheme(scheme)[0])
 
     def num_outputs(self, scheme: str) -> int:
         return int(self.split_info(scheme)["num_outputs"])

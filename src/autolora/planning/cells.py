@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autolora.errors import ConfigError, reject_unknown
+from autolora.files import as_json_data
 from autolora.planning import layout
 from autolora.planning.protocol import METHOD_PROTOCOL_CHOICES, PROTOCOLS, protocol_choices
 from autolora.planning.vocabulary import (
@@ -149,7 +150,7 @@ class CellConfig:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
+        return as_json_data(dataclasses.asdict(self))
 
     def with_runtime(self, runtime: Mapping[str, Any] | None) -> CellConfig:
         """This config with the settings of ``runtime`` (checked by :func:`runtime_values`)
@@ -605,11 +606,3 @@ def resolve_cell(spec: Mapping[str, Any]) -> CellConfig:
     _reconcile_autolr_lr(values, overridden)
     _cross_checks(values, identity["method"])
     return _build(identity, values)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    return value

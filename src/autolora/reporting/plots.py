@@ -18,11 +18,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from autolora.environment import read_record
 from autolora.errors import DataError
 from autolora.files import atomic_path, read_verified
 from autolora.planning import layout
 from autolora.planning.vocabulary import METHOD_LABELS, dataset_label
+from autolora.records import RunRecord
 from autolora.reporting.tables import EntryLike
 
 FIGURES = {  # history column: (title, y label)
@@ -55,13 +55,12 @@ def read_history(cell_dir: str | Path) -> pd.DataFrame | None:
     if not run_path.is_file():
         return None
     fix = f"rerun the cell (delete {cell_dir} and `snakemake` it again)"
-    record = read_record(run_path, "training_run", fix)
-    recorded = [o for o in record.get("outputs") or [] if o.get("role") == "history"]
+    recorded = RunRecord.read(run_path, fix).output("history")
     path = cell_dir / layout.HISTORY
-    if not recorded:
+    if recorded is None:
         raise DataError(f"{run_path} lists no history output; {fix}")
     data = read_verified(
-        path, recorded[0]["sha256"], recorded_in=str(run_path), fix=fix, what="history"
+        path, recorded["sha256"], recorded_in=str(run_path), fix=fix, what="history"
     )
     try:
         frame = pd.read_csv(io.BytesIO(data))

@@ -35,6 +35,7 @@ from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.files import md5_file, read_json, sha256_file, write_json
 from autolora.planning import layout
 from autolora.planning.vocabulary import PROPOSED, PUBLISHED_ARCHS
+from autolora.records import EvaluationRecord, RunRecord
 from autolora.reporting.stats import TEST_DESCRIPTIONS, summarize, two_sample_ttest
 from autolora.reporting.tables import parameter_ratio_pct
 
@@ -67,9 +68,10 @@ def cell_chain(evaluation_path: str, root: str | Path) -> dict:
     file = root / evaluation_path
     if not file.is_file():
         return {"status": "missing", "evaluation": {"path": evaluation_path, "sha256": None}}
-    record = read_json(file)
-    checkpoint = dict(record.get("checkpoint") or {})
-    run_ref = dict(record.get("run_record") or {})
+    fix = f"rerun `snakemake {evaluation_path}`"
+    record = EvaluationRecord.read(file, fix)
+    checkpoint = dict(record.checkpoint or {})
+    run_ref = dict(record.run_record or {})
     files = [
         {
             "role": "checkpoint",
@@ -84,15 +86,13 @@ def cell_chain(evaluation_path: str, root: str | Path) -> dict:
             "claimed_by": evaluation_path,
         },
     ]
-    files += [_claimed(item, evaluation_path) for item in record.get("inputs") or []]
+    files += [_claimed(item, evaluation_path) for item in record.inputs or []]
     run_path = run_ref.get("path")
     if run_path and (root / run_path).is_file():
-        run = read_json(root / run_path)
-        files += [_claimed(item, run_path) for item in run.get("inputs") or []]
+        run = RunRecord.read(root / run_path, f"rerun `snakemake {run_path}`")
+        files += [_claimed(item, run_path) for item in run.inputs or []]
         files += [
-            _claimed(item, run_path)
-            for item in run.get("outputs") or []
-            if item.get("role") == "history"
+            _claimed(item, run_path) for item in run.outputs or [] if item.get("role") == "history"
         ]
     return {
         "status": "ok",

@@ -25,9 +25,7 @@ from autolora.autoattack_variants import (
     STANDARD,
     AutoAttackVariant,
     autoattack_variant,
-    record_variant,
 )
-from autolora.environment import read_record
 from autolora.errors import DataError
 from autolora.planning import layout
 from autolora.planning.vocabulary import (
@@ -43,6 +41,7 @@ from autolora.planning.vocabulary import (
     parse_variant,
     plain_number,
 )
+from autolora.records import EvaluationRecord, RunRecord
 from autolora.reporting.stats import (
     STD_DESCRIPTION,
     TEST_DESCRIPTIONS,
@@ -51,7 +50,7 @@ from autolora.reporting.stats import (
     two_sample_ttest,
 )
 
-METRICS = ("SA", "PGD10", "AA")
+METRICS = EvaluationRecord.METRICS  # SA, PGD10, AA
 ABLATION_METRICS = ("SA", "PGD10")
 MISSING = "—"
 INCOMPLETE_MARK = "†"
@@ -125,27 +124,28 @@ class EvaluationStore:
         self.results_root = Path(results_root)
         self.checkpoint = checkpoint
         self.autoattack_version = autoattack_version
-        self._records: dict[str, dict | None] = {}
+        self._records: dict[str, EvaluationRecord | None] = {}
         self._arithmetic: dict[str, str | None] = {}
 
     def path(self, cell_id: str) -> Path:
         return self.results_root / cell_id / layout.evaluation_record(self.checkpoint)
 
-    def get(self, cell_id: str) -> dict | None:
+    def get(self, cell_id: str) -> EvaluationRecord | None:
         """The record of ``cell_id``, or None when it does not exist (yet)."""
         if cell_id not in self._records:
             self._records[cell_id] = self._read(cell_id)
         return self._records[cell_id]
 
-    def _read(self, cell_id: str) -> dict | None:
+    def _read(self, cell_id: str) -> EvaluationRecord | None:
         path = self.path(cell_id)
         if not path.is_file():
             return None
-        record = read_record(path, "evaluation", f"delete it and rerun `snakemake {path}`")
+        fix = f"delete it and rerun `snakemake {path}`"
+        record = EvaluationRecord.read(path, fix)
         problem = _evaluation_problem(record, cell_id, self.checkpoint)
         if problem:
-            raise DataError(f"{path}: {problem}; delete it and rerun `snakemake {path}`")
-        evaluated_with = record_variant(record)
+            raise DataError(f"{path}: {problem}; {fix}")
+        evaluated_with = record.autoattack_version
         if evaluated_with not in (None, self.autoattack_version):
             raise DataError(
                 f"{path}: its AA comes from AutoAttack {evaluated_with!r}, the config asks for "
@@ -159,12 +159,10 @@ class EvaluationStore:
         or None when the cell has no readable run record."""
         if cell_id not in self._arithmetic:
             path = self.results_root / cell_id / layout.RUN_RECORD
-            record = (
-                read_record(path, "training_run", f"rerun `snakemake {path}`")
-                if path.is_file()
-                else {}
+            attempts = (
+                RunRecord.read(path, f"rerun `snakemake {path}`").attempts if path.is_file() else []
             )
-            self._arithmetic[cell_id] = training_arithmetic(record)
+            self._arithmetic[cell_id] = training_arithmetic(attempts or [])
         return self._arithmetic[cell_id]
 
 
@@ -181,28 +179,22 @@ def evaluated_values_in(values_csv: str | Path) -> int:
     )
 
 
-def training_arithmetic(run_record: dict) -> str | None:
+def training_arithmetic(attempts: Sequence[Mapping[str, Any]]) -> str | None:
     """``bf16`` (bf16 autocast, ``runtime.bf16``), ``fp32``, or ``bf16+fp32`` when the attempts
-    that trained the cell differed; None when the record lists no training attempt."""
+    of a run record that trained the cell differed; None when there is no training attempt."""
     kinds = {
         "bf16" if (attempt.get("runtime") or {}).get("bf16") else "fp32"
-        for attempt in run_record.get("attempts") or []
+        for attempt in attempts
         if not attempt.get("restored_outputs")
     }
     return "+".join(sorted(kinds)) or None
 
 
-def _evaluation_problem(record: Any, cell_id: str, checkpoint: str) -> str | None:
-    if not isinstance(record, dict) or record.get("kind") != "evaluation":
-        return "not an evaluation record (kind != 'evaluation')"
-    if record.get("cell_id") != cell_id:
-        return f"record is for cell {record.get('cell_id')!r}, expected {cell_id!r}"
-    evaluated = (record.get("checkpoint") or {}).get("name")
-    if evaluated != checkpoint:
-        return f"record evaluates checkpoint {evaluated!r}, expected {checkpoint!r}"
-    metrics = record.get("metrics")
-    if not isinstance(metrics, dict) or any(m not in metrics for m in METRICS):
-        return f"record lacks metrics {list(METRICS)}"
+def _evaluation_problem(record: EvaluationRecord, cell_id: str, checkpoint: str) -> str | None:
+    if record.cell_id != cell_id:
+        return f"record is for cell {record.cell_id!r}, expected {cell_id!r}"
+    if record.checkpoint_name != checkpoint:
+        return f"record evaluates checkpoint {record.checkpoint_name!r}, expected {checkpoint!r}"
     return None
 
 
@@ -295,10 +287,10 @@ def seed_values(
         path = str(store.path(entry.cell_id))
         if record is None:
             values.append(SeedValue(group, entry.cell_id, entry.seed, None, "missing", path))
-        elif record["metrics"][metric] is None:
+        elif record.metrics[metric] is None:
             values.append(SeedValue(group, entry.cell_id, entry.seed, None, "not_computed", path))
         else:
-            value = float(record["metrics"][metric])
+            value = float(record.metrics[metric])
             values.append(SeedValue(group, entry.cell_id, entry.seed, value, "ok", path))
     return values
 
