@@ -21,7 +21,6 @@ from safetensors.numpy import save_file
 
 from autolora.data.sources import CATALOGUE as DATASETS
 from autolora.files import sha256_file, write_json
-from autolora.planning.cells import cell_id as make_cell_id
 from autolora.planning.grid import TableEntry
 from autolora.records import seal
 from autolora.weights import CATALOGUE, record_lock
@@ -50,9 +49,7 @@ def entry(
         "variant": variant,
         "seed": seed,
     }
-    return TableEntry(
-        table, make_cell_id(identity), arch, eps_pt, dataset, method, variant, seed, factor
-    )
+    return TableEntry(**identity, table=table, factor=factor)
 
 
 def _file(role: str, path: Path, root: Path) -> dict[str, str]:

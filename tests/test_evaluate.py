@@ -199,9 +199,10 @@ def test_user_mistakes_name_the_fix(run, tmp_path):
     tampered = tmp_path / "tampered"
     shutil.copytree(run["run"], tampered)
     weights = load_file(str(tampered / "final.safetensors"))
-    from autolora.checkpoints import read_weights_metadata, save_weights
+    from autolora.checkpoints import metadata_from_bytes, save_weights
 
-    metadata = read_weights_metadata(tampered / "final.safetensors")
+    final = tampered / "final.safetensors"
+    metadata = metadata_from_bytes(final.read_bytes(), final, "a test checkpoint")
     first = next(iter(weights))
     weights[first] = weights[first] + 1
     save_weights(tampered / "final.safetensors", weights, metadata)

@@ -455,7 +455,7 @@ def test_two_identical_demo_size_runs_give_identical_checkpoints(tmp_path):
     weights = tmp_path / WEIGHTS.name
     torch.manual_seed(5)
     backbone = build_model("tiny", 10).backbone.state_dict()
-    write_backbone(backbone, weights, arch="tiny", eps_pt=4, source={"random_init_seed": 5})
+    write_backbone(backbone, weights, arch="tiny", eps_pt_255=4, source={"random_init_seed": 5})
     digests = []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     for attempt in ("a", "b"):

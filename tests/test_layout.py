@@ -95,3 +95,16 @@ def test_the_workflow_spells_no_file_name():
         assert not found, f"{rules.name} spells {found}: take them from autolora.planning.layout"
     snakefile = (ROOT / "Snakefile").read_text()
     assert not re.search(r"\.json|\.csv|results/", snakefile)
+
+
+def test_the_rule_names_the_code_counts_are_the_workflows():
+    from autolora.planning import rules
+    from autolora.reporting.crate.vocabulary import PARAMETERS, STEP_ORDER, STEP_PURPOSE
+
+    sources = [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
+    defined = {
+        name for path in sources for name in re.findall(r"^rule (\w+):", path.read_text(), re.M)
+    }
+    assert defined == set(rules.RULES)
+    described = {*STEP_ORDER, *STEP_PURPOSE, *(rule for rule, _ in PARAMETERS)}
+    assert described <= set(rules.RULES)

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from autolora import cli
 from autolora.data.synthetic import generate_synthetic_arrays
 from autolora.models import build_model, load_backbone_state
 from autolora.pretrain import SOURCE_SEED
-from autolora.weights import load_backbone_weights
 
 SMALL = ["--classes", "5", "--train-size", "500", "--test-size", "200", "--image-size", "16"]
 
@@ -34,7 +34,7 @@ def test_pretrain_reaches_robust_accuracy_well_above_chance(tmp_path, capsys):
 
     # The file is the converted format: torchvision keys, loadable into the tiny backbone.
     # With the pre-trained head it reproduces the recorded clean accuracy on the source task.
-    state = load_backbone_weights(out)
+    state = load_file(str(out))
     model = build_model("tiny", 5)
     load_backbone_state(model, state)
     model.backbone.fc.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})

@@ -45,7 +45,7 @@ def make_inputs(root: Path, num_classes: int = NUM_CLASSES) -> tuple[Path, Path]
     torch.manual_seed(123)
     backbone = build_model("tiny", 10).backbone.state_dict()
     weights = root / "weights.safetensors"
-    write_backbone(backbone, weights, arch="tiny", eps_pt=0, source={"random_init_seed": 123})
+    write_backbone(backbone, weights, arch="tiny", eps_pt_255=0, source={"random_init_seed": 123})
     return Path(data), weights
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from archives import serving
+from safetensors.torch import load_file
 from torch import nn
 from torchvision.models import resnet18
 
@@ -155,9 +156,9 @@ def test_converted_checkpoint_reproduces_the_torchvision_model(tmp_path):
     src = tmp_path / "resnet18_linf_eps4.0.ckpt"
     torch.save(robustness_checkpoint(net.state_dict()), src)
     out = tmp_path / "resnet18-eps4.safetensors"
-    record = weights.convert_checkpoint(src, out, arch="resnet18", eps_pt=4)
+    record = weights.convert_checkpoint(src, out, arch="resnet18", eps_pt_255=4)
 
-    converted = weights.load_backbone_weights(out)
+    converted = load_file(str(out))
     assert set(converted) == set(net.state_dict())  # torchvision names, num_batches_tracked too
     assert int(converted["bn1.num_batches_tracked"]) == 1234
     model = build_model("resnet18", 10)
@@ -201,9 +202,9 @@ def test_dill_style_extras_load_through_the_restricted_unpickler(tmp_path):
     torch.save(robustness_checkpoint(state, epoch=np.int64(90), schedule=Exploit(marker)), src)
     with pytest.raises(Exception):  # noqa: B017 (the safe loader must refuse it)
         torch.load(src, weights_only=True)
-    weights.convert_checkpoint(src, tmp_path / "out.safetensors", arch="tiny", eps_pt=4)
+    weights.convert_checkpoint(src, tmp_path / "out.safetensors", arch="tiny", eps_pt_255=4)
     assert not marker.exists()
-    converted = weights.load_backbone_weights(tmp_path / "out.safetensors")
+    converted = load_file(str(tmp_path / "out.safetensors"))
     assert all(torch.equal(converted[k], v) for k, v in state.items())
 
 
@@ -214,7 +215,7 @@ def test_foreign_object_inside_the_model_state_is_refused(tmp_path):
     src = tmp_path / "ckpt.pt"
     torch.save(checkpoint, src)
     with pytest.raises(DataError, match="conv1.weight is not a tensor"):
-        weights.convert_checkpoint(src, tmp_path / "out.safetensors", arch="tiny", eps_pt=4)
+        weights.convert_checkpoint(src, tmp_path / "out.safetensors", arch="tiny", eps_pt_255=4)
     assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
 
 
@@ -222,7 +223,7 @@ def test_not_a_robustness_checkpoint(tmp_path):
     src = tmp_path / "plain.pt"
     torch.save(tiny_state(), src)
     with pytest.raises(DataError, match="robustness"):
-        weights.convert_checkpoint(src, tmp_path / "out.safetensors", arch="tiny", eps_pt=4)
+        weights.convert_checkpoint(src, tmp_path / "out.safetensors", arch="tiny", eps_pt_255=4)
 
 
 def test_corrupted_checkpoint_gives_a_checksum_error_and_no_output(tmp_path):
@@ -234,7 +235,7 @@ def test_corrupted_checkpoint_gives_a_checksum_error_and_no_output(tmp_path):
     src.write_bytes(bytes(data))
     out = tmp_path / "out.safetensors"
     with pytest.raises(ChecksumError) as error:
-        weights.convert_checkpoint(src, out, arch="tiny", eps_pt=4, expected_sha256=good)
+        weights.convert_checkpoint(src, out, arch="tiny", eps_pt_255=4, expected_sha256=good)
     assert good in str(error.value) and sha256(bytes(data)) in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
 
@@ -275,8 +276,8 @@ def test_cli_convert_infers_arch_from_the_file_name_and_checks_it(tmp_path, caps
 def test_converting_the_same_checkpoint_twice_gives_identical_bytes(tmp_path):
     src = tmp_path / "ckpt.pt"
     torch.save(robustness_checkpoint(tiny_state(), epoch=np.int64(90)), src)
-    first = weights.convert_checkpoint(src, tmp_path / "a.safetensors", arch="tiny", eps_pt=4)
-    second = weights.convert_checkpoint(src, tmp_path / "b.safetensors", arch="tiny", eps_pt=4)
+    first = weights.convert_checkpoint(src, tmp_path / "a.safetensors", arch="tiny", eps_pt_255=4)
+    second = weights.convert_checkpoint(src, tmp_path / "b.safetensors", arch="tiny", eps_pt_255=4)
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     assert first["sha256"] == second["sha256"]
     # and in a fresh process (safetensors' metadata order was random per process and per file)
@@ -294,12 +295,12 @@ def test_first_conversion_of_an_unpinned_checkpoint_pins_it(tmp_path):
     src = tmp_path / "resnet18-eps8.ckpt"
     torch.save(robustness_checkpoint(randomised_resnet18().state_dict()), src)
     out = tmp_path / "resnet18-eps8.safetensors"
-    record = weights.convert_checkpoint(src, out, arch="resnet18", eps_pt=8, lock_path=lock)
+    record = weights.convert_checkpoint(src, out, arch="resnet18", eps_pt_255=8, lock_path=lock)
     assert weights.read_lock(lock) == {"resnet18_linf_eps8.0.ckpt": sha256(src.read_bytes())}
     assert record["source"]["checked_against"] == f"{lock} (recorded now)"
     # what `autolora train` checks before using it: the record, and the source against the lock
     checked = weights.verify_backbone(
-        out.read_bytes(), out, arch="resnet18", eps_pt=8, lock_path=lock
+        out.read_bytes(), out, arch="resnet18", eps_pt_255=8, lock_path=lock
     )
     assert checked[-1] == {
         "path": "resnet18_linf_eps8.0.ckpt",
@@ -309,7 +310,7 @@ def test_first_conversion_of_an_unpinned_checkpoint_pins_it(tmp_path):
     }
     with pytest.raises(ChecksumError, match="neither published nor pinned"):
         weights.verify_backbone(
-            out.read_bytes(), out, arch="resnet18", eps_pt=8, lock_path=tmp_path / "other.lock"
+            out.read_bytes(), out, arch="resnet18", eps_pt_255=8, lock_path=tmp_path / "other.lock"
         )
     # a different file converted later under the same name is refused, naming both hashes
     net = randomised_resnet18()
@@ -319,7 +320,7 @@ def test_first_conversion_of_an_unpinned_checkpoint_pins_it(tmp_path):
     torch.save(robustness_checkpoint(net.state_dict()), other)
     later = tmp_path / "later.safetensors"
     with pytest.raises(ChecksumError) as error:
-        weights.convert_checkpoint(other, later, arch="resnet18", eps_pt=8, lock_path=lock)
+        weights.convert_checkpoint(other, later, arch="resnet18", eps_pt_255=8, lock_path=lock)
     assert sha256(src.read_bytes()) in str(error.value)
     assert sha256(other.read_bytes()) in str(error.value)
     assert not later.exists() and not layout.backbone_record(later).exists()
@@ -327,10 +328,10 @@ def test_first_conversion_of_an_unpinned_checkpoint_pins_it(tmp_path):
 
 def test_a_truncated_backbone_is_one_clear_error(tmp_path):
     out = tmp_path / "tiny.safetensors"
-    weights.write_backbone(tiny_state(), out, arch="tiny", eps_pt=4, source={"test": True})
+    weights.write_backbone(tiny_state(), out, arch="tiny", eps_pt_255=4, source={"test": True})
     out.write_bytes(out.read_bytes()[:1000])
     with pytest.raises(ChecksumError, match="differs from .* recorded in .*tiny.json"):
-        weights.load_verified_backbone(out, arch="tiny", eps_pt=4)
+        weights.load_verified_backbone(out, arch="tiny", eps_pt_255=4)
     layout.backbone_record(out).unlink()
     with pytest.raises(DataError, match="has no record .*tiny.json beside it"):
-        weights.load_verified_backbone(out, arch="tiny", eps_pt=4)
+        weights.load_verified_backbone(out, arch="tiny", eps_pt_255=4)

@@ -84,20 +84,6 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, Tensor], metadat
     return write_bytes(path, safetensors_bytes(state_dict, {**metadata, "format": WEIGHTS_FORMAT}))
 
 
-def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist: train the cell first")
-    fix = "it was not written by this version of `autolora train`: retrain the cell"
-    metadata = metadata_from_bytes(path.read_bytes(), path, fix)
-    if metadata.get("format") != WEIGHTS_FORMAT:
-        raise DataError(
-            f"checkpoint {path} has format {metadata.get('format')!r}, expected "
-            f"{WEIGHTS_FORMAT!r}: {fix}"
-        )
-    return {key: value for key, value in metadata.items() if key != "format"}
-
-
 def load_verified_weights(
     path: str | os.PathLike, sha256: str, *, recorded_in: str, fix: str, device: str = "cpu"
 ) -> dict[str, Tensor]:

@@ -78,8 +78,9 @@ def source_arrays(settings: PretrainSettings, part: str):
     return x, torch.from_numpy(labels)
 
 
-def accuracy_percent(model, x, y, *, settings: PretrainSettings, adversarial: bool) -> float:
-    """Clean or PGD (no random start, ``eval_steps`` steps) accuracy in percent, eval mode."""
+def model_accuracy_percent(model, x, y, *, settings: PretrainSettings, adversarial: bool) -> float:
+    """The model's clean or PGD (no random start, ``eval_steps`` steps) accuracy on ``x``, ``y``
+    in percent, eval mode."""
     import torch
 
     from autolora.attacks import pgd
@@ -153,10 +154,10 @@ def pretrain(settings: PretrainSettings) -> tuple[Any, dict[str, Any]]:
             optimizer.step()
             schedule.step()
     metrics = {
-        "clean_accuracy": accuracy_percent(
+        "clean_accuracy": model_accuracy_percent(
             model, x_test, y_test, settings=settings, adversarial=False
         ),
-        "robust_accuracy": accuracy_percent(
+        "robust_accuracy": model_accuracy_percent(
             model, x_test, y_test, settings=settings, adversarial=True
         ),
         "chance_accuracy": 100.0 / settings.num_classes,
@@ -176,7 +177,7 @@ def pretrain_to_file(settings: PretrainSettings, out: str | os.PathLike) -> dict
         backbone.state_dict(),
         out,
         arch=settings.arch,
-        eps_pt=settings.eps_255,
+        eps_pt_255=settings.eps_255,
         source={
             "pretrained_by": "autolora pretrain",
             "generator": GENERATOR_NAME,

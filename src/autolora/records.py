@@ -95,7 +95,7 @@ def read_sealed(path: str | os.PathLike, kind: str, fix: str) -> dict[str, Any]:
 # ---- the typed records ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Record:
     """A JSON record: ``kind`` plus one key per field. Keys a reader finds beyond the fields are
     kept in ``extra`` and written back unchanged, so reading and rewriting a record loses
@@ -106,7 +106,7 @@ class Record:
     REQUIRED: ClassVar[tuple[str, ...]]  # the keys every reader relies on
     SEALED: ClassVar[bool] = True
 
-    extra: Mapping[str, Any] = field(default_factory=dict, kw_only=True, repr=False)
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def _keys(cls) -> list[str]:
@@ -143,8 +143,25 @@ class Record:
         return cls.from_json(read_sealed(path, cls.KIND, fix), path, fix)
 
 
-@dataclass(frozen=True)
-class RunRecord(Record):
+@dataclass(frozen=True, kw_only=True)
+class ProducedRecord(Record):
+    """A record of a job's result: where and with what it was computed
+    (``autolora.environment.environment``), when, and by which command."""
+
+    code: dict[str, Any] | None = None  # {commit, dirty, version}
+    packages: dict[str, Any] | None = None
+    python: str | None = None
+    host: str | None = None
+    device: str | None = None
+    threads: dict[str, Any] | None = None  # {intra_op, inter_op, OMP_NUM_THREADS}
+    slurm: dict[str, Any] | None = None  # the SLURM job, or None outside SLURM
+    started: str | None = None
+    finished: str | None = None
+    command: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord(ProducedRecord):
     """``run.json``: one cell's finished training run (written by ``autolora train`` as its last
     output, the commit point of the run)."""
 
@@ -167,16 +184,6 @@ class RunRecord(Record):
     config: dict[str, Any] | None = None  # the resolved cell configuration
     protocol: dict[str, Any] | None = None  # name, every resolved choice, the defaults
     lora: dict[str, Any] | None = None  # where the LoRa update acted (AutoLoRa only)
-    code: dict[str, Any] | None = None
-    packages: dict[str, Any] | None = None
-    python: str | None = None
-    host: str | None = None
-    device: str | None = None
-    threads: dict[str, Any] | None = None
-    slurm: dict[str, Any] | None = None
-    started: str | None = None
-    finished: str | None = None
-    command: str | None = None
     inputs: list[dict[str, Any]] | None = None  # {role, path, sha256}
     verified: dict[str, Any] | None = None  # {files, seconds}
     outputs: list[dict[str, Any]] | None = None  # {role, path, sha256}: checkpoints, history
@@ -198,8 +205,8 @@ class RunRecord(Record):
         return [entry for entry in self.inputs or [] if entry.get("role") == role]
 
 
-@dataclass(frozen=True)
-class EvaluationRecord(Record):
+@dataclass(frozen=True, kw_only=True)
+class EvaluationRecord(ProducedRecord):
     """``eval-<checkpoint>.json``: SA, PGD-10 and AutoAttack of one checkpoint of a cell."""
 
     KIND: ClassVar[str] = "evaluation"
@@ -217,18 +224,8 @@ class EvaluationRecord(Record):
     autoattack: dict[str, Any] | None = None  # version, attacks, progression, ... or None
     run_record: dict[str, Any] | None = None  # {path, sha256} of the cell's run.json
     inputs: list[dict[str, Any]] | None = None  # {role, path, sha256}
-    verified: dict[str, Any] | None = None
-    code: dict[str, Any] | None = None
-    packages: dict[str, Any] | None = None
-    python: str | None = None
-    host: str | None = None
-    device: str | None = None
-    threads: dict[str, Any] | None = None
-    slurm: dict[str, Any] | None = None
+    verified: dict[str, Any] | None = None  # {files, seconds}
     seconds: float | None = None
-    started: str | None = None
-    finished: str | None = None
-    command: str | None = None
 
     @classmethod
     def from_json(cls, data: Any, path: str | os.PathLike, fix: str) -> EvaluationRecord:
@@ -251,7 +248,7 @@ class EvaluationRecord(Record):
         return [entry for entry in self.inputs or [] if entry.get("role") == role]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BackboneRecord(Record):
     """``<backbone>.json`` beside a converted or pre-trained backbone: what it is and where it
     comes from (``autolora weights convert``, ``autolora pretrain``). Not sealed: every consumer

@@ -101,7 +101,7 @@ from autolora.models import (
 )
 from autolora.planning import layout
 from autolora.planning.cells import CellConfig, resolve_cell, runtime_values
-from autolora.planning.protocol import PROTOCOL_CHOICES, protocol_choices
+from autolora.planning.protocol import protocol_choices
 from autolora.records import RunRecord
 from autolora.schedules import AutoLR, lambda_weights, multistep_lr
 from autolora.weights import DEFAULT_LOCK, load_verified_backbone
@@ -402,7 +402,10 @@ class CellTraining:
         config = self.config
         self.method: Method = build_method(config.method, method_settings(config))
         backbone_state, verified, seconds = load_verified_backbone(
-            self.weights_path, arch=config.arch, eps_pt=config.eps_pt, lock_path=self.weights_lock
+            self.weights_path,
+            arch=config.arch,
+            eps_pt_255=config.eps_pt,
+            lock_path=self.weights_lock,
         )
         self.verified += [
             {
@@ -817,13 +820,13 @@ class CellTraining:
         history_sha256 = write_history(kept / layout.HISTORY, progress.history)
         outputs.append(_output_entry("history", self.out_dir / layout.HISTORY, history_sha256))
         record = RunRecord(
-            cell=self.config.identity,
+            cell=self.config.identity.to_dict(),
             cell_id=self.config.cell_id,
             spec=self.spec,
             config=self.config_dict,
             protocol={
                 "name": self.config.protocol,
-                "choices": protocol_record(self.config),
+                "choices": self.config.resolved_choices(),
                 "defaults": protocol_choices(self.config.protocol),
             },
             lora=self._lora_record(),
@@ -926,13 +929,6 @@ class CellTraining:
         if self.method.uses_lambda_pass:
             self._lambda_pass(0)
         self._commit()
-
-
-def protocol_record(config: CellConfig) -> dict[str, Any]:
-    """Every protocol choice as resolved for this cell (overrides included; None where the
-    cell's method does not read the choice)."""
-    resolved = config.protocol_record()
-    return {key: resolved[key] for key in PROTOCOL_CHOICES}
 
 
 HISTORY_LEADING = ("epoch", "lr", "lora_train_sa", "lambda1", "lambda2")

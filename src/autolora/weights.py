@@ -56,24 +56,24 @@ class WeightFile:
     """One published checkpoint; ``sha256`` is None where the publisher gives none."""
 
     arch: str
-    eps_pt: float
+    eps_pt_255: float
     file: str
     url: str
     approx_size_mb: float
     sha256: str | None
 
 
-def weight_file_name(arch: str, eps_pt: float) -> str:
+def weight_file_name(arch: str, eps_pt_255: float) -> str:
     """ε = 0 is the standard-training file (``*_l2_eps0.ckpt``); others are L-inf robust files."""
-    if eps_pt == 0:
+    if eps_pt_255 == 0:
         return f"{arch}_l2_eps0.ckpt"
-    return f"{arch}_linf_eps{float(eps_pt):.1f}.ckpt"
+    return f"{arch}_linf_eps{float(eps_pt_255):.1f}.ckpt"
 
 
 CATALOGUE: dict[tuple[str, float], WeightFile] = {
     (arch, eps): WeightFile(
         arch=arch,
-        eps_pt=eps,
+        eps_pt_255=eps,
         file=weight_file_name(arch, eps),
         url=f"{HOST}/{weight_file_name(arch, eps)}",
         approx_size_mb=APPROX_SIZE_MB[arch],
@@ -84,12 +84,12 @@ CATALOGUE: dict[tuple[str, float], WeightFile] = {
 }
 
 
-def lookup(arch: str, eps_pt: float) -> WeightFile:
+def lookup(arch: str, eps_pt_255: float) -> WeightFile:
     try:
-        return CATALOGUE[(arch, float(eps_pt))]
+        return CATALOGUE[(arch, float(eps_pt_255))]
     except (KeyError, ValueError):
         raise ConfigError(
-            f"no published checkpoint for arch {arch!r} with eps_pt {eps_pt!r}; available: "
+            f"no published checkpoint for arch {arch!r} with eps_pt {eps_pt_255!r}; available: "
             f"arch in {', '.join(PUBLISHED_ARCHS)}, eps_pt in {', '.join(f'{e:g}' for e in EPS_VALUES)} "
             "(the tiny demo backbone comes from `autolora pretrain`)"
         ) from None
@@ -196,14 +196,14 @@ def check_pinned(
 
 def download_weights(
     arch: str,
-    eps_pt: float,
+    eps_pt_255: float,
     dest: str | os.PathLike,
     *,
     lock_path: str | os.PathLike = DEFAULT_LOCK,
     progress: bool | None = None,
 ) -> Path:
     """Download a catalogue checkpoint to ``dest`` (resumable), verify it, pin it if unpinned."""
-    entry = lookup(arch, eps_pt)
+    entry = lookup(arch, eps_pt_255)
     expected = entry.sha256 or read_lock(lock_path).get(entry.file)
     checksum = Checksum("sha256", expected) if expected else None
     path = download(entry.url, dest, checksum=checksum, progress=progress)
@@ -348,22 +348,22 @@ def write_backbone(
     out: str | os.PathLike,
     *,
     arch: str,
-    eps_pt: float,
+    eps_pt_255: float,
     source: Mapping[str, Any],
     **extra: Any,
 ) -> dict[str, Any]:
     """Write a backbone (safetensors) and its record beside it; returns the record. Every
-    consumer checks the backbone against the record's sha256 before using it. ``eps_pt`` is
+    consumer checks the backbone against the record's sha256 before using it. ``eps_pt_255`` is
     stored as a float, so that 4 and 4.0 give the same bytes."""
-    eps_pt = float(eps_pt)
+    eps_pt_255 = float(eps_pt_255)
     sha = save_backbone(
         state,
         out,
-        {"format": "torchvision", "arch": arch, "eps_pt": eps_pt, "source": dict(source)},
+        {"format": "torchvision", "arch": arch, "eps_pt": eps_pt_255, "source": dict(source)},
     )
     record = BackboneRecord(
         arch=arch,
-        eps_pt=eps_pt,
+        eps_pt=eps_pt_255,
         source=dict(source),
         file=Path(out).name,
         sha256=sha,
@@ -378,7 +378,7 @@ def convert_checkpoint(
     out: str | os.PathLike,
     *,
     arch: str,
-    eps_pt: float,
+    eps_pt_255: float,
     expected_sha256: str | None = None,
     lock_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
@@ -400,7 +400,7 @@ def convert_checkpoint(
             f"{src}: sha256 is {source_sha}, expected {expected_sha256}; the checkpoint is corrupt "
             "or not the published one: delete it and download it again"
         )
-    entry = CATALOGUE.get((arch, float(eps_pt))) if arch in PUBLISHED_ARCHS else None
+    entry = CATALOGUE.get((arch, float(eps_pt_255))) if arch in PUBLISHED_ARCHS else None
     if entry is not None and lock_path is not None:
         expected, origin = pinned_sha256(entry, lock_path)
         if expected is not None and source_sha != expected:
@@ -412,7 +412,7 @@ def convert_checkpoint(
         source["catalogue_file"] = entry.file
         if lock_path is not None:  # pins an unpinned file, now that it converted
             source["checked_against"] = check_pinned(source_sha, entry, lock_path, src)
-    return write_backbone(state, out, arch=arch, eps_pt=eps_pt, source=source)
+    return write_backbone(state, out, arch=arch, eps_pt_255=eps_pt_255, source=source)
 
 
 def verify_backbone(
@@ -420,7 +420,7 @@ def verify_backbone(
     path: str | os.PathLike,
     *,
     arch: str,
-    eps_pt: float,
+    eps_pt_255: float,
     lock_path: str | os.PathLike = DEFAULT_LOCK,
 ) -> list[dict[str, Any]]:
     """Check a backbone's bytes against the record beside it (sha256, arch, ε_pt) and, for a
@@ -438,12 +438,12 @@ def verify_backbone(
         raise DataError(f"backbone {path} has no record {record_file} beside it; {rebuild}")
     record_bytes = record_file.read_bytes()
     record = BackboneRecord.parse(record_bytes, record_file, rebuild)
-    if record.arch != arch or float(record.eps_pt) != float(eps_pt):
+    if record.arch != arch or float(record.eps_pt) != float(eps_pt_255):
         raise ConfigError(
             f"{path} holds {record.arch} weights pre-trained at eps_pt "
             f"{record.eps_pt} ({record_file}), but the cell asks for {arch} at eps_pt "
-            f"{eps_pt:g}: pass the cell's backbone, e.g. "
-            f"{layout.backbone('resources', arch, format(eps_pt, 'g'))}"
+            f"{eps_pt_255:g}: pass the cell's backbone, e.g. "
+            f"{layout.backbone('resources', arch, format(eps_pt_255, 'g'))}"
         )
     actual = sha256_bytes(data)
     if actual != record.sha256:
@@ -455,7 +455,7 @@ def verify_backbone(
         {"path": path, "sha256": actual, "checked_against": str(record_file)},
         {"path": record_file, "sha256": sha256_bytes(record_bytes), "checked_against": None},
     ]
-    entry = CATALOGUE.get((arch, float(eps_pt))) if arch in PUBLISHED_ARCHS else None
+    entry = CATALOGUE.get((arch, float(eps_pt_255))) if arch in PUBLISHED_ARCHS else None
     if entry is not None:
         source_sha = (record.source or {}).get("sha256")
         expected, origin = pinned_sha256(entry, lock_path)
@@ -463,7 +463,7 @@ def verify_backbone(
             raise ChecksumError(
                 f"{record_file}: its source {entry.file} (sha256 {source_sha}) is neither "
                 f"published nor pinned in {lock_path}: run `autolora weights verify --arch {arch} "
-                f"--eps {eps_pt:g} --file <the .ckpt>` to pin it, or pass the lock file that does"
+                f"--eps {eps_pt_255:g} --file <the .ckpt>` to pin it, or pass the lock file that does"
             )
         if source_sha != expected:
             raise ChecksumError(
@@ -481,7 +481,7 @@ def load_verified_backbone(
     path: str | os.PathLike,
     *,
     arch: str,
-    eps_pt: float,
+    eps_pt_255: float,
     lock_path: str | os.PathLike = DEFAULT_LOCK,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
     """A backbone's tensors, read once and checked (:func:`verify_backbone`) before they are
@@ -495,21 +495,7 @@ def load_verified_backbone(
         raise DataError(f"weights file {path} does not exist: convert or download it")
     data = path.read_bytes()
     started = time.monotonic()
-    verified = verify_backbone(data, path, arch=arch, eps_pt=eps_pt, lock_path=lock_path)
+    verified = verify_backbone(data, path, arch=arch, eps_pt_255=eps_pt_255, lock_path=lock_path)
     seconds = time.monotonic() - started
     state = tensors_from_bytes(data, path, "convert or pre-train it again")
     return state, verified, seconds
-
-
-def load_backbone_weights(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a converted backbone (safetensors, torchvision keys) as a dict of CPU tensors."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise DataError(
-            f"{path}: not a converted backbone ({error}); convert it with "
-            "`autolora weights convert` or pre-train one with `autolora pretrain`"
-        ) from None

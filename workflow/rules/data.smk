@@ -39,8 +39,6 @@ rule prepare_dataset:
     resources:
         mem_mb=16000,
         runtime=120,
-    params:
-        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "autolora data prepare --dataset {wildcards.dataset} --source {input:q} "
         "--out {output:q} > {log:q} 2>&1"

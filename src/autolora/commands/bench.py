@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from autolora import bench
+    from autolora.environment import resolve_device
     from autolora.errors import ConfigError
     from autolora.fastpath import FastPaths
     from autolora.files import write_json
@@ -127,12 +128,7 @@ def run(args: argparse.Namespace) -> int:
             f"--config: projecting a grid needs the reference method {bench.REFERENCE_METHOD!r} "
             "among --methods (the cost model's throughputs are vanilla RFT's)"
         )
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {args.device}: CUDA is not available; use cpu or auto")
+    device = resolve_device(args.device, "--device")
     on_gpu = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)

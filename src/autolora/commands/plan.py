@@ -18,23 +18,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def planned_jobs(
     config: Mapping[str, Any], cells: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, int]:
-    """Jobs per Snakemake rule for a run from scratch (rule names of workflow/rules/*.smk)."""
+    """Jobs per Snakemake rule for a run from scratch (``autolora.planning.rules``)."""
+    from autolora.planning import rules
     from autolora.planning.grid import weights_source
+    from autolora.planning.vocabulary import SYNTHETIC
 
     datasets = {spec["dataset"] for spec in cells.values()}
-    synthetic = {d for d in datasets if config["datasets"][d]["source"] == "synthetic"}
+    synthetic = {d for d in datasets if config["datasets"][d]["source"] == SYNTHETIC}
     weights = {(spec["arch"], spec["eps_pt"]) for spec in cells.values()}
     jobs: dict[str, int] = {}
     if datasets - synthetic:
-        jobs["download_dataset"] = jobs["prepare_dataset"] = len(datasets - synthetic)
+        jobs[rules.DOWNLOAD_DATASET] = jobs[rules.PREPARE_DATASET] = len(datasets - synthetic)
     if synthetic:
-        jobs["synthesize_dataset"] = len(synthetic)
+        jobs[rules.SYNTHESIZE_DATASET] = len(synthetic)
     if weights_source(config) == "pretrain":
-        jobs["pretrain_backbone"] = len(weights)
+        jobs[rules.PRETRAIN_BACKBONE] = len(weights)
     else:
-        jobs["download_weights"] = jobs["convert_weights"] = len(weights)
-    jobs["train"] = jobs["evaluate"] = len(cells)
-    jobs["resolve_config"] = jobs["aggregate"] = jobs["all"] = 1
+        jobs[rules.DOWNLOAD_WEIGHTS] = jobs[rules.CONVERT_WEIGHTS] = len(weights)
+    jobs[rules.TRAIN] = jobs[rules.EVALUATE] = len(cells)
+    jobs[rules.RESOLVE_CONFIG] = jobs[rules.AGGREGATE] = jobs[rules.ALL] = 1
     return jobs
 
 

@@ -62,12 +62,12 @@ def run(args: argparse.Namespace) -> int:
         if args.arch is None or args.eps is None:
             entry = weights.entry_for_file(args.src)
             args.arch = entry.arch if args.arch is None else args.arch
-            args.eps = entry.eps_pt if args.eps is None else args.eps
+            args.eps = entry.eps_pt_255 if args.eps is None else args.eps
         record = weights.convert_checkpoint(
             args.src,
             args.out,
             arch=args.arch,
-            eps_pt=args.eps,
+            eps_pt_255=args.eps,
             expected_sha256=args.sha256,
             lock_path=args.lock,
         )

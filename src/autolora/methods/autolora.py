@@ -10,8 +10,8 @@ from autolora.methods.base import (
     Method,
     MethodSettings,
     StepResult,
-    accuracy_percent,
     kl_term,
+    logits_accuracy_percent,
     mean_cross_entropy,
     metrics_to_floats,
     training_attack,
@@ -64,8 +64,8 @@ class AutoLoRa(Method):
                 "ce_nat": ce_nat,
                 "ce_adv": ce_adv,
                 "kl": kl,
-                "clean_acc": accuracy_percent(logits_lora, y),
-                "adv_acc": accuracy_percent(logits_adv, y),
+                "clean_acc": logits_accuracy_percent(logits_lora, y),
+                "adv_acc": logits_accuracy_percent(logits_adv, y),
             }
         )
         metrics.update(lambda1=self.lambda1, lambda2=self.lambda2)

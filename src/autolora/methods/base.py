@@ -84,7 +84,9 @@ def mean_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def accuracy_percent(logits: Tensor, labels: Tensor) -> Tensor:
+def logits_accuracy_percent(logits: Tensor, labels: Tensor) -> Tensor:
+    """The share of rows whose largest logit is the label, in percent, as a 0-d tensor (a training
+    step's metric; no device synchronisation)."""
     return (logits.argmax(dim=1) == labels).float().mean() * 100.0
 
 

@@ -9,8 +9,8 @@ from autolora import diagnostics
 from autolora.methods.base import (
     Method,
     StepResult,
-    accuracy_percent,
     kl_term,
+    logits_accuracy_percent,
     mean_cross_entropy,
     metrics_to_floats,
     training_attack,
@@ -50,8 +50,8 @@ class VanillaRFT(Method):
                 "ce_nat": ce_nat,
                 "ce_adv": mean_cross_entropy(logits_adv, y),
                 "kl": kl,
-                "clean_acc": accuracy_percent(logits_nat, y),
-                "adv_acc": accuracy_percent(logits_adv, y),
+                "clean_acc": logits_accuracy_percent(logits_nat, y),
+                "adv_acc": logits_accuracy_percent(logits_adv, y),
             }
         )
         return StepResult(loss, metrics)

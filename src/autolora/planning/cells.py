@@ -12,13 +12,17 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from autolora.errors import ConfigError, reject_unknown
 from autolora.files import as_json_data
 from autolora.planning import layout
-from autolora.planning.protocol import METHOD_PROTOCOL_CHOICES, PROTOCOLS, protocol_choices
+from autolora.planning.protocol import (
+    METHOD_PROTOCOL_CHOICES,
+    PROTOCOL_CHOICES,
+    PROTOCOLS,
+    protocol_choices,
+)
 from autolora.planning.vocabulary import (
     ARCHS,
     AUTOLORA,
@@ -92,8 +96,11 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
-class CellConfig:
-    cell_id: str
+class CellIdentity:
+    """What a cell is: the protocol, the backbone and its pre-training ε (/255), the dataset, the
+    method (and its ablation variant) and the seed. Its id is its folder under the results root
+    (``autolora.planning.layout.cell_id``)."""
+
     protocol: str
     arch: str
     eps_pt: float
@@ -101,6 +108,28 @@ class CellConfig:
     method: str
     variant: str | None
     seed: int
+
+    @property
+    def cell_id(self) -> str:
+        return layout.cell_id(
+            self.protocol,
+            self.arch,
+            self.eps_pt,
+            self.dataset,
+            self.method,
+            self.variant,
+            self.seed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The identity as records and specs hold it (``IDENTITY_KEYS``)."""
+        return {key: getattr(self, key) for key in IDENTITY_KEYS}
+
+
+@dataclass(frozen=True)
+class CellConfig(CellIdentity):
+    """A cell's identity and every setting of its run, resolved (``resolve_cell``)."""
+
     epochs: int
     batch_size: int
     lr: float
@@ -127,30 +156,26 @@ class CellConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     @property
-    def identity(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in IDENTITY_KEYS}
+    def identity(self) -> CellIdentity:
+        return CellIdentity(**{key: getattr(self, key) for key in IDENTITY_KEYS})
 
     @property
     def kl_divisor_value(self) -> int | None:
         """The KL divisor for ``MethodSettings``: the configured batch size, or None (actual)."""
         return self.batch_size if self.kl_divisor == "configured" else None
 
-    def protocol_record(self) -> dict[str, Any]:
-        """The protocol's name and every choice as resolved for this cell (for the run record)."""
+    def resolved_choices(self) -> dict[str, Any]:
+        """Every protocol choice as resolved for this cell (overrides included; None where the
+        cell's method does not read the choice): the run record's ``protocol.choices``."""
+        attack = {"eps": self.attack.eps, "step": self.attack.step}
         return {
-            "name": self.protocol,
-            "eps": self.attack.eps,
-            "step": self.attack.step,
-            "split_scheme": self.split_scheme,
-            "selection": self.selection,
-            "kl_divisor": self.kl_divisor,
-            "test_each_epoch": self.test_each_epoch,
-            "lora_blocks": self.lora_blocks,
-            "twins_gamma_on": self.twins_gamma_on,
+            name: attack[name] if name in attack else getattr(self, name)
+            for name in PROTOCOL_CHOICES
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return as_json_data(dataclasses.asdict(self))
+        """The resolved configuration as the run record holds it: ``cell_id`` and every field."""
+        return as_json_data({"cell_id": self.cell_id, **dataclasses.asdict(self)})
 
     def with_runtime(self, runtime: Mapping[str, Any] | None) -> CellConfig:
         """This config with the settings of ``runtime`` (checked by :func:`runtime_values`)
@@ -164,7 +189,7 @@ class CellConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CellConfig:
         """Rebuild a config written by ``to_dict`` (validating every value again)."""
-        expected = {f.name for f in dataclasses.fields(cls)}
+        expected = {"cell_id", *(f.name for f in dataclasses.fields(cls))}
         reject_unknown(data, sorted(expected))
         missing = sorted(expected - set(data))
         if missing:
@@ -364,43 +389,12 @@ def _validate_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def cell_id(identity: Mapping[str, Any] | CellConfig) -> str:
+def cell_id(identity: Mapping[str, Any] | CellIdentity | CellConfig) -> str:
     """``<protocol>/runs/<arch>-eps<eps_pt>/<dataset>/<method>[-<variant>]/seed<seed>``."""
-    if isinstance(identity, CellConfig):
-        identity = identity.identity
-    values = {key: identity[key] for key in IDENTITY_KEYS if key != "variant"}
-    return layout.cell_id(**values, variant=identity.get("variant"))
-
-
-CELL_ID_PATTERN = re.compile(
-    r"(?P<protocol>[^/]+)/runs/(?P<arch>[^/]+)-eps(?P<eps_pt>\d+(?:\.\d+)?)/(?P<dataset>[^/]+)/"
-    r"(?P<method>[a-z]+)(?:-(?P<variant>[^/]+))?/seed(?P<seed>\d+)"
-)
-
-
-def parse_cell_id(text: str) -> dict[str, Any]:
-    """The identity dict of a cell id (the inverse of ``cell_id``)."""
-    match = CELL_ID_PATTERN.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        raise ConfigError(
-            f"malformed cell id {text!r}; expected "
-            "<protocol>/runs/<arch>-eps<eps_pt>/<dataset>/<method>[-<variant>]/seed<seed>"
-        )
-    raw = match.groupdict()
-    raw["seed"] = int(raw["seed"])
-    identity = _validate_identity(raw)
-    if cell_id(identity) != text:
-        raise ConfigError(
-            f"malformed cell id {text!r}; its canonical form is {cell_id(identity)!r}"
-        )
-    return identity
-
-
-def cell_dir(results_root: str | Path, cell: str | Mapping[str, Any] | CellConfig) -> Path:
-    """The directory of a cell under the results root."""
-    text = cell if isinstance(cell, str) else cell_id(cell)
-    parse_cell_id(text)
-    return Path(results_root) / text
+    if not isinstance(identity, CellIdentity):
+        values = {key: identity[key] for key in IDENTITY_KEYS if key != "variant"}
+        identity = CellIdentity(**values, variant=identity.get("variant"))
+    return identity.cell_id
 
 
 # ---- resolution --------------------------------------------------------------------------------
@@ -569,7 +563,6 @@ def _build(identity: Mapping[str, Any], values: Mapping[str, Any]) -> CellConfig
         else:
             top[key] = value
     return CellConfig(
-        cell_id=cell_id(identity),
         **identity,
         **top,
         attack=AttackConfig(**groups["attack"]),

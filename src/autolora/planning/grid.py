@@ -8,6 +8,7 @@ imports this module while it builds the DAG.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import yaml
 
 from autolora.autoattack_variants import configured_variant
 from autolora.errors import ConfigError, reject_unknown
-from autolora.planning.cells import cell_id, resolve_cell
+from autolora.planning.cells import CellIdentity, resolve_cell
 from autolora.planning.protocol import protocol_choices
 from autolora.planning.vocabulary import (
     AUTOLORA,
@@ -89,18 +90,12 @@ TOP_KEYS = (
 
 
 @dataclass(frozen=True)
-class TableEntry:
-    """One cell's place in one table. ``factor`` is the table's varied value: the LoRa rank
-    (table3), ε_pt (table4), whether the automated LR is on (table5, a bool), α (table6), or None."""
+class TableEntry(CellIdentity):
+    """One cell's place in one table: its identity, the table, and ``factor``, the table's varied
+    value: the LoRa rank (table3), ε_pt (table4), whether the automated LR is on (table5, a
+    bool), α (table6), or None."""
 
     table: str
-    cell_id: str
-    arch: str
-    eps_pt: float
-    dataset: str
-    method: str
-    variant: str | None
-    seed: int
     factor: Any = None
 
 
@@ -482,18 +477,13 @@ def expand_grid(config: Mapping[str, Any]) -> Grid:
                             "variant": variant,
                             "seed": seed,
                         }
-                        key = cell_id(identity)
-                        _merge(cells, key, _spec(config, identity, cell_extra))
-                        entries.append(
-                            TableEntry(table, key, **_entry_identity(identity), factor=factor)
-                        )
+                        entry = TableEntry(**identity, table=table, factor=factor)
+                        _merge(cells, entry.cell_id, _spec(config, identity, cell_extra))
+                        entries.append(entry)
     referenced = (tables.get("table8") or {}).get("tables", TABLE_DEFAULTS["table8"]["tables"])
     if "table8" in tables:
         main = [e for e in entries if e.table in referenced]
-        entries.extend(
-            TableEntry("table8", e.cell_id, **_entry_identity(e.__dict__), factor=None)
-            for e in main
-        )
+        entries.extend(dataclasses.replace(e, table="table8", factor=None) for e in main)
     for key, spec in cells.items():
         resolved = resolve_cell(spec)  # every hyper-parameter checked before any job starts
         if (
@@ -501,8 +491,3 @@ def expand_grid(config: Mapping[str, Any]) -> Grid:
         ):  # pragma: no cover - both come from autolora.planning.cells.cell_id
             raise ConfigError(f"cell {key} resolves to a different id {resolved.cell_id}")
     return Grid(cells=cells, entries=entries)
-
-
-def _entry_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("arch", "eps_pt", "dataset", "method", "variant", "seed")
-    return {key: identity[key] for key in keys}

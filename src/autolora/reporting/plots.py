@@ -21,9 +21,9 @@ from matplotlib.ticker import MaxNLocator
 from autolora.errors import DataError
 from autolora.files import atomic_path, read_verified
 from autolora.planning import layout
+from autolora.planning.grid import TableEntry
 from autolora.planning.vocabulary import METHOD_LABELS, dataset_label
 from autolora.records import RunRecord
-from autolora.reporting.tables import EntryLike
 
 FIGURES = {  # history column: (title, y label)
     "grad_similarity": (
@@ -149,7 +149,7 @@ def figure_path(out_dir: str | Path, column: str, arch: str, dataset: str) -> Pa
 
 
 def draw_figures(
-    entries: Iterable[EntryLike], results_root: str | Path, out_dir: str | Path
+    entries: Iterable[TableEntry], results_root: str | Path, out_dir: str | Path
 ) -> dict[Path, list[MethodSeries]]:
     """Every figure (both kinds, per arch and dataset) of ``entries``; returns what each PNG plots."""
     groups: dict[tuple[str, str], dict[str, dict[int, pd.DataFrame]]] = {}

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pandas as pd
 
@@ -28,6 +28,7 @@ from autolora.autoattack_variants import (
 )
 from autolora.errors import DataError
 from autolora.planning import layout
+from autolora.planning.grid import TableEntry
 from autolora.planning.vocabulary import (
     ARCH_LABELS,
     AUTOLR,
@@ -79,20 +80,6 @@ TABLE_TITLES = {
     "table8": "Table 8: p-values of two-sample t-tests, AutoLoRa vs each baseline",
 }
 TABLE_ORDER = ("table1", "table2", "table3", "table4", "table5", "table6", "table8")
-
-
-class EntryLike(Protocol):
-    """What a table needs of ``autolora.planning.grid.TableEntry``."""
-
-    table: str
-    cell_id: str
-    arch: str
-    eps_pt: float
-    dataset: str
-    method: str
-    variant: str | None
-    seed: int
-    factor: Any
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +266,7 @@ def format_p_value(p: float) -> str:
 
 
 def seed_values(
-    entries: Sequence[EntryLike], store: EvaluationStore, metric: str, group: str = ""
+    entries: Sequence[TableEntry], store: EvaluationStore, metric: str, group: str = ""
 ) -> list[SeedValue]:
     values = []
     for entry in sorted(entries, key=lambda e: e.seed):
@@ -300,7 +287,7 @@ def mean_number(
     row: str,
     column: str,
     metric: str,
-    entries: Sequence[EntryLike],
+    entries: Sequence[TableEntry],
     store: EvaluationStore,
     paper_key: dict | None,
 ) -> Number:
@@ -326,8 +313,8 @@ def p_value_number(
     row: str,
     column: str,
     metric: str,
-    proposed: Sequence[EntryLike],
-    baseline: Sequence[EntryLike],
+    proposed: Sequence[TableEntry],
+    baseline: Sequence[TableEntry],
     baseline_name: str,
     store: EvaluationStore,
     welch: bool,
@@ -407,7 +394,7 @@ def ratio_number(
 # Layouts: which entries make which number
 
 
-def factor_value(entry: EntryLike, table: str) -> Any:
+def factor_value(entry: TableEntry, table: str) -> Any:
     """The value a table varies for this entry (rank, ε_pt, autolr flag, α)."""
     if table == "table4":
         return plain_number(entry.eps_pt)
@@ -433,8 +420,8 @@ def _ordered(values: Iterable[Any]) -> list[Any]:
     return list(dict.fromkeys(values))
 
 
-def _group(entries: Iterable[EntryLike], key) -> dict[Any, list[EntryLike]]:
-    groups: dict[Any, list[EntryLike]] = {}
+def _group(entries: Iterable[TableEntry], key) -> dict[Any, list[TableEntry]]:
+    groups: dict[Any, list[TableEntry]] = {}
     for entry in entries:
         groups.setdefault(key(entry), []).append(entry)
     return groups
@@ -460,11 +447,11 @@ def _paper_key(
     }
 
 
-def _arch(entries: Sequence[EntryLike]) -> str:
+def _arch(entries: Sequence[TableEntry]) -> str:
     return entries[0].arch if entries else ""
 
 
-def layout_main(name: str, entries: Sequence[EntryLike], store: EvaluationStore) -> list[Number]:
+def layout_main(name: str, entries: Sequence[TableEntry], store: EvaluationStore) -> list[Number]:
     """Tables 1/2: rows dataset/method, columns SA, PGD10, AA."""
     groups = _group(entries, lambda e: (e.dataset, e.method))
     numbers = []
@@ -477,8 +464,8 @@ def layout_main(name: str, entries: Sequence[EntryLike], store: EvaluationStore)
 
 
 def _by_row_then_factor(
-    name: str, entries: Sequence[EntryLike], row_key
-) -> list[tuple[Any, Any, list[EntryLike]]]:
+    name: str, entries: Sequence[TableEntry], row_key
+) -> list[tuple[Any, Any, list[TableEntry]]]:
     """(row key, factor value, entries) in row order of first appearance, factor ascending."""
     groups = _group(entries, lambda e: (row_key(e), factor_value(e, name)))
     rows = _ordered(row_key(e) for e in entries)
@@ -491,7 +478,7 @@ def _by_row_then_factor(
 
 def layout_rank(
     name: str,
-    entries: Sequence[EntryLike],
+    entries: Sequence[TableEntry],
     store: EvaluationStore,
     parameter_counts: ParameterCounts | None = None,
 ) -> list[Number]:
@@ -533,7 +520,7 @@ def layout_rank(
 
 def layout_factor(
     name: str,
-    entries: Sequence[EntryLike],
+    entries: Sequence[TableEntry],
     store: EvaluationStore,
     *,
     prefix: str,
@@ -542,7 +529,7 @@ def layout_factor(
 ) -> list[Number]:
     """Tables 4 and 6: rows dataset[/method], columns <prefix><value>/<metric>."""
 
-    def row_key(e: EntryLike) -> str:
+    def row_key(e: TableEntry) -> str:
         return f"{e.dataset}/{e.method}" if with_method else e.dataset
 
     numbers = []
@@ -572,7 +559,7 @@ def layout_factor(
     return numbers
 
 
-def layout_autolr(name: str, entries: Sequence[EntryLike], store: EvaluationStore) -> list[Number]:
+def layout_autolr(name: str, entries: Sequence[TableEntry], store: EvaluationStore) -> list[Number]:
     """Table 5: rows dataset, columns twins/<metric> and twins-autolr/<metric>."""
     numbers = []
     for dataset, autolr, cell_entries in _by_row_then_factor(name, entries, lambda e: e.dataset):
@@ -594,7 +581,7 @@ def layout_autolr(name: str, entries: Sequence[EntryLike], store: EvaluationStor
 
 
 def layout_p_values(
-    name: str, sources: dict[str, Sequence[EntryLike]], store: EvaluationStore, welch: bool
+    name: str, sources: dict[str, Sequence[TableEntry]], store: EvaluationStore, welch: bool
 ) -> list[Number]:
     """Table 8: rows <source table>/<dataset>, columns <baseline>/<metric>."""
     numbers = []
@@ -851,7 +838,7 @@ class Table:
 
 
 def build_tables(
-    entries: Iterable[EntryLike],
+    entries: Iterable[TableEntry],
     results_root: str | Path,
     checkpoint: str,
     *,
@@ -926,7 +913,7 @@ def build_tables(
 
 def _layout(
     name: str,
-    entries: Sequence[EntryLike],
+    entries: Sequence[TableEntry],
     store: EvaluationStore,
     parameter_counts: ParameterCounts | None,
 ) -> list[Number]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from autolora.planning import layout
+from autolora.planning import layout, rules
 
 RO_CRATE = "https://w3id.org/ro/crate/1.1"
 WFRUN = "https://w3id.org/ro/terms/workflow-run#"
@@ -71,14 +71,14 @@ ARCHIVE_TIME = (1980, 1, 1, 0, 0, 0)  # the zip epoch: the same crate gives the 
 
 # Steps in the order the workflow runs them (HowToStep positions).
 STEP_ORDER = (
-    "synthesize_dataset",
-    "prepare_dataset",
-    "pretrain_backbone",
-    "convert_weights",
-    "train",
-    "evaluate",
-    "resolve_config",
-    "aggregate",
+    rules.SYNTHESIZE_DATASET,
+    rules.PREPARE_DATASET,
+    rules.PRETRAIN_BACKBONE,
+    rules.CONVERT_WEIGHTS,
+    rules.TRAIN,
+    rules.EVALUATE,
+    rules.RESOLVE_CONFIG,
+    rules.AGGREGATE,
 )
 STEP_PURPOSE = {
     "synthesize_dataset": "generates a synthetic dataset and prepares it (`autolora data synthesize`)",
