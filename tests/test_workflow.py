@@ -299,6 +299,21 @@ def test_paths_with_spaces_reach_the_shell_quoted(finished_grid):
 
 
 @pytest.mark.slow
+def test_the_audit_of_a_finished_workflow_passes(finished_grid):
+    """Every path the aggregation recorded must outlive the run (e.g. not point into Snakemake's
+    temporary source cache), so the audit of a folder run elsewhere than the repository passes."""
+    index = finished_grid / RESULTS / "paper" / "provenance"
+    audit = subprocess.run(
+        [sys.executable, "-m", "autolora.cli", "audit", "--index", str(index), "--all", "--quiet"],
+        cwd=finished_grid,
+        capture_output=True,
+        text=True,
+    )
+    assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-3000:]
+    assert "audit passed" in audit.stdout
+
+
+@pytest.mark.slow
 def test_a_finished_cell_keeps_its_outputs_once_and_one_log_per_attempt(finished_grid):
     cell = finished_grid / CELL
     record = json.loads((cell / "run.json").read_text())
