@@ -376,6 +376,41 @@ def test_a_truncated_resume_state_is_one_line_and_left_in_place(folder, capsys):
     assert "delete" in err and state.read_bytes() == before
 
 
+def test_an_edited_resume_state_is_refused_and_left_in_place(folder, capsys):
+    """state.json holds the history, the best values, the LR and the schedulers' state: a hand
+    edit of one of them (well-formed JSON) must not be resumed into the run record."""
+    spec = cell_spec()
+    spec["overrides"] = {**spec["overrides"], "epochs": 3}
+    out = Path("resumable")
+    os.environ["AUTOLORA_FAULT_FAIL_AT"] = "2:1"
+    try:
+        with pytest.raises(RuntimeError, match="injected failure"):
+            train_cell(spec, data_dir=DATA, weights=WEIGHTS, out_dir=out)
+    finally:
+        del os.environ["AUTOLORA_FAULT_FAIL_AT"]
+    state = out / "state" / "state.json"
+    info = read_json(state)
+    recorded = info["history"][0]["val_pgd10"]
+    info["history"][0]["val_pgd10"] = recorded + 90.0
+    write_json(state, info)
+    before = state.read_bytes()
+    status, _, err = run_cli(
+        capsys,
+        "train",
+        "--spec",
+        json.dumps(spec),
+        "--data",
+        str(DATA),
+        "--weights",
+        str(WEIGHTS),
+        "--out",
+        str(out),
+    )
+    assert refused(status, err, state), err
+    assert "changed after it was written" in err and f"delete {out / 'state'}" in err
+    assert state.read_bytes() == before and not (out / "run.json").exists()
+
+
 def test_data_of_another_dataset_or_weights_of_another_backbone_are_refused(folder, capsys):
     other = synthesize(folder, "synth-b", 12)
     status, _, err = train_fresh(capsys, data=other)
