@@ -233,6 +233,7 @@ def test_the_intact_folder_passes_and_records_what_was_verified(folder, capsys):
 
 # (file, how to change it, does `train` refuse, does `evaluate` refuse, does `aggregate` refuse)
 CASES = {
+    "dataset.json": (DATA / "dataset.json", "edit", "fresh", True, False),
     "labels.npy": (DATA / "labels.npy", "flip", "fresh", True, False),
     "images.u8": (DATA / "images.u8", "flip", "fresh", True, False),
     "split manifest": (DATA / "splits" / "paper.csv", "edit", "fresh", True, False),
@@ -247,6 +248,7 @@ CASES = {
 EDITS = {
     "paper.csv": ("test,0,", "test,0,"),  # replaced below by a one-digit change of an example
     "run.json": ('"epochs_run": 2', '"epochs_run": 3'),
+    "dataset.json": ('"pad": 4', '"pad": 8'),  # another augmentation, well-formed
 }
 
 
@@ -260,8 +262,8 @@ def change(path: Path, how: str) -> None:
         example = line.rsplit(",", 1)[1]
         swapped = str((int(example[-1]) + 1) % 10)
         change_text_byte(path, line + "\n", line[:-1] + swapped + "\n")
-    elif path.name == "run.json":
-        change_text_byte(path, *EDITS["run.json"])
+    elif path.name in ("run.json", "dataset.json"):
+        change_text_byte(path, *EDITS[path.name])
     else:  # an evaluation record: one digit of PGD10
         text = path.read_text()
         start = text.index('"PGD10": ') + len('"PGD10": ')

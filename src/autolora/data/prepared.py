@@ -2,7 +2,7 @@
 
 Layout (docs/internals.md, "Prepared dataset format")::
 
-    dataset.json          metadata, including the sha256 of every other file
+    dataset.json          metadata, including the sha256 of every other file; sealed
     images.u8             all images, raw uint8 HWC RGB, concatenated
     images_index.npy      int64 [N, 3]: byte offset, height, width of each image
     labels.npy            int64 [N]: class index of each image
@@ -17,6 +17,9 @@ Verification at the point of use: ``PreparedDataset.open(directory, verify=schem
 file that training or evaluation under ``scheme`` reads (the arrays, ``images.u8``, the scheme's
 split files) as it reads them, checks each against ``dataset.json`` and refuses a mismatch before
 any of it is used; ``dataset.verified`` lists what was checked, for the run and evaluation records.
+``dataset.json`` itself carries ``record_sha256``, the seal of its canonical content
+(``autolora.records.seal``), checked by every ``open``: its own fields (augmentation, padding,
+classes, the file hashes) cannot be edited by hand unnoticed.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from autolora import records
 from autolora.errors import ChecksumError, DataError
 from autolora.io import (
     atomic_path,
@@ -49,7 +53,7 @@ from autolora.io import (
     write_json,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: dataset.json sealed (record_sha256)
 SPLIT_NAMES = ("train", "val", "test")
 AUGMENTATIONS = ("pad_crop", "resized_crop")
 METADATA_FILE = "dataset.json"
@@ -247,7 +251,7 @@ def write_prepared_dataset(
             "schemes": sorted(splits),
             "files": files,
         }
-        write_json(tmp / METADATA_FILE, metadata)
+        write_json(tmp / METADATA_FILE, records.seal(metadata))
         _move_into_place(tmp, out_dir, overwrite)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -382,6 +386,7 @@ class PreparedDataset:
                 f"{metadata_path}: format {metadata['format']!r}, this version reads "
                 f"{FORMAT_VERSION}; " + _rebuild_hint(directory, metadata)
             )
+        metadata = _unsealed(metadata, metadata_path, directory)
         for name in metadata["files"]:
             if not (directory / name).is_file():
                 raise DataError(
@@ -494,6 +499,23 @@ class PreparedDataset:
                         f"{self.directory}: image {example} ({row['source']}) has sha256 "
                         f"{actual}, examples.csv records {row['sha256']}; {hint}"
                     )
+
+
+def _unsealed(metadata: dict[str, Any], path: Path, directory: Path) -> dict[str, Any]:
+    """dataset.json's content after checking its seal (DataError naming the file and the fix)."""
+    recorded = metadata.get(records.SEAL_KEY)
+    if recorded is None:
+        raise DataError(
+            f"{path} has no {records.SEAL_KEY} (it was not written by `autolora data`); "
+            + _rebuild_hint(directory, metadata)
+        )
+    actual = records.seal_digest(metadata)
+    if actual != recorded:
+        raise DataError(
+            f"{path}: its content hashes to {actual}, not to its {records.SEAL_KEY} {recorded}: "
+            "it was changed after the dataset was prepared; " + _rebuild_hint(directory, metadata)
+        )
+    return {key: value for key, value in metadata.items() if key != records.SEAL_KEY}
 
 
 def _parse_manifest(text: str, path: Path) -> dict[str, np.ndarray]:
