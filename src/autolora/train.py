@@ -14,6 +14,15 @@ against their sha256, restores the outputs and records the attempt in ``run.json
 training. Attempts take the cell's lock (a second trainer of the cell refuses) and log to their
 own file in ``logs/``.
 
+Kept work is reused only for the same run: every attempt first verifies its inputs, then compares
+the identity (the resolved configuration less ``runtime`` and the evaluation-only settings) and
+the input hashes (``dataset.json``, the split files, the backbone and its record) with those the
+kept work recorded (``completed/run.json``; ``state.json``, which stores the inputs verified at
+the first attempt). Work of another identity or other inputs is superseded: moved whole to
+``superseded/<UTC time>-<reason>/`` (never deleted; the log names what differed) and the cell
+trains from scratch; the new ``run.json`` lists what it superseded. So the run record's
+``inputs`` are always the files the run trained from.
+
 Runtime: ``--runtime`` (device, workers, fast paths, determinism) is merged into the cell's
 ``runtime`` group. It is not part of the run's identity: a run resumes or is complete under any
 runtime, and each attempt records its own.
@@ -91,6 +100,7 @@ from autolora.data.transforms import TransformSpec
 from autolora.errors import ChecksumError, ConfigError, DataError
 from autolora.evaluate import batches_on, clean_and_pgd_accuracy, lora_accuracy
 from autolora.fastpath import FastPaths, configure_backends, prepare_model, training_autocast
+from autolora.grid import EVALUATION_ONLY_KEYS, RUNTIME_KEY
 from autolora.io import read_json, sha256_file, write_json, write_text
 from autolora.methods import Method, MethodSettings, build_method
 from autolora.models import (
@@ -119,6 +129,8 @@ RUN_RECORD = "run.json"
 HISTORY_FILE = "history.csv"
 STATE_DIR = "state"
 CHECKPOINT_METRICS = {"best_val": "val_pgd10", "best_test": "test_pgd10"}
+# The inputs whose files define a run's result: kept work recorded with other hashes is superseded.
+COMPARED_INPUTS = ("dataset", "split_manifest", "split_info", "weights", "weights_record")
 
 
 class TrainingInterrupted(Exception):
@@ -340,6 +352,8 @@ class Progress:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     started: str = ""
     in_epoch: dict[str, Any] | None = None  # mid-epoch position after a signal
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # verified at the first attempt
+    superseded: list[dict[str, Any]] = field(default_factory=list)  # kept aside for this run
 
 
 class CellTraining:
@@ -385,13 +399,31 @@ class CellTraining:
         self.progress = Progress(lr=config.lr)
         self.best_weights: dict[str, dict[str, Tensor]] = {}
         self.best_dirty: set[str] = set()
+        self.inputs: list[dict[str, Any]] = []  # this attempt's, from the verified bytes
+        self.superseded: list[dict[str, Any]] = []  # what this attempt moved aside
+        self.backbone_state: dict[str, Tensor] | None = None
 
     # -- set-up --
+
+    def verify_inputs(self) -> list[dict[str, Any]]:
+        """Open the prepared data and read the backbone, checking every file against its record
+        (nothing is trained yet); returns the run's inputs with the sha256 of the bytes read."""
+        self._open_data()
+        self._verify_backbone()
+        self.inputs = self._inputs()
+        return self.inputs
 
     def _open_data(self) -> None:
         config = self.config
         self.dataset = PreparedDataset.open(self.data_dir, verify=config.split_scheme)
         check_dataset_name(self.dataset, config, self.data_dir)
+        self.verified.append(
+            {
+                "path": records.record_path(self.data_dir / "dataset.json"),
+                "sha256": self.dataset.metadata_sha256,
+                "checked_against": "its record_sha256",
+            }
+        )
         self.verified += [
             {
                 "path": records.record_path(self.data_dir / item["file"]),
@@ -412,12 +444,12 @@ class CellTraining:
                     f"{config.split_scheme!r} is empty; re-prepare the dataset"
                 )
 
-    def _build(self) -> None:
+    def _verify_backbone(self) -> None:
         config = self.config
-        self.method: Method = build_method(config.method, method_settings(config))
-        backbone_state, verified, seconds = load_verified_backbone(
+        self.backbone_state, verified, seconds = load_verified_backbone(
             self.weights_path, arch=config.arch, eps_pt=config.eps_pt, lock_path=self.weights_lock
         )
+        self.backbone_verified = verified
         self.verified += [
             {
                 **item,
@@ -426,6 +458,10 @@ class CellTraining:
             for item in verified
         ]
         self.verification_seconds += seconds
+
+    def _build(self) -> None:
+        config = self.config
+        self.method: Method = build_method(config.method, method_settings(config))
         torch.manual_seed(derive_seed(config.seed, "init"))  # head and LoRa A init
         self.model = build_model(
             config.arch,
@@ -433,7 +469,8 @@ class CellTraining:
             input_upsample=self.dataset.metadata.get("input_upsample"),
             **self.method.model_options(),
         )
-        load_backbone_state(self.model, backbone_state)
+        load_backbone_state(self.model, self.backbone_state)
+        self.backbone_state = None  # the model holds it now
         self.model.to(self.device)
         prepare_model(self.model, self.fast_paths)
         self.optimizer = torch.optim.SGD(
@@ -723,6 +760,8 @@ class CellTraining:
             "attempts": progress.attempts,
             "started": progress.started,
             "in_epoch": in_epoch,
+            "inputs": progress.inputs,
+            "superseded": progress.superseded,
         }
         tensors: dict[str, dict[str, Tensor] | None] = {
             "model": self.model.state_dict(),
@@ -742,10 +781,14 @@ class CellTraining:
         if loaded is None:
             return False
         info, groups = loaded
-        if _without_runtime(info["config"]) != _without_runtime(self.config_dict):
+        settings, files = stale_reasons(
+            info["config"], info.get("inputs"), self.config_dict, self.inputs
+        )
+        stale = settings + files
+        if stale:  # train_cell supersedes such a state before the run starts
             raise ConfigError(
-                f"{self.state_dir} holds the resume state of a different configuration: delete "
-                f"{self.out_dir} (or its state/) to start over, or choose another --out"
+                f"{self.state_dir} holds the resume state of another run ({'; '.join(stale)}): "
+                f"rerun the same command to have it moved aside, or choose another --out"
             )
         self.model.load_state_dict(groups["model"])
         self.optimizer.load_state_dict(
@@ -770,6 +813,8 @@ class CellTraining:
             attempts=info["attempts"],
             started=info["started"],
             in_epoch=info["in_epoch"],
+            inputs=info["inputs"],
+            superseded=info["superseded"],
         )
         if self.progress.lambdas:
             self.method.set_lambdas(*self.progress.lambdas)
@@ -846,7 +891,7 @@ class CellTraining:
             "started": progress.started,
             "finished": records.timestamp(),
             "command": self.command,
-            "inputs": self._inputs(),
+            "inputs": self.inputs,
             "verified": {
                 "files": self.verified,
                 "seconds": round(self.verification_seconds, 6),
@@ -856,6 +901,7 @@ class CellTraining:
             "attempts": progress.attempts,
             "epochs_run": progress.epoch,
             "stop_reason": progress.stop_reason,
+            "superseded": progress.superseded,
             "seconds_this_attempt": round(time.monotonic() - started_at, 3),
         }
         record = records.seal(record)
@@ -884,6 +930,7 @@ class CellTraining:
         }
 
     def _inputs(self) -> list[dict[str, Any]]:
+        """The run's input files with the sha256 of the bytes verified (not hashed again)."""
         if self.spec_file is not None:
             spec_entry = records.file_entry("spec", self.spec_file)
         else:
@@ -894,13 +941,29 @@ class CellTraining:
                 "sha256": hashlib.sha256(text.encode()).hexdigest(),
             }
         scheme = self.config.split_scheme
+        data_files = {item["file"]: item["sha256"] for item in self.dataset.verified}
+        weights, weights_record = self.backbone_verified[:2]
+
+        def entry(role: str, path: Path, sha256: str) -> dict[str, Any]:
+            return {"role": role, "path": records.record_path(path), "sha256": sha256}
+
         return [
             spec_entry,
-            records.file_entry("dataset", self.data_dir / "dataset.json"),
-            records.file_entry("split_manifest", self.data_dir / "splits" / f"{scheme}.csv"),
-            records.file_entry("split_info", self.data_dir / "splits" / f"{scheme}.json"),
-            records.file_entry("weights", self.weights_path),
-            records.file_entry("weights_record", weights_record_path(self.weights_path)),
+            entry("dataset", self.data_dir / "dataset.json", self.dataset.metadata_sha256),
+            entry(
+                "split_manifest",
+                self.data_dir / "splits" / f"{scheme}.csv",
+                data_files[f"splits/{scheme}.csv"],
+            ),
+            entry(
+                "split_info",
+                self.data_dir / "splits" / f"{scheme}.json",
+                data_files[f"splits/{scheme}.json"],
+            ),
+            entry("weights", self.weights_path, weights["sha256"]),
+            entry(
+                "weights_record", weights_record_path(self.weights_path), weights_record["sha256"]
+            ),
         ]
 
     # -- the whole run --
@@ -908,7 +971,8 @@ class CellTraining:
     def run(self) -> dict[str, Any]:
         started_at = time.monotonic()
         with self.stop.installed():
-            self._open_data()
+            if not self.inputs:
+                self.verify_inputs()
             self._build()
             resumed = self._restore()
             self._start_attempt(resumed)
@@ -942,6 +1006,8 @@ class CellTraining:
             logger.info("resuming %s after epoch %d%s", self.config.cell_id, progress.epoch, where)
             return
         progress.started = attempt["started"]
+        progress.inputs = self.inputs
+        progress.superseded = self.superseded
         if self.method.uses_lambda_pass:
             self._lambda_pass(0)
         self._commit()
@@ -1012,11 +1078,85 @@ def _progress_bar(iterable, *, total: int, description: str):
     return tqdm(iterable, total=total, desc=description, leave=False, file=sys.stderr)
 
 
-def _without_runtime(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """The configuration that defines a run's results. The ``runtime`` group (device, workers,
-    fast paths) says how it is computed: a resumed or finished run may differ there, and each
-    attempt records its own runtime in the run record."""
-    return {key: value for key, value in config_dict.items() if key != "runtime"}
+def identity_config(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """The configuration that defines a run's results: the resolved configuration less the
+    ``runtime`` group (device, workers, fast paths: how it is computed; each attempt records its
+    own) and the settings only the evaluation reads (``grid.EVALUATION_ONLY_KEYS``)."""
+    dropped = (RUNTIME_KEY, *EVALUATION_ONLY_KEYS)
+    return {key: value for key, value in config_dict.items() if key not in dropped}
+
+
+def _settings(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"attack.eps": ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def stale_reasons(
+    recorded_config: dict[str, Any] | None,
+    recorded_inputs: list[dict[str, Any]] | None,
+    config_dict: dict[str, Any],
+    inputs: list[dict[str, Any]],
+) -> tuple[list[str], list[str]]:
+    """What makes kept work (its resolved configuration and recorded inputs) another run than the
+    current one: the identity settings and the compared inputs that differ, each in words."""
+    old = _settings(identity_config(recorded_config or {}))
+    new = _settings(identity_config(config_dict))
+    settings = [
+        f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+        for key in sorted(old.keys() | new.keys())
+        if key not in old or key not in new or old[key] != new[key]
+    ]
+    recorded = {item.get("role"): item.get("sha256") for item in recorded_inputs or []}
+    files = []
+    for item in inputs:
+        before = recorded.get(item["role"])
+        if item["role"] in COMPARED_INPUTS and before != item["sha256"]:
+            was = "not recorded" if before is None else before[:12]
+            files.append(f"{item['role']} {item['path']}: sha256 {was} -> {item['sha256'][:12]}")
+    return settings, files
+
+
+def supersede_if_stale(
+    out_dir: Path,
+    what: str,
+    kept: list[dict[str, Any]],
+    training: CellTraining,
+    names: list[str],
+) -> dict[str, Any] | None:
+    """Move kept work (``names`` of the cell folder) to ``superseded/`` when any of the ``kept``
+    records (configuration and inputs: a run record or the resume state) is another run than
+    ``training``'s; returns the entry for the new run record, or None when it is the same run."""
+    settings: list[str] = []
+    files: list[str] = []
+    for record in kept:
+        changed = stale_reasons(
+            record.get("config"), record.get("inputs"), training.config_dict, training.inputs
+        )
+        settings += [item for item in changed[0] if item not in settings]
+        files += [item for item in changed[1] if item not in files]
+    if not settings and not files:
+        return None
+    slug = "-and-".join(
+        kind for kind, changed in (("identity", settings), ("inputs", files)) if changed
+    )
+    reason = "; ".join(settings + files)
+    folder, moved = cellfolder.supersede(out_dir, names, f"{slug}-changed", reason)
+    path = folder.relative_to(out_dir).as_posix()
+    logger.warning(
+        "%s: %s was computed with another identity or other inputs (%s): moved to %s; the cell "
+        "trains from scratch",
+        training.config.cell_id,
+        what,
+        reason,
+        out_dir / path,
+    )
+    return {"path": path, "reason": reason, "moved": moved}
 
 
 def _relative_log(out_dir: Path, log_path: Path | None) -> str | None:
@@ -1043,25 +1183,18 @@ def check_dataset_name(dataset: PreparedDataset, config: CellConfig, data_dir: P
         )
 
 
-def read_run_record(out_dir: Path, folder: Path | None = None) -> dict[str, Any]:
+def read_run_record(out_dir: Path, folder: Path | None = None) -> dict[str, Any] | None:
     """The sealed run record of a finished cell, from ``folder`` (default ``out_dir``; its
-    ``completed/`` for the kept copy): a damaged or edited one is a DataError."""
+    ``completed/`` for the kept copy), or None when there is none: a damaged or edited one is a
+    DataError."""
+    path = (folder or out_dir) / RUN_RECORD
+    if not path.is_file():
+        return None
     return records.read_record(
-        (folder or out_dir) / RUN_RECORD,
+        path,
         "training_run",
         f"delete {out_dir} and train the cell again (or restore the file from a backup)",
     )
-
-
-def _check_same_run(record: dict[str, Any], config: CellConfig, out_dir: Path) -> None:
-    if _without_runtime(record.get("config") or {}) != _without_runtime(
-        _jsonable(config.to_dict())
-    ):
-        raise ConfigError(
-            f"{out_dir} holds a finished run of a different configuration "
-            f"({record.get('cell_id')}): delete {out_dir} to train the cell again with the new "
-            "settings, or choose another --out"
-        )
 
 
 def missing_and_changed_outputs(
@@ -1101,25 +1234,9 @@ def _present(out_dir: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in record.get("outputs") or [] if (out_dir / Path(e["path"]).name).is_file()]
 
 
-def check_existing_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
-    """The run record in ``out_dir`` if it is of ``config``; None if there is none; ConfigError
-    if it is of another configuration."""
-    if not (out_dir / RUN_RECORD).is_file():
-        return None
-    record = read_run_record(out_dir)
-    _check_same_run(record, config, out_dir)
-    return record
-
-
-def completed_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
-    """The finished run kept in ``out_dir/completed/`` (its sealed record, every file checked
-    against its sha256), or None when the run never completed; ConfigError if it is of another
-    configuration."""
+def verify_kept_outputs(out_dir: Path, record: dict[str, Any]) -> None:
+    """Check every file of the finished run kept in ``completed/`` against its sha256."""
     kept = out_dir / cellfolder.COMPLETED_DIR
-    if not (kept / RUN_RECORD).is_file():
-        return None
-    record = read_run_record(out_dir, kept)
-    _check_same_run(record, config, out_dir)
     missing, changed = missing_and_changed_outputs(kept, record)
     if missing or changed:
         raise ChecksumError(
@@ -1127,7 +1244,15 @@ def completed_run(out_dir: Path, config: CellConfig) -> dict[str, Any] | None:
             f"{kept / RUN_RECORD}: the finished run cannot be restored; delete {out_dir} to train "
             "the cell again"
         )
-    return record
+
+
+def _finished_run_names(out_dir: Path, finished: list[dict[str, Any]]) -> list[str]:
+    """What belongs to a finished run in the cell folder: its outputs, its evaluations, a left-over
+    state, and ``completed/`` last (the commit point)."""
+    outputs = [name for record in finished for name in _output_names(record)]
+    evaluations = sorted(path.name for path in out_dir.glob("eval-*.json"))
+    names = [RUN_RECORD, HISTORY_FILE, *outputs, *evaluations, STATE_DIR, cellfolder.COMPLETED_DIR]
+    return list(dict.fromkeys(names))
 
 
 def restore_completed_run(
@@ -1168,26 +1293,14 @@ def train_cell(
     command: str | None = None,
     weights_lock: str | os.PathLike = DEFAULT_LOCK,
 ) -> TrainResult:
-    """Train one cell into ``out_dir`` (resuming its state if present, restoring its outputs if
-    it completed before). ``runtime`` replaces settings of the spec's runtime group. Raises
-    TrainingInterrupted after a stop signal, NonFiniteLoss on a NaN/inf loss, CellBusy while
-    another process trains the cell."""
+    """Train one cell into ``out_dir``: after verifying the inputs, resume its state or restore
+    its completed run when they are of the same identity and inputs, supersede them otherwise.
+    ``runtime`` replaces settings of the spec's runtime group. Raises TrainingInterrupted after a
+    stop signal, NonFiniteLoss on a NaN/inf loss, CellBusy while another process trains the
+    cell."""
     config = resolve_cell(spec).with_runtime(runtime)
     out_dir = Path(out_dir)
     with cellfolder.locked(out_dir), cellfolder.attempt_log(out_dir) as log_path:
-        existing = check_existing_run(out_dir, config)
-        missing = [] if existing is None else missing_and_changed_outputs(out_dir, existing)[0]
-        if existing is not None and not missing:
-            verify_run_outputs(out_dir, existing)  # a changed output is refused, never replaced
-            checkpoints.clear_state(out_dir / STATE_DIR)  # left over if killed after completing
-            return TrainResult("already_complete", existing)
-        kept = completed_run(out_dir, config)
-        if kept is not None:
-            if existing is not None:
-                verify_run_outputs(out_dir, {**existing, "outputs": _present(out_dir, existing)})
-            return TrainResult("restored", restore_completed_run(out_dir, kept, config, log_path))
-        if existing is not None:
-            verify_run_outputs(out_dir, existing)  # names the missing output
         training = CellTraining(
             config,
             spec,
@@ -1199,6 +1312,44 @@ def train_cell(
             log_path=log_path,
             weights_lock=Path(weights_lock),
         )
+        training.verify_inputs()
+        kept = read_run_record(out_dir, out_dir / cellfolder.COMPLETED_DIR)
+        existing = read_run_record(out_dir)
+        finished = [record for record in (kept, existing) if record is not None]
+        names = _finished_run_names(out_dir, finished)
+        moved = supersede_if_stale(out_dir, "the finished run", finished, training, names)
+        if moved is not None:
+            training.superseded.append(moved)
+        elif existing is not None or kept is not None:
+            return _reuse_finished_run(out_dir, config, existing, kept, log_path)
+        state = checkpoints.read_state_info(out_dir / STATE_DIR)
+        if state is not None:
+            names = [HISTORY_FILE, STATE_DIR]
+            moved = supersede_if_stale(out_dir, "the resume state", [state], training, names)
+            if moved is not None:
+                training.superseded.append(moved)
         with runtime_settings(config):
             record = training.run()
         return TrainResult("complete", record)
+
+
+def _reuse_finished_run(
+    out_dir: Path,
+    config: CellConfig,
+    existing: dict[str, Any] | None,
+    kept: dict[str, Any] | None,
+    log_path: Path | None,
+) -> TrainResult:
+    """The same run finished before: its outputs are in place (checked), or restored from
+    ``completed/`` (checked first)."""
+    missing = [] if existing is None else missing_and_changed_outputs(out_dir, existing)[0]
+    if existing is not None and not missing:
+        verify_run_outputs(out_dir, existing)  # a changed output is refused, never replaced
+        checkpoints.clear_state(out_dir / STATE_DIR)  # left over if killed after completing
+        return TrainResult("already_complete", existing)
+    if kept is None:
+        verify_run_outputs(out_dir, existing)  # names the missing output
+    verify_kept_outputs(out_dir, kept)
+    if existing is not None:
+        verify_run_outputs(out_dir, {**existing, "outputs": _present(out_dir, existing)})
+    return TrainResult("restored", restore_completed_run(out_dir, kept, config, log_path))

@@ -47,7 +47,6 @@ from autolora.io import (
     make_temporary_dir,
     no_space_error,
     parse_json,
-    read_json,
     sha256_bytes,
     sha256_file,
     write_json,
@@ -308,9 +307,16 @@ def _rebuild_hint(directory: Path, metadata: Mapping[str, Any] | None) -> str:
 class PreparedDataset:
     """A prepared dataset opened for reading (validated; images read lazily via np.memmap)."""
 
-    def __init__(self, directory: Path, metadata: dict[str, Any], verify: str | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        metadata: dict[str, Any],
+        verify: str | None = None,
+        metadata_sha256: str | None = None,
+    ):
         self.directory = directory
         self.metadata = metadata
+        self.metadata_sha256 = metadata_sha256  # of the dataset.json bytes that were parsed
         self.verified: list[dict[str, str]] = []  # files checked against dataset.json
         self.verification_seconds = 0.0  # time spent hashing them
         self._split_cache: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
@@ -370,7 +376,8 @@ class PreparedDataset:
                 f"prepared dataset {directory}: {METADATA_FILE} is missing; "
                 + _rebuild_hint(directory, None)
             )
-        metadata = read_json(metadata_path, _rebuild_hint(directory, None))
+        metadata_bytes = metadata_path.read_bytes()
+        metadata = parse_json(metadata_bytes, metadata_path, _rebuild_hint(directory, None))
         if not isinstance(metadata, dict):
             raise DataError(
                 f"{metadata_path} is not a JSON object; " + _rebuild_hint(directory, None)
@@ -393,7 +400,7 @@ class PreparedDataset:
                     f"prepared dataset {directory}: file {name} is missing; "
                     + _rebuild_hint(directory, metadata)
                 )
-        return cls(directory, metadata, verify)
+        return cls(directory, metadata, verify, sha256_bytes(metadata_bytes))
 
     def _check_arrays(self) -> None:
         where = f"prepared dataset {self.directory}"
