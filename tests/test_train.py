@@ -17,7 +17,7 @@ from autolora.cells import resolve_cell
 from autolora.cli import main
 from autolora.data.prepared import PreparedDataset
 from autolora.data.synthetic import write_synthetic_dataset
-from autolora.errors import ConfigError
+from autolora.errors import ConfigError, DataError
 from autolora.models import build_model
 from autolora.train import parse_runtime, parse_spec, train_cell
 from autolora.weights import write_backbone
@@ -348,6 +348,37 @@ def test_a_resume_state_of_other_inputs_is_superseded_not_resumed(tmp_path, chan
     kept = out / superseded["path"]
     assert (kept / "state" / "state.json").is_file() and not (kept / "completed").exists()
     assert [int(row["epoch"]) for row in read_history(out)] == [1, 2]
+
+
+def test_a_changed_output_gets_the_advice_that_applies(inputs, tmp_path):
+    """The declared outputs are hard links to completed/: a byte changed in place damages the
+    kept copy too, so "delete it to have it restored" would not work; a replaced file (a new
+    inode) leaves the kept copy intact, and then it does."""
+    data, weights = inputs
+    out = tmp_path / "cell"
+    spec = make_spec("vanilla", epochs=1)
+    train_cell(spec, data_dir=data, weights=weights, out_dir=out)
+    final = out / "final.safetensors"
+    original = final.read_bytes()
+
+    replaced = bytearray(original)
+    replaced[len(replaced) // 2] ^= 1
+    final.unlink()
+    final.write_bytes(bytes(replaced))  # a new file under the output's name
+    with pytest.raises(DataError, match="delete it to have it restored from .*completed") as error:
+        train_cell(spec, data_dir=data, weights=weights, out_dir=out)
+    final.unlink()  # as advised
+    assert train_cell(spec, data_dir=data, weights=weights, out_dir=out).status == "restored"
+    assert final.read_bytes() == original
+
+    with open(final, "r+b") as handle:  # in place: the kept copy is the same file
+        handle.seek(len(original) // 2)
+        handle.write(bytes([original[len(original) // 2] ^ 1]))
+    with pytest.raises(DataError) as error:
+        train_cell(spec, data_dir=data, weights=weights, out_dir=out)
+    message = str(error.value)
+    assert "have it restored" not in message and "cannot be restored" in message
+    assert f"delete {out}" in message and "train the cell again" in message
 
 
 def test_parse_spec_accepts_json_text_and_yaml_files(tmp_path):

@@ -1218,15 +1218,31 @@ def verify_run_outputs(out_dir: Path, record: dict[str, Any]) -> None:
     if changed:
         raise DataError(
             f"{out_dir / changed[0]}: its sha256 differs from the one recorded in "
-            f"{out_dir / RUN_RECORD}: the file changed after training; delete it to have it "
-            f"restored from {out_dir / cellfolder.COMPLETED_DIR} (checked against its sha256), "
-            f"or delete {out_dir} and train the cell again"
+            f"{out_dir / RUN_RECORD}: the file changed after training; "
+            + _changed_output_fix(out_dir, changed[0], record)
         )
     if missing:
         raise DataError(
             f"{out_dir / missing[0]} is missing (listed in {out_dir / RUN_RECORD}); delete {out_dir} "
             "and train the cell again"
         )
+
+
+def _changed_output_fix(out_dir: Path, name: str, record: dict[str, Any]) -> str:
+    """What to do about a changed output: have it restored when the copy kept in ``completed/`` is
+    another file that still matches; otherwise (a change in place reaches the kept copy through
+    the hard link) train again."""
+    output, kept = out_dir / name, out_dir / cellfolder.COMPLETED_DIR / name
+    [expected] = [e["sha256"] for e in record["outputs"] if Path(e["path"]).name == name]
+    if kept.is_file() and not os.path.samefile(kept, output) and sha256_file(kept) == expected:
+        return f"delete it to have it restored from {kept} (which still matches its sha256)"
+    why = "is the same file (a hard link)" if kept.is_file() else "is missing"
+    if kept.is_file() and not os.path.samefile(kept, output):
+        why = "changed too"
+    return (
+        f"its kept copy {kept} {why}, so it cannot be restored: delete {out_dir} (or move it "
+        "away) and train the cell again"
+    )
 
 
 def _present(out_dir: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
