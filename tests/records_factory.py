@@ -70,10 +70,8 @@ def shared_inputs(root: Path, dataset: str, arch: str, eps_pt: float) -> list[di
             sources = [{"file": a.name, **a.checksum.as_record()} for a in DATASETS[dataset].files]
         else:
             sources = [{"generator": "records_factory"}]
-        write_json(
-            data / "dataset.json",
-            {"format": 1, "name": dataset, "num_classes": 10, "sources": sources, "files": files},
-        )
+        metadata = {"format": 2, "name": dataset, "num_classes": 10, "sources": sources}
+        write_json(data / "dataset.json", seal({**metadata, "files": files}))
     weights = root / "resources" / "weights" / f"{arch}-eps{eps_pt}.safetensors"
     if not weights.exists():
         weights.parent.mkdir(parents=True, exist_ok=True)

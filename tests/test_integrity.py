@@ -233,6 +233,7 @@ def test_the_intact_folder_passes_and_records_what_was_verified(folder, capsys):
 
 # (file, how to change it, does `train` refuse, does `evaluate` refuse, does `aggregate` refuse)
 CASES = {
+    "dataset.json": (DATA / "dataset.json", "edit", "fresh", True, False),
     "labels.npy": (DATA / "labels.npy", "flip", "fresh", True, False),
     "images.u8": (DATA / "images.u8", "flip", "fresh", True, False),
     "split manifest": (DATA / "splits" / "paper.csv", "edit", "fresh", True, False),
@@ -247,6 +248,7 @@ CASES = {
 EDITS = {
     "paper.csv": ("test,0,", "test,0,"),  # replaced below by a one-digit change of an example
     "run.json": ('"epochs_run": 2', '"epochs_run": 3'),
+    "dataset.json": ('"pad": 4', '"pad": 8'),  # another augmentation, well-formed
 }
 
 
@@ -260,8 +262,8 @@ def change(path: Path, how: str) -> None:
         example = line.rsplit(",", 1)[1]
         swapped = str((int(example[-1]) + 1) % 10)
         change_text_byte(path, line + "\n", line[:-1] + swapped + "\n")
-    elif path.name == "run.json":
-        change_text_byte(path, *EDITS["run.json"])
+    elif path.name in ("run.json", "dataset.json"):
+        change_text_byte(path, *EDITS[path.name])
     else:  # an evaluation record: one digit of PGD10
         text = path.read_text()
         start = text.index('"PGD10": ') + len('"PGD10": ')
@@ -374,6 +376,41 @@ def test_a_truncated_resume_state_is_one_line_and_left_in_place(folder, capsys):
     )
     assert refused(status, err, state), err
     assert "delete" in err and state.read_bytes() == before
+
+
+def test_an_edited_resume_state_is_refused_and_left_in_place(folder, capsys):
+    """state.json holds the history, the best values, the LR and the schedulers' state: a hand
+    edit of one of them (well-formed JSON) must not be resumed into the run record."""
+    spec = cell_spec()
+    spec["overrides"] = {**spec["overrides"], "epochs": 3}
+    out = Path("resumable")
+    os.environ["AUTOLORA_FAULT_FAIL_AT"] = "2:1"
+    try:
+        with pytest.raises(RuntimeError, match="injected failure"):
+            train_cell(spec, data_dir=DATA, weights=WEIGHTS, out_dir=out)
+    finally:
+        del os.environ["AUTOLORA_FAULT_FAIL_AT"]
+    state = out / "state" / "state.json"
+    info = read_json(state)
+    recorded = info["history"][0]["val_pgd10"]
+    info["history"][0]["val_pgd10"] = recorded + 90.0
+    write_json(state, info)
+    before = state.read_bytes()
+    status, _, err = run_cli(
+        capsys,
+        "train",
+        "--spec",
+        json.dumps(spec),
+        "--data",
+        str(DATA),
+        "--weights",
+        str(WEIGHTS),
+        "--out",
+        str(out),
+    )
+    assert refused(status, err, state), err
+    assert "changed after it was written" in err and f"delete {out / 'state'}" in err
+    assert state.read_bytes() == before and not (out / "run.json").exists()
 
 
 def test_data_of_another_dataset_or_weights_of_another_backbone_are_refused(folder, capsys):

@@ -11,6 +11,7 @@ import pytest
 
 from autolora.data.prepared import PreparedDataset, SplitPlan, holdout_split, write_prepared_dataset
 from autolora.errors import ChecksumError, DataError
+from autolora.records import seal
 
 SIZES = [(5, 7), (32, 32), (3, 11), (9, 4), (6, 6), (10, 2)]
 
@@ -63,7 +64,7 @@ def test_round_trip(toy):
     assert len(dataset) == 6 and dataset.num_classes == 3 and dataset.name == "toy"
     assert dataset.schemes == ["clean", "paper"]
     metadata = dataset.metadata
-    assert metadata["format"] == 1 and metadata["augmentation"] == "resized_crop"
+    assert metadata["format"] == 2 and metadata["augmentation"] == "resized_crop"
     assert (metadata["image_size"], metadata["resize"], metadata["pad"]) == (224, 256, None)
     assert metadata["sources"] == [{"file": "toy.tar", "md5": "0" * 32}]
     for example, image in enumerate(images):
@@ -125,11 +126,32 @@ def test_verify_images_detects_a_consistently_rewritten_image(toy):
     data[0] ^= 0xFF
     (toy / "images.u8").write_bytes(bytes(data))
     metadata["files"]["images.u8"] = hashlib.sha256(bytes(data)).hexdigest()
-    (toy / "dataset.json").write_text(json.dumps(metadata))
+    (toy / "dataset.json").write_text(json.dumps(seal(metadata)))  # re-sealed: consistent
     dataset = PreparedDataset.open(toy)
     dataset.verify()
     with pytest.raises(ChecksumError, match=r"image 0 \(toy/0\.png\)"):
         dataset.verify(images=True)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [('"pad_crop"', '"resized_crop"'), ('"num_classes": 3', '"num_classes": 4')],
+)
+def test_an_edited_dataset_json_is_refused(tmp_path, old, new):
+    """dataset.json's own fields (augmentation, padding, classes, ...) change what a cell trains
+    on; its seal makes a hand edit fail where the dataset is opened."""
+    toy = write(tmp_path / "toy", augmentation="pad_crop", image_size=32)
+    path = toy / "dataset.json"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(DataError, match=r"dataset\.json: its content hashes to \w+, not to its "):
+        PreparedDataset.open(toy)
+    metadata = json.loads(text)
+    del metadata["record_sha256"]
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(DataError, match=r"no record_sha256.*rebuild it"):
+        PreparedDataset.open(toy)
 
 
 def test_missing_file_names_it_and_the_fix(toy):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from autolora.cli import main
 from autolora.data.prepared import PreparedDataset
 from autolora.data.synthetic import write_synthetic_dataset
-from autolora.errors import ConfigError
+from autolora.errors import ConfigError, DataError
 from autolora.models import build_model
 from autolora.planning.cells import resolve_cell
 from autolora.train import parse_runtime, parse_spec, train_cell
@@ -233,7 +233,9 @@ def test_gradient_similarity_does_not_change_training(inputs, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_rerun_is_a_no_op_and_another_config_is_refused(inputs, tmp_path, capsys):
+def test_rerun_is_a_no_op_and_another_identity_supersedes_the_finished_run(
+    inputs, tmp_path, capsys
+):
     data, weights = inputs
     out = tmp_path / "cell"
     spec_file = tmp_path / "spec.json"
@@ -241,34 +243,142 @@ def test_rerun_is_a_no_op_and_another_config_is_refused(inputs, tmp_path, capsys
     argv = ["train", "--spec", str(spec_file), "--data", str(data), "--weights", str(weights)]
     assert main([*argv, "--out", str(out)]) == 0
     before = sha256(out / "run.json")
+    first = json.loads((out / "run.json").read_text())
     capsys.readouterr()
     assert main([*argv, "--out", str(out)]) == 0
     assert "already complete" in capsys.readouterr().out
     assert sha256(out / "run.json") == before
-    record = json.loads((out / "run.json").read_text())
-    spec_input = next(item for item in record["inputs"] if item["role"] == "spec")
+    spec_input = next(item for item in first["inputs"] if item["role"] == "spec")
     assert spec_input["sha256"] == sha256(spec_file)
 
-    with pytest.raises(ConfigError, match="different configuration"):
-        train_cell(make_spec("vanilla", epochs=2), data_dir=data, weights=weights, out_dir=out)
-    other = json.dumps(make_spec("vanilla", epochs=2))
-    assert (
-        main(
-            [
-                "train",
-                "--spec",
-                other,
-                "--data",
-                str(data),
-                "--weights",
-                str(weights),
-                "--out",
-                str(out),
-            ]
-        )
-        == 2
+    # Another identity (epochs 2): the finished run is kept aside, not refused nor overwritten,
+    # and the cell trains again.
+    result = train_cell(make_spec("vanilla", epochs=2), data_dir=data, weights=weights, out_dir=out)
+    assert result.status == "complete" and result.record.epochs_run == 2
+    [superseded] = result.record.superseded
+    assert superseded["path"].startswith("superseded/") and "identity" in superseded["path"]
+    assert "epochs: 1 -> 2" in superseded["reason"]
+    kept = out / superseded["path"]
+    assert sha256(kept / "completed" / "run.json") == before
+    assert json.loads((kept / "run.json").read_text()) == first  # the old declared outputs
+    assert [int(row["epoch"]) for row in read_history(out)] == [1, 2]
+    log = (out / result.record.attempts[0]["log"]).read_text()
+    assert "superseded" in log and "epochs: 1 -> 2" in log
+
+
+def replace_weights(weights: Path, seed: int) -> None:
+    """Another backbone written to the same path (as a re-run pre-training or conversion does)."""
+    torch.manual_seed(seed)
+    backbone = build_model("tiny", 10).backbone.state_dict()
+    write_backbone(backbone, weights, arch="tiny", eps_pt=0, source={"random_init_seed": seed})
+
+
+def replace_data(data: Path, seed: int) -> None:
+    """Another dataset prepared into the same folder (as a re-run preparation does)."""
+    write_synthetic_dataset(
+        data,
+        name="synth",
+        num_classes=NUM_CLASSES,
+        train_size=TRAIN_SIZE,
+        test_size=40,
+        image_size=16,
+        seed=seed,
+        overwrite=True,
     )
-    assert "delete" in capsys.readouterr().err
+
+
+OUTPUTS = ("run.json", "history.csv", "best_val.safetensors", "best_test.safetensors")
+REPLACE = {"weights": lambda d, w: replace_weights(w, 7), "data": lambda d, w: replace_data(d, 9)}
+ROLE = {"weights": "weights", "data": "dataset"}
+
+
+@pytest.mark.parametrize("changed", ["weights", "data"])
+def test_a_finished_run_of_other_inputs_is_superseded_not_restored(tmp_path, changed):
+    """New --weights (or --data) at the same path: Snakemake deletes the outputs and reruns the
+    job; the kept run was computed from the old files, so it must not be restored."""
+    data, weights = make_inputs(tmp_path)
+    out = tmp_path / "cell"
+    spec = make_spec("vanilla", epochs=1)
+    first = train_cell(spec, data_dir=data, weights=weights, out_dir=out).record.to_json()
+    REPLACE[changed](data, weights)
+    for name in (*OUTPUTS, "final.safetensors"):
+        (out / name).unlink()  # what Snakemake does before it reruns the job
+
+    result = train_cell(spec, data_dir=data, weights=weights, out_dir=out)
+    assert result.status == "complete"
+    record = result.record.to_json()
+    role = ROLE[changed]
+    now = {item["role"]: item["sha256"] for item in record["inputs"]}
+    was = {item["role"]: item["sha256"] for item in first["inputs"]}
+    current = weights if changed == "weights" else data / "dataset.json"
+    assert now[role] == sha256(current) != was[role]
+    [superseded] = record["superseded"]
+    assert "inputs" in superseded["path"] and role in superseded["reason"]
+    assert was[role][:12] in superseded["reason"] and now[role][:12] in superseded["reason"]
+    old = json.loads((out / superseded["path"] / "completed" / "run.json").read_text())
+    assert old["record_sha256"] == first["record_sha256"]
+    assert len(record["attempts"]) == 1 and record["attempts"][0]["resumed_from_epoch"] is None
+
+    # Unchanged identity and inputs: a retry restores the new run in seconds, as before.
+    for name in OUTPUTS:
+        (out / name).unlink()
+    again = train_cell(spec, data_dir=data, weights=weights, out_dir=out)
+    assert again.status == "restored" and again.record.superseded == record["superseded"]
+
+
+@pytest.mark.parametrize("changed", ["weights", "data"])
+def test_a_resume_state_of_other_inputs_is_superseded_not_resumed(tmp_path, changed, monkeypatch):
+    """The run record's inputs are the files the run trained from: a state computed from other
+    files is kept aside and the cell trains from scratch on the current ones."""
+    data, weights = make_inputs(tmp_path)
+    out = tmp_path / "cell"
+    spec = make_spec("vanilla", epochs=2)
+    monkeypatch.setenv("AUTOLORA_FAULT_FAIL_AT", "2:1:once")
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train_cell(spec, data_dir=data, weights=weights, out_dir=out)
+    REPLACE[changed](data, weights)
+    monkeypatch.delenv("AUTOLORA_FAULT_FAIL_AT")
+
+    record = train_cell(spec, data_dir=data, weights=weights, out_dir=out).record.to_json()
+    assert [a["resumed_from_epoch"] for a in record["attempts"]] == [None]
+    now = {item["role"]: item["sha256"] for item in record["inputs"]}
+    current = weights if changed == "weights" else data / "dataset.json"
+    assert now[ROLE[changed]] == sha256(current)
+    [superseded] = record["superseded"]
+    kept = out / superseded["path"]
+    assert (kept / "state" / "state.json").is_file() and not (kept / "completed").exists()
+    assert [int(row["epoch"]) for row in read_history(out)] == [1, 2]
+
+
+def test_a_changed_output_gets_the_advice_that_applies(inputs, tmp_path):
+    """The declared outputs are hard links to completed/: a byte changed in place damages the
+    kept copy too, so "delete it to have it restored" would not work; a replaced file (a new
+    inode) leaves the kept copy intact, and then it does."""
+    data, weights = inputs
+    out = tmp_path / "cell"
+    spec = make_spec("vanilla", epochs=1)
+    train_cell(spec, data_dir=data, weights=weights, out_dir=out)
+    final = out / "final.safetensors"
+    original = final.read_bytes()
+
+    replaced = bytearray(original)
+    replaced[len(replaced) // 2] ^= 1
+    final.unlink()
+    final.write_bytes(bytes(replaced))  # a new file under the output's name
+    with pytest.raises(DataError, match="delete it to have it restored from .*completed") as error:
+        train_cell(spec, data_dir=data, weights=weights, out_dir=out)
+    final.unlink()  # as advised
+    assert train_cell(spec, data_dir=data, weights=weights, out_dir=out).status == "restored"
+    assert final.read_bytes() == original
+
+    with open(final, "r+b") as handle:  # in place: the kept copy is the same file
+        handle.seek(len(original) // 2)
+        handle.write(bytes([original[len(original) // 2] ^ 1]))
+    with pytest.raises(DataError) as error:
+        train_cell(spec, data_dir=data, weights=weights, out_dir=out)
+    message = str(error.value)
+    assert "have it restored" not in message and "cannot be restored" in message
+    assert f"delete {out}" in message and "train the cell again" in message
 
 
 def test_parse_spec_accepts_json_text_and_yaml_files(tmp_path):
@@ -331,8 +441,6 @@ def test_a_runtime_change_resumes_instead_of_refusing_and_is_recorded(inputs, tm
     attempts = record["attempts"]
     assert [a["resumed_from_epoch"] for a in attempts] == [None, 1]
     assert [a["runtime"]["num_workers"] for a in attempts] == [0, 1]
-    with pytest.raises(ConfigError, match="different configuration"):
-        train_cell(make_spec("vanilla", epochs=3), data_dir=data, weights=weights, out_dir=out)
 
 
 def test_parse_runtime_checks_every_key(tmp_path):

@@ -4,10 +4,12 @@ cost model, the SLURM profile, and a partial rerun on a real (tiny) run."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -299,6 +301,21 @@ def test_paths_with_spaces_reach_the_shell_quoted(finished_grid):
 
 
 @pytest.mark.slow
+def test_the_audit_of_a_finished_workflow_passes(finished_grid):
+    """Every path the aggregation recorded must outlive the run (e.g. not point into Snakemake's
+    temporary source cache), so the audit of a folder run elsewhere than the repository passes."""
+    index = finished_grid / RESULTS / "paper" / "provenance"
+    audit = subprocess.run(
+        [sys.executable, "-m", "autolora.cli", "audit", "--index", str(index), "--all", "--quiet"],
+        cwd=finished_grid,
+        capture_output=True,
+        text=True,
+    )
+    assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-3000:]
+    assert "audit passed" in audit.stdout
+
+
+@pytest.mark.slow
 def test_a_finished_cell_keeps_its_outputs_once_and_one_log_per_attempt(finished_grid):
     cell = finished_grid / CELL
     record = json.loads((cell / "run.json").read_text())
@@ -333,6 +350,50 @@ def test_changing_one_cells_identity_reruns_exactly_that_cell(finished_grid):
     }
     train = next(j for j in output.split("\nrule ") if j.startswith("train:"))
     assert f"{CELL}/run.json" in train and "params have changed" in train.lower()
+
+
+@pytest.mark.slow
+def test_a_new_identity_for_one_cell_retrains_exactly_that_cell_for_real(finished_grid, tmp_path):
+    """Not only planned: run. The train job of the changed cell finds the finished run of its old
+    identity in the cell's completed/, keeps it aside (superseded/) and trains again; no other
+    cell is touched, and the evaluation is redone from the new run."""
+    workdir = tmp_path / "grid"
+    shutil.copytree(finished_grid, workdir, symlinks=True)  # mtimes kept: the copy is up to date
+    runs = sorted((workdir / RESULTS).glob("paper/runs/*/*/*/seed0/run.json"))
+    assert len(runs) == 4
+    before = {path: path.read_bytes() for path in runs}
+    config = write_config(workdir, edited(**{"datasets.synth-b.hyper.twins.lr": 0.02}))
+    run = snakemake("--configfile", config, "--cores", "2", workdir=workdir, timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert job_counts(run.stdout + run.stderr)["train"] == 1
+
+    cell = workdir / CELL
+    for path in runs:
+        if path.parent != cell:
+            assert path.read_bytes() == before[path], path
+    record = json.loads((cell / "run.json").read_text())
+    assert record["config"]["lr"] == 0.02 and record["epochs_run"] == 1
+    [superseded] = record["superseded"]
+    assert "lr: 0.01 -> 0.02" in superseded["reason"]
+    kept = cell / superseded["path"]
+    assert (kept / "completed" / "run.json").read_bytes() == before[cell / "run.json"]
+    assert (kept / "eval-best_test.json").is_file()  # the old run's evaluation went with it
+    evaluation = json.loads((cell / "eval-best_test.json").read_text())
+    run_sha256 = hashlib.sha256((cell / "run.json").read_bytes()).hexdigest()
+    assert evaluation["run_record"]["sha256"] == run_sha256
+    again = snakemake("-n", "--configfile", config, workdir=workdir)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_new_pretrained_weights_retrain_every_cell(finished_grid):
+    """Another backbone (weights.pretrain.*) reruns the pre-training and, its output being newer,
+    every train job: each one supersedes its finished run (the recorded weights differ) instead
+    of restoring it (tests/test_train.py runs that part)."""
+    config = edited(**{"weights.pretrain": {**TINY["weights"]["pretrain"], "epochs": 2}})
+    output = dry_run(finished_grid, config)
+    counts = job_counts(output)
+    assert (counts["pretrain_backbone"], counts["train"], counts["evaluate"]) == (1, 4, 4)
 
 
 @pytest.mark.slow

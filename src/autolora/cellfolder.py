@@ -1,5 +1,5 @@
-"""A training cell's folder across attempts: the lock of its trainer, one log per attempt, and the
-completed run's outputs kept where Snakemake does not delete them.
+"""A training cell's folder across attempts: the lock of its trainer, one log per attempt, the
+completed run's outputs kept where Snakemake does not delete them, and superseded work kept aside.
 
 Layout (besides the declared outputs ``run.json``, ``history.csv``, ``<checkpoint>.safetensors``
 and the resume state ``state/``, see ``autolora.train``)::
@@ -8,11 +8,18 @@ and the resume state ``state/``, see ``autolora.train``)::
     logs/           train-<UTC time>-<pid>.log: one log per attempt, never deleted by Snakemake
     completed/      the finished run's outputs as training wrote them, run.json last (the commit
                     point); the declared outputs are hard links to these files
+    superseded/     <UTC time>-<reason>/: a finished run (completed/, its outputs) or a resume
+                    state (state/) of another identity or other inputs than the current attempt's,
+                    moved here whole (never deleted) before the cell trains again; superseded.json
+                    says why
 
 Snakemake deletes a job's declared outputs when it counts the job as failed, even after the
 training finished (a time-limit signal that reaches the job step late). ``completed/`` is not a
 declared output: a retry restores the outputs from it in seconds (``autolora.train``). Hard links
 cost no disk space; on a file system without them the files are copied.
+
+Superseding renames, within the cell folder: nothing is copied or deleted. Whatever a crash leaves
+half-moved is found by the next attempt and moved aside in turn.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from pathlib import Path
 
 from autolora import environment
 from autolora.errors import AutoloraError
-from autolora.files import atomic_path
+from autolora.files import atomic_path, write_json
 from autolora.planning import layout
 
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -158,3 +165,30 @@ def publish(out_dir: str | os.PathLike, names: Sequence[str]) -> None:
     out_dir = Path(out_dir)
     for name in names:
         link_or_copy(out_dir / layout.COMPLETED_DIR / name, out_dir / name)
+
+
+def supersede(
+    out_dir: str | os.PathLike, names: Sequence[str], slug: str, reason: str
+) -> tuple[Path, list[str]]:
+    """Move the entries ``names`` of the cell folder that exist (outputs, ``state/``,
+    ``completed/``: in that order, the commit point last) into a new
+    ``superseded/<UTC time>-<slug>/`` with a note saying why; returns the folder and what moved."""
+    out_dir = Path(out_dir)
+    base = out_dir / layout.SUPERSEDED_DIR
+    base.mkdir(exist_ok=True)
+    stamp = environment.timestamp().replace("-", "").replace(":", "")
+    for number in itertools.count(1):
+        folder = base / (f"{stamp}-{slug}" if number == 1 else f"{stamp}-{slug}-{number}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        break
+    moved = []
+    for name in names:
+        if os.path.lexists(out_dir / name):
+            os.replace(out_dir / name, folder / name)
+            moved.append(name)
+    note = {"superseded_at": environment.timestamp(), "reason": reason, "moved": moved}
+    write_json(folder / layout.SUPERSEDED_NOTE, note)
+    return folder, moved

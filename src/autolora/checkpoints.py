@@ -10,7 +10,9 @@ Resume state, a folder (``<cell>/state/``)::
     state.json                    info (epoch, history, schedulers, ...) + {group: file, sha256}
     <group>-<token>.safetensors   one tensor group each: model, optimizer, rng, best_val, ...
 
-``state.json`` is the commit point: tensor files are written first under fresh names, then
+``state.json`` is sealed like a record (``record_sha256``, ``autolora.records.seal``): its history,
+best values, learning rate and scheduler states are refused after a hand edit, not resumed into
+the run record. It is the commit point: tensor files are written first under fresh names, then
 ``state.json`` is replaced atomically, then files it no longer names are deleted. A crash at any
 moment leaves the previous state or the new one, never a mix. A save that fails (a full disk)
 deletes the files it wrote before raising, and every save first deletes what a killed one left
@@ -33,13 +35,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
+from autolora import records
 from autolora.errors import DataError
 from autolora.files import canonical_json, read_json, read_verified, write_bytes, write_json
 from autolora.planning import layout
 
 WEIGHTS_FORMAT = "autolora-weights/2"
 METADATA_KEY = "autolora"
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: sealed (record_sha256)
 
 
 def _storable(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -117,10 +120,26 @@ def optimizer_from_tensors(tensors: dict[str, Tensor], meta: dict) -> dict:
 
 
 def read_state_info(state_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The JSON part of a resume state, or None when there is none (cheap: no tensors read)."""
+    """The JSON part of a resume state, its seal checked, or None when there is none (cheap: no
+    tensors read). A damaged, edited or older-format ``state.json`` is a DataError."""
     path = Path(state_dir) / layout.STATE_FILE
+    if not path.is_file():
+        return None
     fix = f"delete {Path(state_dir)} to start the run over"
-    return read_json(path, fix) if path.is_file() else None
+    info = read_json(path, fix)
+    if not isinstance(info, dict) or info.get("format") != STATE_FORMAT:
+        found = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise DataError(
+            f"resume state {path} has format {found!r}, expected {STATE_FORMAT} (written by "
+            f"another version of autolora); {fix}"
+        )
+    recorded, actual = info.get(records.SEAL_KEY), records.seal_digest(info)
+    if recorded != actual:
+        raise DataError(
+            f"{path}: its content hashes to {actual}, not to its {records.SEAL_KEY} {recorded}: "
+            f"the resume state was changed after it was written; {fix}"
+        )
+    return {key: value for key, value in info.items() if key != records.SEAL_KEY}
 
 
 def save_state(
@@ -146,7 +165,8 @@ def save_state(
             written.append(path)
             sha256 = write_bytes(path, safetensors_bytes(group_tensors))
             files[group] = {"file": path.name, "sha256": sha256}
-        write_json(state_dir / layout.STATE_FILE, {**info, "format": STATE_FORMAT, "files": files})
+        committed = records.seal({**info, "format": STATE_FORMAT, "files": files})
+        write_json(state_dir / layout.STATE_FILE, committed)
     except BaseException:
         for path in written:  # not committed: the previous state stays, and so does the space
             path.unlink(missing_ok=True)
@@ -172,11 +192,6 @@ def load_state(
     info = read_state_info(state_dir)
     if info is None:
         return None
-    if info.get("format") != STATE_FORMAT:
-        raise DataError(
-            f"resume state {state_dir / layout.STATE_FILE} has format {info.get('format')!r}, expected "
-            f"{STATE_FORMAT}: delete {state_dir} to start the run over"
-        )
     groups: dict[str, dict[str, Tensor]] = {}
     for group, entry in info["files"].items():
         groups[group] = load_verified_weights(

@@ -191,6 +191,7 @@ class RunRecord(ProducedRecord):
     attempts: list[dict[str, Any]] | None = None
     epochs_run: int | None = None
     stop_reason: str | None = None
+    superseded: list[dict[str, Any]] | None = None  # kept work this run moved aside: path, reason
     seconds_this_attempt: float | None = None
 
     def output_names(self) -> list[str]:

@@ -14,6 +14,15 @@ against their sha256, restores the outputs and records the attempt in ``run.json
 training. Attempts take the cell's lock (a second trainer of the cell refuses) and log to their
 own file in ``logs/``.
 
+Kept work is reused only for the same run: every attempt first verifies its inputs, then compares
+the identity (the resolved configuration less ``runtime`` and the evaluation-only settings) and
+the input hashes (``dataset.json``, the split files, the backbone and its record) with those the
+kept work recorded (``completed/run.json``; ``state.json``, which stores the inputs verified at
+the first attempt). Work of another identity or other inputs is superseded: moved whole to
+``superseded/<UTC time>-<reason>/`` (never deleted; the log names what differed) and the cell
+trains from scratch; the new ``run.json`` lists what it superseded. So the run record's
+``inputs`` are always the files the run trained from.
+
 Runtime: ``--runtime`` (device, workers, fast paths, determinism) is merged into the cell's
 ``runtime`` group. It is not part of the run's identity: a run resumes or is complete under any
 runtime, and each attempt records its own.
@@ -101,6 +110,7 @@ from autolora.models import (
 )
 from autolora.planning import layout
 from autolora.planning.cells import CellConfig, resolve_cell, runtime_values
+from autolora.planning.grid import EVALUATION_ONLY_KEYS, RUNTIME_KEY
 from autolora.planning.protocol import protocol_choices
 from autolora.records import RunRecord
 from autolora.schedules import AutoLR, lambda_weights, multistep_lr
@@ -118,6 +128,8 @@ FAULT_SIGNAL_NAME_ENV = "AUTOLORA_FAULT_SIGNAL"
 FAULT_WAIT_SIGNAL_ENV = "AUTOLORA_FAULT_WAIT_SIGNAL_AT"
 SIGNAL_POLL_S = 0.2  # how often a fault point waiting for a stop signal looks at the flag
 CHECKPOINT_METRICS = {"best_val": "val_pgd10", "best_test": "test_pgd10"}
+# The inputs whose files define a run's result: kept work recorded with other hashes is superseded.
+COMPARED_INPUTS = ("dataset", "split_manifest", "split_info", "weights", "weights_record")
 
 
 class TrainingInterrupted(Exception):
@@ -161,7 +173,7 @@ def parse_spec(text: str) -> tuple[dict[str, Any], Path | None]:
 
 
 def parse_runtime(text: str) -> dict[str, Any]:
-    """Runtime settings (``autolora.planning.cells.RuntimeConfig`` keys) from JSON text or a file."""
+    """Runtime settings (``autolora.cells.RuntimeConfig`` keys) from JSON text or a file."""
     runtime, _ = _parse_mapping(text, "--runtime", "runtime settings")
     return runtime_values(runtime, "--runtime")
 
@@ -326,6 +338,8 @@ class Progress:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     started: str = ""
     in_epoch: dict[str, Any] | None = None  # mid-epoch position after a signal
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # verified at the first attempt
+    superseded: list[dict[str, Any]] = field(default_factory=list)  # kept aside for this run
 
 
 class CellTraining:
@@ -371,13 +385,31 @@ class CellTraining:
         self.progress = Progress(lr=config.lr)
         self.best_weights: dict[str, dict[str, Tensor]] = {}
         self.best_dirty: set[str] = set()
+        self.inputs: list[dict[str, Any]] = []  # this attempt's, from the verified bytes
+        self.superseded: list[dict[str, Any]] = []  # what this attempt moved aside
+        self.backbone_state: dict[str, Tensor] | None = None
 
     # -- set-up --
+
+    def verify_inputs(self) -> list[dict[str, Any]]:
+        """Open the prepared data and read the backbone, checking every file against its record
+        (nothing is trained yet); returns the run's inputs with the sha256 of the bytes read."""
+        self._open_data()
+        self._verify_backbone()
+        self.inputs = self._inputs()
+        return self.inputs
 
     def _open_data(self) -> None:
         config = self.config
         self.dataset = PreparedDataset.open(self.data_dir, verify=config.split_scheme)
         check_dataset_name(self.dataset, config, self.data_dir)
+        self.verified.append(
+            {
+                "path": records.record_path(self.data_dir / layout.DATASET_METADATA),
+                "sha256": self.dataset.metadata_sha256,
+                "checked_against": "its record_sha256",
+            }
+        )
         self.verified += [
             {
                 "path": records.record_path(self.data_dir / item["file"]),
@@ -398,15 +430,15 @@ class CellTraining:
                     f"{config.split_scheme!r} is empty; re-prepare the dataset"
                 )
 
-    def _build(self) -> None:
+    def _verify_backbone(self) -> None:
         config = self.config
-        self.method: Method = build_method(config.method, method_settings(config))
-        backbone_state, verified, seconds = load_verified_backbone(
+        self.backbone_state, verified, seconds = load_verified_backbone(
             self.weights_path,
             arch=config.arch,
             eps_pt_255=config.eps_pt,
             lock_path=self.weights_lock,
         )
+        self.backbone_verified = verified
         self.verified += [
             {
                 **item,
@@ -415,6 +447,10 @@ class CellTraining:
             for item in verified
         ]
         self.verification_seconds += seconds
+
+    def _build(self) -> None:
+        config = self.config
+        self.method: Method = build_method(config.method, method_settings(config))
         torch.manual_seed(derive_seed(config.seed, "init"))  # head and LoRa A init
         self.model = build_model(
             config.arch,
@@ -422,7 +458,8 @@ class CellTraining:
             input_upsample=self.dataset.metadata.get("input_upsample"),
             **self.method.model_options(),
         )
-        load_backbone_state(self.model, backbone_state)
+        load_backbone_state(self.model, self.backbone_state)
+        self.backbone_state = None  # the model holds it now
         self.model.to(self.device)
         prepare_model(self.model, self.fast_paths)
         self.optimizer = torch.optim.SGD(
@@ -712,6 +749,8 @@ class CellTraining:
             "attempts": progress.attempts,
             "started": progress.started,
             "in_epoch": in_epoch,
+            "inputs": progress.inputs,
+            "superseded": progress.superseded,
         }
         tensors: dict[str, dict[str, Tensor] | None] = {
             "model": self.model.state_dict(),
@@ -731,10 +770,14 @@ class CellTraining:
         if loaded is None:
             return False
         info, groups = loaded
-        if _without_runtime(info["config"]) != _without_runtime(self.config_dict):
+        settings, files = stale_reasons(
+            info["config"], info.get("inputs"), self.config_dict, self.inputs
+        )
+        stale = settings + files
+        if stale:  # train_cell supersedes such a state before the run starts
             raise ConfigError(
-                f"{self.state_dir} holds the resume state of a different configuration: delete "
-                f"{self.out_dir} (or its state/) to start over, or choose another --out"
+                f"{self.state_dir} holds the resume state of another run ({'; '.join(stale)}): "
+                f"rerun the same command to have it moved aside, or choose another --out"
             )
         self.model.load_state_dict(groups["model"])
         self.optimizer.load_state_dict(
@@ -759,6 +802,8 @@ class CellTraining:
             attempts=info["attempts"],
             started=info["started"],
             in_epoch=info["in_epoch"],
+            inputs=info["inputs"],
+            superseded=info["superseded"],
         )
         if self.progress.lambdas:
             self.method.set_lambdas(*self.progress.lambdas)
@@ -834,13 +879,14 @@ class CellTraining:
             started=progress.started,
             finished=environment.timestamp(),
             command=self.command,
-            inputs=self._inputs(),
+            inputs=self.inputs,
             verified={"files": self.verified, "seconds": round(self.verification_seconds, 6)},
             outputs=outputs,
             checkpoints=checkpoint_records,
             attempts=progress.attempts,
             epochs_run=progress.epoch,
             stop_reason=progress.stop_reason,
+            superseded=progress.superseded,
             seconds_this_attempt=round(time.monotonic() - started_at, 3),
         )
         record.write(kept / layout.RUN_RECORD)  # the run is complete from here on
@@ -868,6 +914,7 @@ class CellTraining:
         }
 
     def _inputs(self) -> list[dict[str, Any]]:
+        """The run's input files with the sha256 of the bytes verified (not hashed again)."""
         if self.spec_file is not None:
             spec_entry = records.file_entry("spec", self.spec_file)
         else:
@@ -878,21 +925,40 @@ class CellTraining:
                 "sha256": hashlib.sha256(text.encode()).hexdigest(),
             }
         scheme = self.config.split_scheme
+        data_files = {item["file"]: item["sha256"] for item in self.dataset.verified}
+        weights, weights_record = self.backbone_verified[:2]
+
+        def entry(role: str, path: Path, sha256: str) -> dict[str, Any]:
+            return {"role": role, "path": records.record_path(path), "sha256": sha256}
+
         return [
             spec_entry,
-            records.file_entry("dataset", self.data_dir / layout.DATASET_METADATA),
-            records.file_entry("split_manifest", self.data_dir / layout.split_manifest(scheme)),
-            records.file_entry("split_info", self.data_dir / layout.split_info(scheme)),
-            records.file_entry("weights", self.weights_path),
-            records.file_entry("weights_record", layout.backbone_record(self.weights_path)),
+            entry("dataset", self.data_dir / layout.DATASET_METADATA, self.dataset.metadata_sha256),
+            entry(
+                "split_manifest",
+                self.data_dir / layout.split_manifest(scheme),
+                data_files[layout.split_manifest(scheme)],
+            ),
+            entry(
+                "split_info",
+                self.data_dir / layout.split_info(scheme),
+                data_files[layout.split_info(scheme)],
+            ),
+            entry("weights", self.weights_path, weights["sha256"]),
+            entry(
+                "weights_record",
+                layout.backbone_record(self.weights_path),
+                weights_record["sha256"],
+            ),
         ]
 
     # -- the whole run --
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> RunRecord:
         started_at = time.monotonic()
         with self.stop.installed():
-            self._open_data()
+            if not self.inputs:
+                self.verify_inputs()
             self._build()
             resumed = self._restore()
             self._start_attempt(resumed)
@@ -926,6 +992,8 @@ class CellTraining:
             logger.info("resuming %s after epoch %d%s", self.config.cell_id, progress.epoch, where)
             return
         progress.started = attempt["started"]
+        progress.inputs = self.inputs
+        progress.superseded = self.superseded
         if self.method.uses_lambda_pass:
             self._lambda_pass(0)
         self._commit()
@@ -989,11 +1057,83 @@ def _progress_bar(iterable, *, total: int, description: str):
     return tqdm(iterable, total=total, desc=description, leave=False, file=sys.stderr)
 
 
-def _without_runtime(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """The configuration that defines a run's results. The ``runtime`` group (device, workers,
-    fast paths) says how it is computed: a resumed or finished run may differ there, and each
-    attempt records its own runtime in the run record."""
-    return {key: value for key, value in config_dict.items() if key != "runtime"}
+def identity_config(config_dict: dict[str, Any]) -> dict[str, Any]:
+    """The configuration that defines a run's results: the resolved configuration less the
+    ``runtime`` group (device, workers, fast paths: how it is computed; each attempt records its
+    own) and the settings only the evaluation reads (``grid.EVALUATION_ONLY_KEYS``)."""
+    dropped = (RUNTIME_KEY, *EVALUATION_ONLY_KEYS)
+    return {key: value for key, value in config_dict.items() if key not in dropped}
+
+
+def _settings(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"attack.eps": ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def stale_reasons(
+    recorded_config: dict[str, Any] | None,
+    recorded_inputs: list[dict[str, Any]] | None,
+    config_dict: dict[str, Any],
+    inputs: list[dict[str, Any]],
+) -> tuple[list[str], list[str]]:
+    """What makes kept work (its resolved configuration and recorded inputs) another run than the
+    current one: the identity settings and the compared inputs that differ, each in words."""
+    old = _settings(identity_config(recorded_config or {}))
+    new = _settings(identity_config(config_dict))
+    settings = [
+        f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+        for key in sorted(old.keys() | new.keys())
+        if key not in old or key not in new or old[key] != new[key]
+    ]
+    recorded = {item.get("role"): item.get("sha256") for item in recorded_inputs or []}
+    files = []
+    for item in inputs:
+        before = recorded.get(item["role"])
+        if item["role"] in COMPARED_INPUTS and before != item["sha256"]:
+            was = "not recorded" if before is None else before[:12]
+            files.append(f"{item['role']} {item['path']}: sha256 {was} -> {item['sha256'][:12]}")
+    return settings, files
+
+
+def supersede_if_stale(
+    out_dir: Path,
+    what: str,
+    kept: list[tuple[dict[str, Any] | None, list[dict[str, Any]] | None]],
+    training: CellTraining,
+    names: list[str],
+) -> dict[str, Any] | None:
+    """Move kept work (``names`` of the cell folder) to ``superseded/`` when any of the ``kept``
+    (configuration, inputs) pairs (of a run record or the resume state) is another run than
+    ``training``'s; returns the entry for the new run record, or None when it is the same run."""
+    settings: list[str] = []
+    files: list[str] = []
+    for config, inputs in kept:
+        changed = stale_reasons(config, inputs, training.config_dict, training.inputs)
+        settings += [item for item in changed[0] if item not in settings]
+        files += [item for item in changed[1] if item not in files]
+    if not settings and not files:
+        return None
+    slug = "-and-".join(
+        kind for kind, changed in (("identity", settings), ("inputs", files)) if changed
+    )
+    reason = "; ".join(settings + files)
+    folder, moved = cellfolder.supersede(out_dir, names, f"{slug}-changed", reason)
+    path = folder.relative_to(out_dir).as_posix()
+    logger.warning(
+        "%s: %s was computed with another identity or other inputs (%s): moved to %s; the cell "
+        "trains from scratch",
+        training.config.cell_id,
+        what,
+        reason,
+        out_dir / path,
+    )
+    return {"path": path, "reason": reason, "moved": moved}
 
 
 def _relative_log(out_dir: Path, log_path: Path | None) -> str | None:
@@ -1016,22 +1156,17 @@ def check_dataset_name(dataset: PreparedDataset, config: CellConfig, data_dir: P
         )
 
 
-def read_run_record(out_dir: Path, folder: Path | None = None) -> RunRecord:
+def read_run_record(out_dir: Path, folder: Path | None = None) -> RunRecord | None:
     """The sealed run record of a finished cell, from ``folder`` (default ``out_dir``; its
-    ``completed/`` for the kept copy): a damaged or edited one is a DataError."""
+    ``completed/`` for the kept copy), or None when there is none: a damaged or edited one is a
+    DataError."""
+    path = (folder or out_dir) / layout.RUN_RECORD
+    if not path.is_file():
+        return None
     return RunRecord.read(
-        (folder or out_dir) / layout.RUN_RECORD,
+        path,
         f"delete {out_dir} and train the cell again (or restore the file from a backup)",
     )
-
-
-def _check_same_run(record: RunRecord, config: CellConfig, out_dir: Path) -> None:
-    if _without_runtime(record.config or {}) != _without_runtime(config.to_dict()):
-        raise ConfigError(
-            f"{out_dir} holds a finished run of a different configuration "
-            f"({record.cell_id}): delete {out_dir} to train the cell again with the new "
-            "settings, or choose another --out"
-        )
 
 
 def missing_and_changed_outputs(folder: Path, record: RunRecord) -> tuple[list[str], list[str]]:
@@ -1053,9 +1188,8 @@ def verify_run_outputs(out_dir: Path, record: RunRecord) -> None:
     if changed:
         raise DataError(
             f"{out_dir / changed[0]}: its sha256 differs from the one recorded in "
-            f"{out_dir / layout.RUN_RECORD}: the file changed after training; delete it to have it "
-            f"restored from {out_dir / layout.COMPLETED_DIR} (checked against its sha256), "
-            f"or delete {out_dir} and train the cell again"
+            f"{out_dir / layout.RUN_RECORD}: the file changed after training; "
+            + _changed_output_fix(out_dir, changed[0], record)
         )
     if missing:
         raise DataError(
@@ -1064,31 +1198,32 @@ def verify_run_outputs(out_dir: Path, record: RunRecord) -> None:
         )
 
 
+def _changed_output_fix(out_dir: Path, name: str, record: RunRecord) -> str:
+    """What to do about a changed output: have it restored when the copy kept in ``completed/`` is
+    another file that still matches; otherwise (a change in place reaches the kept copy through
+    the hard link) train again."""
+    output, kept = out_dir / name, out_dir / layout.COMPLETED_DIR / name
+    [expected] = [e["sha256"] for e in record.outputs or [] if Path(e["path"]).name == name]
+    if kept.is_file() and not os.path.samefile(kept, output) and sha256_file(kept) == expected:
+        return f"delete it to have it restored from {kept} (which still matches its sha256)"
+    why = "is the same file (a hard link)" if kept.is_file() else "is missing"
+    if kept.is_file() and not os.path.samefile(kept, output):
+        why = "changed too"
+    return (
+        f"its kept copy {kept} {why}, so it cannot be restored: delete {out_dir} (or move it "
+        "away) and train the cell again"
+    )
+
+
 def _present(out_dir: Path, record: RunRecord) -> RunRecord:
     """``record`` with only the output entries whose files exist in ``out_dir``."""
     present = [e for e in record.outputs or [] if (out_dir / Path(e["path"]).name).is_file()]
     return dataclasses.replace(record, outputs=present)
 
 
-def check_existing_run(out_dir: Path, config: CellConfig) -> RunRecord | None:
-    """The run record in ``out_dir`` if it is of ``config``; None if there is none; ConfigError
-    if it is of another configuration."""
-    if not (out_dir / layout.RUN_RECORD).is_file():
-        return None
-    record = read_run_record(out_dir)
-    _check_same_run(record, config, out_dir)
-    return record
-
-
-def completed_run(out_dir: Path, config: CellConfig) -> RunRecord | None:
-    """The finished run kept in ``out_dir/completed/`` (its sealed record, every file checked
-    against its sha256), or None when the run never completed; ConfigError if it is of another
-    configuration."""
+def verify_kept_outputs(out_dir: Path, record: RunRecord) -> None:
+    """Check every file of the finished run kept in ``completed/`` against its sha256."""
     kept = out_dir / layout.COMPLETED_DIR
-    if not (kept / layout.RUN_RECORD).is_file():
-        return None
-    record = read_run_record(out_dir, kept)
-    _check_same_run(record, config, out_dir)
     missing, changed = missing_and_changed_outputs(kept, record)
     if missing or changed:
         raise ChecksumError(
@@ -1096,7 +1231,22 @@ def completed_run(out_dir: Path, config: CellConfig) -> RunRecord | None:
             f"{kept / layout.RUN_RECORD}: the finished run cannot be restored; delete {out_dir} to train "
             "the cell again"
         )
-    return record
+
+
+def _finished_run_names(out_dir: Path, finished: list[RunRecord]) -> list[str]:
+    """What belongs to a finished run in the cell folder: its outputs, its evaluations, a left-over
+    state, and ``completed/`` last (the commit point)."""
+    outputs = [name for record in finished for name in record.output_names()]
+    evaluations = sorted(path.name for path in out_dir.glob(f"{layout.EVALUATION_PREFIX}*.json"))
+    names = [
+        layout.RUN_RECORD,
+        layout.HISTORY,
+        *outputs,
+        *evaluations,
+        layout.STATE_DIR,
+        layout.COMPLETED_DIR,
+    ]
+    return list(dict.fromkeys(names))
 
 
 def restore_completed_run(
@@ -1139,28 +1289,14 @@ def train_cell(
     command: str | None = None,
     weights_lock: str | os.PathLike = DEFAULT_LOCK,
 ) -> TrainResult:
-    """Train one cell into ``out_dir`` (resuming its state if present, restoring its outputs if
-    it completed before). ``runtime`` replaces settings of the spec's runtime group. Raises
-    TrainingInterrupted after a stop signal, NonFiniteLoss on a NaN/inf loss, CellBusy while
-    another process trains the cell."""
+    """Train one cell into ``out_dir``: after verifying the inputs, resume its state or restore
+    its completed run when they are of the same identity and inputs, supersede them otherwise.
+    ``runtime`` replaces settings of the spec's runtime group. Raises TrainingInterrupted after a
+    stop signal, NonFiniteLoss on a NaN/inf loss, CellBusy while another process trains the
+    cell."""
     config = resolve_cell(spec).with_runtime(runtime)
     out_dir = Path(out_dir)
     with cellfolder.locked(out_dir), cellfolder.attempt_log(out_dir) as log_path:
-        existing = check_existing_run(out_dir, config)
-        missing = [] if existing is None else missing_and_changed_outputs(out_dir, existing)[0]
-        if existing is not None and not missing:
-            verify_run_outputs(out_dir, existing)  # a changed output is refused, never replaced
-            checkpoints.clear_state(
-                out_dir / layout.STATE_DIR
-            )  # left over if killed after completing
-            return TrainResult("already_complete", existing)
-        kept = completed_run(out_dir, config)
-        if kept is not None:
-            if existing is not None:
-                verify_run_outputs(out_dir, _present(out_dir, existing))
-            return TrainResult("restored", restore_completed_run(out_dir, kept, config, log_path))
-        if existing is not None:
-            verify_run_outputs(out_dir, existing)  # names the missing output
         training = CellTraining(
             config,
             spec,
@@ -1172,6 +1308,56 @@ def train_cell(
             log_path=log_path,
             weights_lock=Path(weights_lock),
         )
+        training.verify_inputs()
+        kept = read_run_record(out_dir, out_dir / layout.COMPLETED_DIR)
+        existing = read_run_record(out_dir)
+        finished = [record for record in (kept, existing) if record is not None]
+        names = _finished_run_names(out_dir, finished)
+        moved = supersede_if_stale(
+            out_dir,
+            "the finished run",
+            [(record.config, record.inputs) for record in finished],
+            training,
+            names,
+        )
+        if moved is not None:
+            training.superseded.append(moved)
+        elif existing is not None or kept is not None:
+            return _reuse_finished_run(out_dir, config, existing, kept, log_path)
+        state = checkpoints.read_state_info(out_dir / layout.STATE_DIR)
+        if state is not None:
+            names = [layout.HISTORY, layout.STATE_DIR]
+            moved = supersede_if_stale(
+                out_dir,
+                "the resume state",
+                [(state.get("config"), state.get("inputs"))],
+                training,
+                names,
+            )
+            if moved is not None:
+                training.superseded.append(moved)
         with runtime_settings(config):
             record = training.run()
         return TrainResult("complete", record)
+
+
+def _reuse_finished_run(
+    out_dir: Path,
+    config: CellConfig,
+    existing: RunRecord | None,
+    kept: RunRecord | None,
+    log_path: Path | None,
+) -> TrainResult:
+    """The same run finished before: its outputs are in place (checked), or restored from
+    ``completed/`` (checked first)."""
+    missing = [] if existing is None else missing_and_changed_outputs(out_dir, existing)[0]
+    if existing is not None and not missing:
+        verify_run_outputs(out_dir, existing)  # a changed output is refused, never replaced
+        checkpoints.clear_state(out_dir / layout.STATE_DIR)  # left over if killed after completing
+        return TrainResult("already_complete", existing)
+    if kept is None:
+        verify_run_outputs(out_dir, existing)  # names the missing output
+    verify_kept_outputs(out_dir, kept)
+    if existing is not None:
+        verify_run_outputs(out_dir, _present(out_dir, existing))
+    return TrainResult("restored", restore_completed_run(out_dir, kept, config, log_path))

@@ -36,6 +36,12 @@ AUTOATTACK_CELLS = GRID.autoattack_cells(config)
 AUTOATTACK_VARIANT = configured_variant(config)
 CELL = layout.cell_pattern(RESULTS)
 CONDA_ENV = "../../envs/autolora.yaml"
+# The paper's numbers, found from the workflow's own folder (not the working directory). A plain
+# path, not workflow.source_path(): that one points into Snakemake's temporary source cache, and
+# the path recorded in the provenance index must still exist when the results are audited.
+PAPER_RESULTS = os.path.relpath(
+    os.path.join(workflow.basedir, "config", "paper_results.csv")
+)
 # How cells are computed (device, workers, fast paths): not a param, so changing it reruns nothing.
 RUNTIME_JSON = json.dumps(grid.runtime(config), sort_keys=True, separators=(",", ":"))
 # CPUs of a training or evaluation job: the data-loader workers plus the main process.

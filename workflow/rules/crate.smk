@@ -7,7 +7,7 @@
 rule crate:
     input:
         rules.aggregate.output,
-        paper=workflow.source_path("../../config/paper_results.csv"),
+        paper=PAPER_RESULTS,
     output:
         metadata=f"{REPORT}/{layout.CRATE_METADATA}",
         source=directory(f"{REPORT}/{layout.CRATE_SOURCE_DIR}"),

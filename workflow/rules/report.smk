@@ -23,7 +23,7 @@ rule resolve_config:
 rule aggregate:
     input:
         config=rules.resolve_config.output,
-        paper=workflow.source_path("../../config/paper_results.csv"),
+        paper=PAPER_RESULTS,
         evaluations=cell_evaluations(),
         histories=cell_histories(),
     output:

@@ -2,7 +2,7 @@
 
 Layout (docs/internals.md, "Prepared dataset format")::
 
-    dataset.json          metadata, including the sha256 of every other file
+    dataset.json          metadata, including the sha256 of every other file; sealed
     images.u8             all images, raw uint8 HWC RGB, concatenated
     images_index.npy      int64 [N, 3]: byte offset, height, width of each image
     labels.npy            int64 [N]: class index of each image
@@ -17,6 +17,9 @@ Verification at the point of use: ``PreparedDataset.open(directory, verify=schem
 file that training or evaluation under ``scheme`` reads (the arrays, ``images.u8``, the scheme's
 split files) as it reads them, checks each against ``dataset.json`` and refuses a mismatch before
 any of it is used; ``dataset.verified`` lists what was checked, for the run and evaluation records.
+``dataset.json`` itself carries ``record_sha256``, the seal of its canonical content
+(``autolora.records.seal``), checked by every ``open``: its own fields (augmentation, padding,
+classes, the file hashes) cannot be edited by hand unnoticed.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from autolora import records
 from autolora.errors import ChecksumError, DataError
 from autolora.files import (
     as_json_data,
@@ -43,14 +47,13 @@ from autolora.files import (
     make_temporary_dir,
     no_space_error,
     parse_json,
-    read_json,
     sha256_bytes,
     sha256_file,
     write_json,
 )
 from autolora.planning import layout
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: dataset.json sealed (record_sha256)
 SPLIT_NAMES = ("train", "val", "test")
 AUGMENTATIONS = ("pad_crop", "resized_crop")
 REQUIRED_KEYS = (
@@ -243,7 +246,7 @@ def write_prepared_dataset(
             "schemes": sorted(splits),
             "files": files,
         }
-        write_json(tmp / layout.DATASET_METADATA, metadata)
+        write_json(tmp / layout.DATASET_METADATA, records.seal(metadata))
         _move_into_place(tmp, out_dir, overwrite)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -300,9 +303,16 @@ def _rebuild_hint(directory: Path, metadata: Mapping[str, Any] | None) -> str:
 class PreparedDataset:
     """A prepared dataset opened for reading (validated; images read lazily via np.memmap)."""
 
-    def __init__(self, directory: Path, metadata: dict[str, Any], verify: str | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        metadata: dict[str, Any],
+        verify: str | None = None,
+        metadata_sha256: str | None = None,
+    ):
         self.directory = directory
         self.metadata = metadata
+        self.metadata_sha256 = metadata_sha256  # of the dataset.json bytes that were parsed
         self.verified: list[dict[str, str]] = []  # files checked against dataset.json
         self.verification_seconds = 0.0  # time spent hashing them
         self._split_cache: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
@@ -362,7 +372,8 @@ class PreparedDataset:
                 f"prepared dataset {directory}: {layout.DATASET_METADATA} is missing; "
                 + _rebuild_hint(directory, None)
             )
-        metadata = read_json(metadata_path, _rebuild_hint(directory, None))
+        metadata_bytes = metadata_path.read_bytes()
+        metadata = parse_json(metadata_bytes, metadata_path, _rebuild_hint(directory, None))
         if not isinstance(metadata, dict):
             raise DataError(
                 f"{metadata_path} is not a JSON object; " + _rebuild_hint(directory, None)
@@ -378,13 +389,14 @@ class PreparedDataset:
                 f"{metadata_path}: format {metadata['format']!r}, this version reads "
                 f"{FORMAT_VERSION}; " + _rebuild_hint(directory, metadata)
             )
+        metadata = _unsealed(metadata, metadata_path, directory)
         for name in metadata["files"]:
             if not (directory / name).is_file():
                 raise DataError(
                     f"prepared dataset {directory}: file {name} is missing; "
                     + _rebuild_hint(directory, metadata)
                 )
-        return cls(directory, metadata, verify)
+        return cls(directory, metadata, verify, sha256_bytes(metadata_bytes))
 
     def _check_arrays(self) -> None:
         where = f"prepared dataset {self.directory}"
@@ -490,6 +502,23 @@ class PreparedDataset:
                         f"{self.directory}: image {example} ({row['source']}) has sha256 "
                         f"{actual}, examples.csv records {row['sha256']}; {hint}"
                     )
+
+
+def _unsealed(metadata: dict[str, Any], path: Path, directory: Path) -> dict[str, Any]:
+    """dataset.json's content after checking its seal (DataError naming the file and the fix)."""
+    recorded = metadata.get(records.SEAL_KEY)
+    if recorded is None:
+        raise DataError(
+            f"{path} has no {records.SEAL_KEY} (it was not written by `autolora data`); "
+            + _rebuild_hint(directory, metadata)
+        )
+    actual = records.seal_digest(metadata)
+    if actual != recorded:
+        raise DataError(
+            f"{path}: its content hashes to {actual}, not to its {records.SEAL_KEY} {recorded}: "
+            "it was changed after the dataset was prepared; " + _rebuild_hint(directory, metadata)
+        )
+    return {key: value for key, value in metadata.items() if key != records.SEAL_KEY}
 
 
 def _parse_manifest(text: str, path: Path) -> dict[str, np.ndarray]:
