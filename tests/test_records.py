@@ -36,6 +36,7 @@ RUN = {
     "attempts": [{"started": "2024-01-01T00:00:00Z", "runtime": {"bf16": False}}],
     "epochs_run": 3,
     "stop_reason": "finished the configured 3 epochs",
+    "superseded": [],
     "seconds_this_attempt": 600.5,
 }
 EVALUATION = {

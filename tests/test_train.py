@@ -270,7 +270,7 @@ def replace_weights(weights: Path, seed: int) -> None:
     """Another backbone written to the same path (as a re-run pre-training or conversion does)."""
     torch.manual_seed(seed)
     backbone = build_model("tiny", 10).backbone.state_dict()
-    write_backbone(backbone, weights, arch="tiny", eps_pt=0, source={"random_init_seed": seed})
+    write_backbone(backbone, weights, arch="tiny", eps_pt_255=0, source={"random_init_seed": seed})
 
 
 def replace_data(data: Path, seed: int) -> None:
