@@ -1,7 +1,7 @@
 """Standard accuracy, PGD-10 and AutoAttack of a trained cell's checkpoint (SPEC 3, 5).
 
-The accuracy loops here are also what the training loop uses for its per-epoch validation/test
-numbers and for the AutoLoRa λ pass. All accuracies are in percent.
+The accuracies are counted by ``autolora.accuracy`` (the same code as the training loop's
+per-epoch numbers). All accuracies are in percent.
 
 Before anything is evaluated, every input is verified where it is read: the run record's seal, the
 checkpoint against the run record's sha256 (hashed on the bytes that are then parsed), the prepared
@@ -15,16 +15,17 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from autolora import environment
-from autolora.attacks import autoattack_evaluation, eval_mode, pgd
+from autolora.accuracy import batches_on, clean_and_pgd_accuracy
+from autolora.attacks import autoattack_evaluation
 from autolora.autoattack_variants import STANDARD, autoattack_variant
 from autolora.errors import ConfigError, DataError
 from autolora.files import sha256_file
@@ -32,19 +33,6 @@ from autolora.planning import layout
 from autolora.records import EvaluationRecord, RunRecord, file_entry, record_path
 
 logger = logging.getLogger(__name__)
-
-
-def batches_on(
-    loader: Iterable, device: torch.device, memory_format: torch.memory_format | None = None
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(x, y)`` batches on ``device``; uint8 images become floats in [0, 1]."""
-    for x, y in loader:
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255)
-        x = x.to(device, non_blocking=True)
-        if memory_format is not None:
-            x = x.contiguous(memory_format=memory_format)
-        yield x, torch.as_tensor(y).to(device, non_blocking=True)
 
 
 EVALUATION_SUBSET_SEED = 0  # one subset per dataset and n: every cell sees the same images
@@ -73,44 +61,6 @@ def stratified_subset(
         for label, k in zip(classes, take, strict=True)
     ]
     return sorted(int(p) for p in np.concatenate(chosen))
-
-
-def clean_and_pgd_accuracy(
-    model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    *,
-    eps: float,
-    step: float,
-    steps: int,
-) -> tuple[float, float, int]:
-    """(SA, PGD robust accuracy, n): eval mode, PGD without random start (SPEC 3)."""
-    correct_clean = correct_adv = 0  # device tensors after the first batch: no per-batch sync
-    total = 0
-    with eval_mode(model):
-        for x, y in batches:
-            with torch.no_grad():
-                correct_clean = correct_clean + (model(x).argmax(dim=1) == y).sum()
-            x_adv = pgd(model, x, y, eps=eps, step=step, steps=steps, random_start=False)
-            with torch.no_grad():
-                correct_adv = correct_adv + (model(x_adv).argmax(dim=1) == y).sum()
-            total += int(y.shape[0])
-    correct_clean, correct_adv = int(correct_clean), int(correct_adv)
-    if total == 0:
-        raise DataError("accuracy of an empty split requested: the split has no examples")
-    return 100.0 * correct_clean / total, 100.0 * correct_adv / total, total
-
-
-def lora_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, int]:
-    """(standard accuracy of the LoRa branch in percent, n), eval mode (SPEC 4.3)."""
-    correct = total = 0
-    with eval_mode(model), torch.no_grad():
-        for x, y in batches:
-            correct = correct + (model(x, branch="lora").argmax(dim=1) == y).sum()
-            total += int(y.shape[0])
-    correct = int(correct)
-    if total == 0:
-        raise DataError("LoRa accuracy of an empty training split requested")
-    return 100.0 * correct / total, total
 
 
 def resolve_checkpoint_name(name: str, config) -> str:
@@ -188,7 +138,6 @@ def evaluate_run(
     from autolora.data.prepared import PreparedDataset, SplitView
     from autolora.models import build_model
     from autolora.planning.cells import CellConfig
-    from autolora.train import method_settings
 
     started, clock = environment.timestamp(), time.monotonic()
     run_dir, data_dir = Path(run_dir), Path(data_dir)
@@ -255,7 +204,7 @@ def evaluate_run(
             "examples": [int(test_view.indices[p]) for p in positions],
         }
         test_view = SplitView(dataset, config.split_scheme, "test", test_view.indices[positions])
-    from autolora.methods import build_method
+    from autolora.methods import build_method, method_settings
 
     method = build_method(config.method, method_settings(config))
     model = build_model(

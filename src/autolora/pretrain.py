@@ -17,6 +17,7 @@ from typing import Any
 from autolora.errors import ConfigError
 
 SOURCE_SEED = 7919  # the demo's downstream datasets use other seeds
+EVALUATION_BATCH_SIZE = 256  # images per batch of the test-set accuracy
 
 
 @dataclass(frozen=True)
@@ -78,30 +79,20 @@ def source_arrays(settings: PretrainSettings, part: str):
     return x, torch.from_numpy(labels)
 
 
-def model_accuracy_percent(model, x, y, *, settings: PretrainSettings, adversarial: bool) -> float:
-    """The model's clean or PGD (no random start, ``eval_steps`` steps) accuracy on ``x``, ``y``
-    in percent, eval mode."""
-    import torch
+def test_accuracy_percent(model, x, y, *, settings: PretrainSettings) -> tuple[float, float]:
+    """(clean, PGD) accuracy in percent of the model on ``x``, ``y`` (``autolora.accuracy``: eval
+    mode, PGD without random start, ``eval_steps`` steps); without an attack radius the PGD
+    accuracy is the clean one."""
+    from autolora.accuracy import clean_accuracy, clean_and_pgd_accuracy, tensor_batches
 
-    from autolora.attacks import pgd
-
-    model.eval()
-    correct = 0
-    for start in range(0, len(x), 256):
-        xb, yb = x[start : start + 256], y[start : start + 256]
-        if adversarial and settings.eps > 0:
-            xb = pgd(
-                model,
-                xb,
-                yb,
-                eps=settings.eps,
-                step=settings.eps / 4,
-                steps=settings.eval_steps,
-                random_start=False,
-            )
-        with torch.no_grad():
-            correct += int((model(xb).argmax(1) == yb).sum())
-    return 100.0 * correct / len(x)
+    batches = tensor_batches(x, y, EVALUATION_BATCH_SIZE)
+    if settings.eps > 0:
+        clean, robust, _ = clean_and_pgd_accuracy(
+            model, batches, eps=settings.eps, step=settings.eps / 4, steps=settings.eval_steps
+        )
+        return clean, robust
+    clean, _ = clean_accuracy(model, batches)
+    return clean, clean
 
 
 def pretrain(settings: PretrainSettings) -> tuple[Any, dict[str, Any]]:
@@ -153,13 +144,10 @@ def pretrain(settings: PretrainSettings) -> tuple[Any, dict[str, Any]]:
             loss.backward()
             optimizer.step()
             schedule.step()
+    clean, robust = test_accuracy_percent(model, x_test, y_test, settings=settings)
     metrics = {
-        "clean_accuracy": model_accuracy_percent(
-            model, x_test, y_test, settings=settings, adversarial=False
-        ),
-        "robust_accuracy": model_accuracy_percent(
-            model, x_test, y_test, settings=settings, adversarial=True
-        ),
+        "clean_accuracy": clean,
+        "robust_accuracy": robust,
         "chance_accuracy": 100.0 / settings.num_classes,
         "n": len(x_test),
     }

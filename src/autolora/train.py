@@ -93,15 +93,15 @@ import torch
 from torch import Tensor
 
 from autolora import cellfolder, checkpoints, environment, records
+from autolora.accuracy import batches_on, clean_and_pgd_accuracy, lora_accuracy
 from autolora.data.gpu_augment import DeviceAugmenter, device_batches, make_device_loader
 from autolora.data.loaders import make_loader
 from autolora.data.prepared import PreparedDataset
 from autolora.data.transforms import TransformSpec
 from autolora.errors import ChecksumError, ConfigError, DataError
-from autolora.evaluate import batches_on, clean_and_pgd_accuracy, lora_accuracy
 from autolora.fastpath import FastPaths, configure_backends, prepare_model, training_autocast
 from autolora.files import as_json_data, read_json, sha256_file, write_text
-from autolora.methods import Method, MethodSettings, build_method
+from autolora.methods import Method, build_method, method_settings
 from autolora.models import (
     build_model,
     count_lora_parameters,
@@ -150,21 +150,6 @@ def derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed for the stream named by ``parts`` (e.g. ``"train", epoch``)."""
     text = json.dumps([seed, *parts])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
-def method_settings(config: CellConfig) -> MethodSettings:
-    optional = {
-        key: getattr(config, key)
-        for key in ("beta", "twins_gamma", "lora_rank", "lora_blocks", "twins_gamma_on")
-        if getattr(config, key) is not None
-    }
-    return MethodSettings(
-        eps=config.attack.eps,
-        step=config.attack.step,
-        attack_steps=config.attack.train_steps,
-        kl_divisor=config.kl_divisor_value,
-        **optional,
-    )
 
 
 def parse_spec(text: str) -> tuple[dict[str, Any], Path | None]:

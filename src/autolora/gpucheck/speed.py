@@ -290,11 +290,11 @@ def data_path(context: StepContext) -> None:
     import torch
 
     from autolora import bench
+    from autolora.accuracy import batches_on
     from autolora.data.gpu_augment import DeviceAugmenter, device_batches, make_device_loader
     from autolora.data.loaders import make_loader
     from autolora.data.prepared import PreparedDataset
     from autolora.data.transforms import TransformSpec
-    from autolora.evaluate import batches_on
     from autolora.fastpath import FastPaths, configure_backends
     from autolora.planning.grid import load_config
 
