@@ -74,42 +74,44 @@ def _step(method, model, x, y, device, *, seed: int):
     return loss, {name: g.cpu() for name, g in gradients.items()}
 
 
-def training_step_agreement(context: StepContext) -> None:
+def _bench_case(context: StepContext):
+    """The step's backbone and batch geometry (a bench case), the device and the CPU."""
     import torch
 
-    from autolora import bench, fastpath
-    from autolora.methods import MethodSettings, build_method
-    from autolora.models import build_model
+    from autolora import bench
 
-    options, record = context.options, context.record
-    device, cpu = torch.device(context.device), torch.device("cpu")
+    options = context.options
     case = bench.BenchCase(
         options["arch"], options["image_size"], options["batch_size"],
         options["input_upsample"], options["num_classes"],
     )  # fmt: skip
+    return case, torch.device(context.device), torch.device("cpu")
+
+
+def _seeded(case, device, **model_options: Any):
+    """The case's model seeded by ``SEED`` (on the CPU), a copy on ``device``, and the CPU batch."""
+    import torch
+
+    from autolora import bench
+
+    torch.manual_seed(SEED)
+    model = bench.case_model(case, **model_options)
+    x, y = bench.random_batch(case, torch.device("cpu"), SEED)
+    return model, copy.deepcopy(model).to(device), x, y
+
+
+def training_step_agreement(context: StepContext) -> None:
+    from autolora import bench, fastpath
+
+    options, record = context.options, context.record
+    case, device, cpu = _bench_case(context)
     record.figure("case", case.label)
     fp32_tolerance = fastpath.tolerances(fastpath.FastPaths())
     worst = {"fp32_cosine": 1.0, "fp32_loss": 0.0, "default_cosine": 1.0}
     for name in options["methods"]:
-
-        def make(attack_steps: int, name: str = name):
-            method = build_method(
-                name,
-                MethodSettings(eps=bench.EPS, step=bench.STEP, attack_steps=attack_steps,
-                               kl_divisor=case.batch_size),
-            )  # fmt: skip
-            if method.uses_lambda_pass:
-                method.set_lambdas(0.5, 3.0)
-            return method
-
-        method, without_attack = make(options["attack_steps"]), make(0)
-        torch.manual_seed(SEED)
-        model = build_model(
-            case.arch, case.num_classes, input_upsample=case.input_upsample,
-            **method.model_options(),
-        )  # fmt: skip
-        on_device = copy.deepcopy(model).to(device)
-        x, y = bench.random_batch(case, cpu, SEED)
+        method = bench.bench_method(name, case.batch_size, options["attack_steps"])
+        without_attack = bench.bench_method(name, case.batch_size, 0)
+        model, on_device, x, y = _seeded(case, device, **method.model_options())
         with full_fp32():
             # the step without PGD (its random start only) is smooth in the weights and inputs:
             # only rounding can differ; PGD's sign steps can amplify rounding (a near-zero input
@@ -189,18 +191,12 @@ def attacks_agreement(context: StepContext) -> None:
     import torch
 
     from autolora import attacks, bench
-    from autolora.models import build_model
 
     options, record = context.options, context.record
-    device, cpu = torch.device(context.device), torch.device("cpu")
-    case = bench.BenchCase(
-        options["arch"], options["image_size"], options["batch_size"],
-        options["input_upsample"], options["num_classes"],
-    )  # fmt: skip
-    torch.manual_seed(SEED)
-    model = build_model(case.arch, case.num_classes, input_upsample=case.input_upsample).eval()
-    on_device = copy.deepcopy(model).to(device)
-    x, _ = bench.random_batch(case, cpu, SEED)
+    case, device, cpu = _bench_case(context)
+    model, on_device, x, _ = _seeded(case, device)
+    model.eval()
+    on_device.eval()
     with full_fp32(), torch.no_grad():
         y = model(x).argmax(1)  # every point starts correctly classified
     with full_fp32():
