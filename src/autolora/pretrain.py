@@ -95,13 +95,43 @@ def test_accuracy_percent(model, x, y, *, settings: PretrainSettings) -> tuple[f
     return clean, clean
 
 
+class MadryTraining:
+    """The source task's adversarial training (Madry et al.): cross-entropy on PGD examples with a
+    random start (clean examples when ε is 0), taken as a method's step by
+    ``autolora.train.step.TrainingStep``."""
+
+    def __init__(self, settings: PretrainSettings) -> None:
+        self.settings = settings
+
+    def training_step(self, model, x, y, *, generator):
+        import torch.nn.functional as F
+
+        from autolora.attacks import pgd
+        from autolora.methods import StepResult
+
+        settings = self.settings
+        if settings.eps > 0:
+            x = pgd(
+                model,
+                x,
+                y,
+                eps=settings.eps,
+                step=settings.step,
+                steps=settings.attack_steps,
+                random_start=True,
+                generator=generator,
+            )
+        model.train()
+        return StepResult(F.cross_entropy(model(x), y))
+
+
 def pretrain(settings: PretrainSettings) -> tuple[Any, dict[str, Any]]:
     """Train; return the backbone (torchvision-named module) and the metrics."""
     import torch
-    import torch.nn.functional as F
 
-    from autolora.attacks import pgd
+    from autolora.fastpath import FastPaths
     from autolora.models import build_model
+    from autolora.train.step import TrainingStep
 
     settings.check()
     torch.manual_seed(settings.seed)
@@ -118,6 +148,9 @@ def pretrain(settings: PretrainSettings) -> tuple[Any, dict[str, Any]]:
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch
     )
+    step = TrainingStep(
+        MadryTraining(settings), model, optimizer, paths=FastPaths(), device=torch.device("cpu")
+    )
     shuffle = torch.Generator().manual_seed(settings.seed)
     attack_noise = torch.Generator().manual_seed(settings.seed + 1)
     for _ in range(settings.epochs):
@@ -127,22 +160,7 @@ def pretrain(settings: PretrainSettings) -> tuple[Any, dict[str, Any]]:
             x, y = x_train[batch], y_train[batch]
             flip = torch.rand(len(x), generator=shuffle) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            if settings.eps > 0:
-                x = pgd(
-                    model,
-                    x,
-                    y,
-                    eps=settings.eps,
-                    step=settings.step,
-                    steps=settings.attack_steps,
-                    random_start=True,
-                    generator=attack_noise,
-                )
-            model.train()
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step(x, y, generator=attack_noise)
             schedule.step()
     clean, robust = test_accuracy_percent(model, x_test, y_test, settings=settings)
     metrics = {

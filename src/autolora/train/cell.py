@@ -23,6 +23,7 @@ from autolora import cellfolder, checkpoints, environment
 from autolora.planning import layout
 from autolora.planning.cells import CellConfig, resolve_cell
 from autolora.records import RunRecord
+from autolora.train.inputs import RunInputs
 from autolora.train.keeping import (
     finished_run_names,
     missing_and_changed_outputs,
@@ -63,16 +64,19 @@ def train_cell(
     config = resolve_cell(spec).with_runtime(runtime)
     out_dir = Path(out_dir)
     with cellfolder.locked(out_dir), cellfolder.attempt_log(out_dir) as log_path:
-        training = CellTraining(
+        sources = RunInputs(
             config,
             spec,
             data_dir=Path(data_dir),
             weights=Path(weights),
-            out_dir=out_dir,
             spec_file=None if spec_file is None else Path(spec_file),
+            weights_lock=Path(weights_lock),
+        )
+        training = CellTraining(
+            sources,
+            out_dir=out_dir,
             command=command if command is not None else environment.command_line(),
             log_path=log_path,
-            weights_lock=Path(weights_lock),
         )
         training.verify_inputs()
         kept = read_run_record(out_dir, out_dir / layout.COMPLETED_DIR)

@@ -44,7 +44,6 @@ from autolora.models import (
     load_backbone_state,
 )
 from autolora.planning import layout
-from autolora.planning.cells import CellConfig
 from autolora.planning.protocol import protocol_choices
 from autolora.records import RunRecord
 from autolora.schedules import AutoLR, lambda_weights, multistep_lr
@@ -64,7 +63,6 @@ from autolora.train.interrupts import (
 from autolora.train.keeping import relative_log
 from autolora.train.state import Progress, StateKeeper
 from autolora.train.step import TrainingStep, derive_seed
-from autolora.weights import DEFAULT_LOCK
 
 logger = logging.getLogger(__name__)
 
@@ -73,34 +71,18 @@ class CellTraining:
     """One cell's training run; :meth:`run` does everything and returns the run record."""
 
     def __init__(
-        self,
-        config: CellConfig,
-        spec: dict[str, Any],
-        *,
-        data_dir: Path,
-        weights: Path,
-        out_dir: Path,
-        spec_file: Path | None,
-        command: str,
-        log_path: Path | None = None,
-        weights_lock: Path = DEFAULT_LOCK,
+        self, sources: RunInputs, *, out_dir: Path, command: str, log_path: Path | None = None
     ) -> None:
+        config = sources.config
+        self.sources = sources
         self.config = config
         self.log_path = log_path
-        self.spec = spec
+        self.spec = sources.spec
         self.out_dir = out_dir
         self.state_dir = out_dir / layout.STATE_DIR
         self.command = command
         self.config_dict = config.to_dict()
         self.device = environment.resolve_device(config.runtime.device)
-        self.sources = RunInputs(
-            config,
-            spec,
-            data_dir=data_dir,
-            weights=weights,
-            spec_file=spec_file,
-            weights_lock=weights_lock,
-        )
         self.keeper = StateKeeper(out_dir, self.config_dict, self.device)
         self.fast_paths = FastPaths.from_runtime(config.runtime)
         self.stop = StopFlag()
