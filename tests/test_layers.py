@@ -144,3 +144,34 @@ def test_a_layer_module_imported_alone_loads_no_torch(module):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"{module} loads {done.stdout.strip()}"
+
+
+def test_train_and_evaluate_do_not_import_each_other():
+    train = [m for m in MODULES if m == "autolora.train" or m.startswith("autolora.train.")]
+    for module in train:
+        assert "autolora.evaluate" not in _imports(module, top_level_only=False), module
+    assert not {m for m in _imports("autolora.evaluate", top_level_only=False) if m in train}, (
+        "autolora.evaluate imports training code"
+    )
+
+
+# What takes a training step: the method's loss, its backward and the optimizer's update.
+STEP_CALLS = {"training_step", "backward", "zero_grad"}
+TRAINS = ("autolora.bench.timing", "autolora.bench.equivalence", "autolora.pretrain")
+
+
+@pytest.mark.parametrize(
+    "module",
+    [m for m in MODULES if m.startswith("autolora.bench")] + ["autolora.pretrain"],
+)
+def test_the_bench_and_pretraining_take_the_training_loops_step(module):
+    """No training loop of their own: every step goes through ``autolora.train.step``."""
+    tree = ast.parse(_source(module).read_text())
+    calls = {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    }
+    assert not calls & STEP_CALLS, f"{module} calls {sorted(calls & STEP_CALLS)} itself"
+    if module in TRAINS:
+        assert "autolora.train.step" in _imports(module, top_level_only=False), module
