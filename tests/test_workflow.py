@@ -414,6 +414,17 @@ def test_another_autoattack_setting_re_evaluates_and_retrains_nothing(finished_g
 
 
 @pytest.mark.slow
+def test_another_selection_evaluates_the_other_checkpoint_and_retrains_nothing(finished_grid):
+    """Every run writes best_test, best_val and final: the selection picks the one the tables
+    report, so choosing another evaluates that one in each cell and trains nothing."""
+    output = dry_run(finished_grid, edited(**{"training.selection": "best_val"}))
+    counts = job_counts(output)
+    assert "train" not in counts and counts["evaluate"] == 4, counts
+    evaluations = [j for j in output.split("\nrule ") if j.startswith("evaluate:")]
+    assert all("eval-best_val.json" in job for job in evaluations)
+
+
+@pytest.mark.slow
 def test_deleting_one_evaluation_reruns_only_it_and_the_aggregation(finished_grid):
     config = str(finished_grid / "tiny.yaml")
     up_to_date = snakemake("-n", "--configfile", config, workdir=finished_grid)
