@@ -21,9 +21,10 @@ from safetensors.numpy import save_file
 
 from autolora.data.sources import CATALOGUE as DATASETS
 from autolora.files import sha256_file, write_json
+from autolora.pins import record_lock
 from autolora.planning.grid import TableEntry
 from autolora.records import seal
-from autolora.weights import CATALOGUE, record_lock
+from autolora.weights import CATALOGUE
 
 CHECKPOINTS = ("best_val", "best_test", "final")
 

@@ -270,6 +270,9 @@ def test_recompute_evaluates_aa_again_with_the_variant_it_was_recorded_with(tmp_
         del record["autoattack"]["version"]
     else:
         record["autoattack"]["version"] = version
+    record["autoattack"]["batch_size"] = 37
     record = EvaluationRecord.from_json(record, cell / "eval-best_test.json", "a test record")
     arguments = _evaluation_arguments(record, tmp_path, "AA")
     assert arguments["autoattack"] and arguments["autoattack_version"] == (version or "standard")
+    # and with the recorded batch size, which decides which examples share AutoAttack's batches
+    assert arguments["autoattack_batch_size"] == record.autoattack["batch_size"]

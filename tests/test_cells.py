@@ -106,7 +106,7 @@ def test_protocols_differ_as_spec_section_7():
         "eps": 0.01,
         "step": clean.attack.step,
         "split_scheme": "clean",
-        "selection": "best_val",
+        "selection": None,  # the evaluation's (training writes every checkpoint)
         "kl_divisor": "actual",
         "test_each_epoch": True,
         "lora_blocks": None,  # read by AutoLoRa only
@@ -279,7 +279,9 @@ def test_identity_and_spec_errors():
     with pytest.raises(ConfigError, match="'eps_pt'"):
         cell(eps_pt=3)
     with pytest.raises(ConfigError, match="test_each_epoch"):
-        cell(overrides={"test_each_epoch": False})
+        cell(overrides={"test_each_epoch": False, "selection": "best_test"})
+    # a train job's spec carries no selection (the evaluation's): nothing to check then
+    assert not cell(overrides={"test_each_epoch": False}).test_each_epoch
     assert (
         cell(overrides={"test_each_epoch": False, "selection": "best_val"}).selection == "best_val"
     )

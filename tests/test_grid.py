@@ -199,6 +199,19 @@ def test_reported_checkpoint_and_checkpoints_follow_the_protocol(paper):
     assert reported_checkpoint(clean) == "best_val"
     no_test = {**paper, "training": {"test_each_epoch": False, "selection": "best_val"}}
     assert train_checkpoints(no_test) == ["best_val", "final"]
+    # the protocol's best_test without a test pass each epoch: refused when the config is read
+    with pytest.raises(ConfigError, match="training.selection: best_val"):
+        check_config({**paper, "training": {"test_each_epoch": False}})
+
+
+def test_the_selection_is_the_evaluations_not_part_of_a_cells_identity(paper):
+    chosen = {**paper, "training": {"selection": "best_val"}}
+    cells, defaults = expand_grid(chosen).cells, expand_grid(paper).cells
+    assert cells.keys() == defaults.keys()
+    for cell_id, spec in cells.items():
+        assert spec["overrides"]["selection"] == "best_val"  # the plan's full spec has it
+        assert "selection" not in identity_spec(spec)["overrides"]  # the train job's has not
+        assert identity_spec(spec) == identity_spec(defaults[cell_id])
 
 
 def broken(paper, path: str, value) -> dict:

@@ -350,3 +350,46 @@ def test_download_with_staging_keeps_finished_archives_when_a_later_one_fails(
     assert (dest / "lists.tar").read_bytes() == lists_payload
     assert len(images_seen) == 1  # fetched once: the retry reused the staged archive
     assert list(staging.iterdir()) == []
+
+
+def test_archives_without_a_published_checksum_are_pinned_on_first_use(
+    tmp_path, server, monkeypatch
+):
+    """Stanford Dogs publishes no checksum: the first download pins each archive's sha256 in the
+    lock file, a later download of other bytes is refused, and so is a changed archive placed by
+    hand for the preparation."""
+    import hashlib
+
+    from autolora.data.sources import download_dataset, verify_archives
+    from autolora.pins import read_lock
+
+    lists = b"lists" * 1000
+    images_url, _ = server(PAYLOAD)
+    lists_url, _ = server(lists)
+    dogs = dataclasses.replace(
+        CATALOGUE["dogs"],
+        files=(
+            ArchiveFile("images.tar", images_url + "images.tar", None),
+            ArchiveFile("lists.tar", lists_url + "lists.tar", None),
+        ),
+    )
+    monkeypatch.setitem(CATALOGUE, "dogs", dogs)
+    lock = tmp_path / "weights.lock"
+    first = tmp_path / "first"
+    download_dataset("dogs", first, progress=False, lock_path=lock)
+    pinned = hashlib.sha256(PAYLOAD).hexdigest()
+    assert read_lock(lock) == {
+        "dogs/images.tar": pinned,
+        "dogs/lists.tar": hashlib.sha256(lists).hexdigest(),
+    }
+
+    other_url, _ = server(PAYLOAD[::-1])  # the host now serves other bytes under the same name
+    changed = (ArchiveFile("images.tar", other_url + "images.tar", None), dogs.files[1])
+    monkeypatch.setitem(CATALOGUE, "dogs", dataclasses.replace(dogs, files=changed))
+    with pytest.raises(ChecksumError, match=f"expected {pinned} .*delete its line from"):
+        download_dataset("dogs", tmp_path / "second", progress=False, lock_path=lock)
+
+    verify_archives(dogs, first, lock)  # the pinned archives placed by hand: accepted
+    (first / "images.tar").write_bytes(PAYLOAD[::-1])
+    with pytest.raises(ChecksumError, match="dogs/images.tar"):
+        verify_archives(dogs, first, lock)

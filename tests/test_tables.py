@@ -593,6 +593,15 @@ def test_report_status_is_complete_when_every_number_is(root, grid):
     assert "; AA: standard AutoAttack**" in report
 
 
+def test_the_report_spells_settings_as_the_config_file_does(root, grid):
+    populate(root, grid)
+    overrides = {"attack": {"train_steps": 3}, "test_each_epoch": True}
+    report = (aggregate_into(root, {**CONFIG, "training": overrides}) / "report.md").read_text()
+    assert "| test_each_epoch | true |" in report
+    assert "- `attack`: `{train_steps: 3}`" in report
+    assert "- `test_each_epoch`: `true`" in report
+
+
 def test_tables_provenance_grid_and_stats_do_not_import_torch():
     """docs/internals.md: Table 3's counts are passed in; these modules never import torch."""
     import subprocess

@@ -142,7 +142,7 @@ def test_each_method_learns_and_records_the_run(method, inputs, tmp_path):
     assert record["cell_id"] == f"paper/runs/tiny-eps0/synth/{method}/seed0"
     assert record["epochs_run"] == 3 and len(record["attempts"]) == 1
     assert record["protocol"]["name"] == "paper"
-    assert record["protocol"]["choices"]["selection"] == "best_test"
+    assert record["protocol"]["choices"]["selection"] is None  # the evaluation's choice
     roles = {item["role"]: item for item in record["inputs"]}
     assert roles["weights"]["sha256"] == sha256(weights)
     assert roles["dataset"]["sha256"] == sha256(data / "dataset.json")

@@ -77,18 +77,18 @@ def paper_dry_run(tmp_path_factory):
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert result.returncode == 0, result.stderr + result.stdout
-    return result.stdout + result.stderr, cpu, wall
+    return result.stdout + result.stderr, cpu, wall, workdir
 
 
 def test_full_grid_dag_has_the_exact_jobs_per_rule(paper_dry_run):
-    output, cpu, wall = paper_dry_run
+    output, cpu, wall, _ = paper_dry_run
     assert job_counts(output) == PAPER_JOBS
     # CPU time, since the wall time on a shared CI machine depends on its other load
     assert cpu < 10, f"building the paper's DAG took {cpu:.1f} s of CPU ({wall:.1f} s wall)"
 
 
 def test_train_and_evaluate_resources_come_from_the_cost_model(paper_dry_run):
-    output, _, _ = paper_dry_run
+    output, _, _, _ = paper_dry_run
     config = load_config(PAPER_CONFIG)
     cell = "paper/runs/resnet50-eps4/cifar10/autolora/seed6"
     spec = expand_grid(config).cells[cell]
@@ -113,7 +113,7 @@ def evaluate_commands(output: str, results: str) -> dict[str, str]:
 
 
 def test_the_paper_grid_runs_standard_autoattack_on_tables_1_and_2(paper_dry_run):
-    output, _, _ = paper_dry_run
+    output, _, _, _ = paper_dry_run
     config = load_config(PAPER_CONFIG)
     grid = expand_grid(config)
     commands = evaluate_commands(output, "results")
@@ -122,6 +122,24 @@ def test_the_paper_grid_runs_standard_autoattack_on_tables_1_and_2(paper_dry_run
     for cell, command in commands.items():
         expected = "--autoattack-version standard" if cell in aa_cells else "--no-autoattack"
         assert expected in command, command
+
+
+def test_every_job_uses_the_weights_lock_committed_with_the_workflow(paper_dry_run):
+    """Run from another folder (--directory), the pins in the repository's config/weights.lock
+    still apply: the jobs that download, convert, prepare or train from pinned files get its path
+    (the crate copies that file)."""
+    output, _, _, workdir = paper_dry_run
+    lock = ROOT / "config" / "weights.lock"
+    commands = [
+        line
+        for line in output.splitlines()
+        if re.search(
+            r"autolora (data download|data prepare|weights download|weights convert|train) ", line
+        )
+    ]
+    assert len(commands) == 6 + 6 + 6 + 6 + PAPER_TRAIN_JOBS
+    used = {re.search(r"--lock (\S+)", line).group(1).strip("'") for line in commands}
+    assert {(workdir / path).resolve() for path in used} == {lock.resolve()}
 
 
 def test_the_demo_runs_reduced_autoattack_on_every_table1_cell(tmp_path):
@@ -411,6 +429,17 @@ def test_another_autoattack_setting_re_evaluates_and_retrains_nothing(finished_g
     commands = [line for line in output.splitlines() if " autolora evaluate " in line]
     assert len(commands) == 4
     assert all("--autoattack-batch-size 4" in command for command in commands)
+
+
+@pytest.mark.slow
+def test_another_selection_evaluates_the_other_checkpoint_and_retrains_nothing(finished_grid):
+    """Every run writes best_test, best_val and final: the selection picks the one the tables
+    report, so choosing another evaluates that one in each cell and trains nothing."""
+    output = dry_run(finished_grid, edited(**{"training.selection": "best_val"}))
+    counts = job_counts(output)
+    assert "train" not in counts and counts["evaluate"] == 4, counts
+    evaluations = [j for j in output.split("\nrule ") if j.startswith("evaluate:")]
+    assert all("eval-best_val.json" in job for job in evaluations)
 
 
 @pytest.mark.slow

@@ -60,6 +60,8 @@ def _evaluation_arguments(record: EvaluationRecord, root: Path, metric: str) -> 
         "autoattack": metric == "AA",
         # the AutoAttack variant the recorded AA came from (records without one ran standard)
         "autoattack_version": record.autoattack_version or STANDARD,
+        # and its batch size: it decides which examples share a batch, hence the random starts
+        "autoattack_batch_size": (record.autoattack or {}).get("batch_size"),
     }
 
 
@@ -109,6 +111,7 @@ def recompute_number(
                 n=arguments["n"],
                 autoattack=arguments["autoattack"],
                 autoattack_version=arguments["autoattack_version"],
+                autoattack_batch_size=arguments["autoattack_batch_size"],
                 device=device,
                 command="autolora audit --recompute",
             )

@@ -8,11 +8,9 @@ model loader ignores the head).
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import pickle
-import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +19,8 @@ from typing import Any
 
 from autolora.data.sources.download import Checksum, download
 from autolora.errors import ChecksumError, ConfigError, DataError
-from autolora.files import atomic_write, sha256_file
+from autolora.files import sha256_file
+from autolora.pins import DEFAULT_LOCK, check_or_pin, read_lock
 from autolora.planning import layout
 from autolora.planning.vocabulary import ARCHS, PUBLISHED_ARCHS, PUBLISHED_EPS_PT_255
 from autolora.records import BackboneRecord
@@ -31,9 +30,7 @@ log = logging.getLogger(__name__)
 HOST = "https://huggingface.co/madrylab/robust-imagenet-models/resolve/main"
 EPS_VALUES = tuple(float(eps) for eps in PUBLISHED_EPS_PT_255)  # L-inf, /255
 APPROX_SIZE_MB = {"resnet18": 93.6, "resnet50": 205.0}
-DEFAULT_LOCK = Path("config/weights.lock")
 STATE_PREFIX = "module.model."
-SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 PUBLISHED_SHA256: dict[str, str | None] = {
     "resnet18_linf_eps0.5.ckpt": "48d5e933d4ec99b390a0b7c628a4303343f9517a46245cbd7d2f2c034cbd93ee",
@@ -106,44 +103,6 @@ def entry_for_file(path: str | os.PathLike) -> WeightFile:
     )
 
 
-# ---- lock file (trust on first use) -----------------------------------------------------------
-
-
-def read_lock(path: str | os.PathLike) -> dict[str, str]:
-    """The ``file: sha256`` entries of the lock file; a missing file has none.
-
-    The file reads as YAML, but it is parsed line by line: a YAML loader would turn a digest made
-    of digits only into a number.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    entries: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        content = line.split("#", 1)[0].strip()
-        if not content:
-            continue
-        name, _, digest = (part.strip() for part in content.partition(":"))
-        if not name or not SHA256_PATTERN.fullmatch(digest.lower()):
-            raise ConfigError(
-                f"{path}, line {number}: expected 'file name: <64 hex digits>', got {line.strip()!r}; "
-                "fix or delete that line"
-            )
-        entries[name] = digest.lower()
-    return entries
-
-
-def record_lock(path: str | os.PathLike, file: str, sha256: str) -> None:
-    """Append ``file: sha256`` to the lock file (atomically; existing lines and comments kept)."""
-    path = Path(path)
-    text = path.read_text() if path.is_file() else ""
-    if text and not text.endswith("\n"):
-        text += "\n"
-    today = datetime.date.today().isoformat()
-    with atomic_write(path) as handle:
-        handle.write(f"{text}{file}: {sha256}  # recorded on first use, {today}\n")
-
-
 def verify_weights(
     path: str | os.PathLike, entry: WeightFile, lock_path: str | os.PathLike = DEFAULT_LOCK
 ) -> str:
@@ -175,21 +134,12 @@ def check_pinned(
     """Compare ``actual`` (the sha256 of ``path``, a copy of ``entry.file``) with the published
     or pinned hash; pin it where there is none (trust on first use). Returns the origin."""
     expected, origin = pinned_sha256(entry, lock_path)
-    if expected is None:
-        record_lock(lock_path, entry.file, actual)
-        log.warning(
-            "%s: no published sha256; recorded %s in %s (trust on first use: commit that file)",
-            entry.file,
-            actual,
-            lock_path,
-        )
-        return f"{lock_path} (recorded now)"
+    redo = "delete it and download it again"
+    if origin != "published":
+        return check_or_pin(actual, entry.file, lock_path, path, redo)
     if actual != expected:
-        fix = "delete it and download it again"
-        if origin != "published":
-            fix += f"; if you trust the new file, delete its line from {lock_path}"
         raise ChecksumError(
-            f"{path}: sha256 is {actual}, expected {expected} ({origin}) for {entry.file}; {fix}"
+            f"{path}: sha256 is {actual}, expected {expected} ({origin}) for {entry.file}; {redo}"
         )
     return origin
 

@@ -42,6 +42,9 @@ CONDA_ENV = "../../envs/autolora.yaml"
 PAPER_RESULTS = os.path.relpath(
     os.path.join(workflow.basedir, "config", "paper_results.csv")
 )
+# The pinned backbone hashes committed with the workflow (not the working directory's): a
+# resource, not a param, like the runtime, so that moving the repository reruns nothing.
+WEIGHTS_LOCK = os.path.relpath(os.path.join(workflow.basedir, "config", "weights.lock"))
 # How cells are computed (device, workers, fast paths): not a param, so changing it reruns nothing.
 RUNTIME_JSON = json.dumps(grid.runtime(config), sort_keys=True, separators=(",", ":"))
 # CPUs of a training or evaluation job: the data-loader workers plus the main process.

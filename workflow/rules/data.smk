@@ -19,9 +19,11 @@ rule download_dataset:
         # Partial and finished archives wait here, outside the output folder that Snakemake
         # deletes when the job fails, so a retry resumes instead of starting over.
         staging=lambda wildcards: layout.dataset_staging(RESOURCES, wildcards.dataset),
+    resources:
+        weights_lock=WEIGHTS_LOCK,
     shell:
         "autolora data download --dataset {wildcards.dataset} --dest {output:q} "
-        "--staging {params.staging:q} > {log:q} 2>&1"
+        "--staging {params.staging:q} --lock {resources.weights_lock:q} > {log:q} 2>&1"
 
 
 rule prepare_dataset:
@@ -35,13 +37,14 @@ rule prepare_dataset:
         dataset=_alternatives(REAL_DATASETS),
     conda:
         CONDA_ENV
-    threads: 4
+    threads: 1
     resources:
         mem_mb=16000,
         runtime=120,
+        weights_lock=WEIGHTS_LOCK,
     shell:
         "autolora data prepare --dataset {wildcards.dataset} --source {input:q} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--lock {resources.weights_lock:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule synthesize_dataset:

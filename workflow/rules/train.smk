@@ -29,6 +29,7 @@ rule train:
         runtime=train_runtime_min,
         slurm_extra=train_slurm_extra,
         autolora_runtime=runtime_json,
+        weights_lock=WEIGHTS_LOCK,
     params:
         spec=cell_spec_json,
         out_dir=lambda wildcards, output: os.path.dirname(output.run),
@@ -39,4 +40,5 @@ rule train:
         "trap 'echo \"signal received: waiting for autolora train to save its state\" >&2' TERM; "
         "OMP_NUM_THREADS={threads} autolora train --spec {params.spec:q} "
         "--runtime {resources.autolora_runtime:q} --data {input.data:q} "
-        "--weights {input.weights:q} --out {params.out_dir:q} > {log:q} 2>&1"
+        "--weights {input.weights:q} --lock {resources.weights_lock:q} "
+        "--out {params.out_dir:q} > {log:q} 2>&1"

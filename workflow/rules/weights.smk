@@ -14,9 +14,11 @@ rule download_weights:
     conda:
         CONDA_ENV
     threads: 1
+    resources:
+        weights_lock=WEIGHTS_LOCK,
     shell:
         "autolora weights download --arch {wildcards.arch} --eps {wildcards.eps} "
-        "--dest {output:q} > {log:q} 2>&1"
+        "--lock {resources.weights_lock:q} --dest {output:q} > {log:q} 2>&1"
 
 
 rule convert_weights:
@@ -34,9 +36,10 @@ rule convert_weights:
     resources:
         mem_mb=8000,
         runtime=20,
+        weights_lock=WEIGHTS_LOCK,
     shell:
         "autolora weights convert --src {input:q} --arch {wildcards.arch} --eps {wildcards.eps} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--lock {resources.weights_lock:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule pretrain_backbone:

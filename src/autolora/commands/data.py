@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prepare.add_argument("--dataset", required=True, help=", ".join(DATASETS))
     prepare.add_argument("--source", required=True, help="folder holding the downloaded archives")
     prepare.add_argument("--out", required=True, help="prepared dataset folder (must not exist)")
+    for action in (download, prepare):
+        action.add_argument(
+            "--lock",
+            default="config/weights.lock",
+            help="lock file of pinned hashes: an archive with no published checksum (Stanford "
+            "Dogs) is checked against its line, or pinned there on first use",
+        )
     synth = actions.add_parser("synthesize", help="write a synthetic dataset")
     synth.add_argument("--out", required=True, help="prepared dataset folder (must not exist)")
     synth.add_argument("--name", default=None, help="dataset name (default: the folder name)")
@@ -47,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
 def run_download(args: argparse.Namespace) -> int:
     from autolora.data.sources import download_dataset
 
-    for path in download_dataset(args.dataset, args.dest, staging_dir=args.staging):
+    for path in download_dataset(
+        args.dataset, args.dest, staging_dir=args.staging, lock_path=args.lock
+    ):
         print(f"{path}: verified")
     return 0
 
@@ -71,7 +80,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     from autolora.data.prepared import PreparedDataset
     from autolora.data.sources import prepare_dataset
 
-    out = prepare_dataset(args.dataset, args.source, args.out)
+    out = prepare_dataset(args.dataset, args.source, args.out, lock_path=args.lock)
     dataset = PreparedDataset.open(out)
     print(f"{out}: {len(dataset):,} images, {dataset.num_classes} classes")
     for line in count_table({scheme: dataset.split_info(scheme) for scheme in dataset.schemes}):

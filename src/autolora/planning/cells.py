@@ -48,6 +48,9 @@ IDENTITY_KEYS = ("protocol", "arch", "eps_pt", "dataset", "method", "variant", "
 SPEC_KEYS = (*IDENTITY_KEYS, "overrides", "hyper")
 SPEC_DEFAULTS = {"protocol": "paper", "arch": "resnet18", "eps_pt": 4, "variant": None, "seed": 0}
 GROUPS = ("attack", "autolr", "autoattack", "runtime")
+# Protocol choices a training run does not read: the checkpoint selection is the evaluation's
+# (training writes every checkpoint), so the run record names none.
+NOT_READ_BY_TRAINING = ("selection",)
 
 # Settings only one method reads; for the others they resolve to None and may not be overridden.
 METHOD_ONLY: dict[str, tuple[str, ...]] = {
@@ -166,12 +169,14 @@ class CellConfig(CellIdentity):
 
     def resolved_choices(self) -> dict[str, Any]:
         """Every protocol choice as resolved for this cell (overrides included; None where the
-        cell's method does not read the choice): the run record's ``protocol.choices``."""
+        cell's method or its training does not read the choice: ``NOT_READ_BY_TRAINING``): the
+        run record's ``protocol.choices``."""
         attack = {"eps": self.attack.eps, "step": self.attack.step}
         return {
             name: attack[name] if name in attack else getattr(self, name)
             for name in PROTOCOL_CHOICES
-        }
+            if name not in NOT_READ_BY_TRAINING
+        } | dict.fromkeys(NOT_READ_BY_TRAINING)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as the run record holds it: ``cell_id`` and every field."""
@@ -546,11 +551,6 @@ def _cross_checks(values: Mapping[str, Any], method: str) -> None:
             f"'overrides.grad_similarity_batches' applies only to method "
             f"{' / '.join(GRAD_SIMILARITY_METHODS)}, not {method!r}; remove it or set 0"
         )
-    if values["selection"] == "best_test" and not values["test_each_epoch"]:
-        raise ConfigError(
-            "selection 'best_test' needs test_each_epoch: true; set one of "
-            "'overrides.selection' = best_val or 'overrides.test_each_epoch' = true"
-        )
 
 
 def _build(identity: Mapping[str, Any], values: Mapping[str, Any]) -> CellConfig:
@@ -598,4 +598,12 @@ def resolve_cell(spec: Mapping[str, Any]) -> CellConfig:
     overridden = _apply_overrides(values, identity, spec.get("overrides") or {}, variant_key)
     _reconcile_autolr_lr(values, overridden)
     _cross_checks(values, identity["method"])
+    # The selection is the evaluation's (it picks a checkpoint; training writes them all), so a
+    # train job's spec does not carry it: only a chosen one is checked against the checkpoints.
+    chosen = "selection" in overridden
+    if chosen and values["selection"] == "best_test" and not values["test_each_epoch"]:
+        raise ConfigError(
+            "selection 'best_test' needs test_each_epoch: true; set one of "
+            "'overrides.selection' = best_val or 'overrides.test_each_epoch' = true"
+        )
     return _build(identity, values)

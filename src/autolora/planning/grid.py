@@ -69,9 +69,11 @@ TABLE_DEFAULTS: dict[str, dict[str, Any]] = {
 # Settings of `training` that do not define a cell's training result, kept out of its identity
 # (the train job's spec, a Snakemake param whose change retrains the cell): the runtime (device,
 # workers, fast paths, determinism) says how it is computed and reaches the job apart from the
-# spec; AutoAttack's settings are read by the evaluation only, whose options they become.
+# spec; AutoAttack's settings are read by the evaluation only, whose options they become; the
+# selection picks which of the checkpoints every run writes is evaluated (the evaluate job's
+# checkpoint wildcard).
 RUNTIME_KEY = "runtime"
-EVALUATION_ONLY_KEYS = ("autoattack",)
+EVALUATION_ONLY_KEYS = ("autoattack", "selection")
 # Top-level keys that change no number of any table: the cost model (time limits, memory).
 UNUSED_BY_RESULTS = ("cost",)
 FOLDER_KEYS = ("results", "resources")
@@ -227,6 +229,12 @@ def check_config(config: Any) -> dict[str, Any]:
             )
     for name, dataset in datasets.items():
         _check_dataset(name, dataset)
+    if reported_checkpoint(config) not in train_checkpoints(config):
+        raise ConfigError(
+            f"the reported checkpoint {reported_checkpoint(config)!r} (training.selection or the "
+            "protocol's) needs training.test_each_epoch: true; set training.selection: best_val "
+            "or training.test_each_epoch: true"
+        )
     evaluation = config.get("evaluation") or {}
     reject_unknown(
         evaluation,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import markdown
 import pandas as pd
+import yaml
 
 from autolora.files import atomic_write
 from autolora.planning import layout
@@ -96,6 +97,12 @@ def cells_without_aa(tables: Sequence[Table]) -> dict[str, set[str]]:
     return groups
 
 
+def config_text(value: object) -> str:
+    """A setting as the config file spells it (YAML flow style: ``true``, ``{train_steps: 3}``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip()
+    return text.removesuffix("...").strip()
+
+
 def _protocol_section(inputs: ReportInputs) -> str:
     lines = [
         "## Protocol",
@@ -104,11 +111,11 @@ def _protocol_section(inputs: ReportInputs) -> str:
         "",
         "| choice | value |",
         "|---|---|",
-        *(f"| {k} | {v} |" for k, v in sorted(inputs.choices.items())),
+        *(f"| {k} | {config_text(v)} |" for k, v in sorted(inputs.choices.items())),
     ]
     if inputs.overrides:
         lines += ["", "Overrides applied to every cell (config `training`):", ""]
-        lines += [f"- `{k}`: `{v}`" for k, v in sorted(inputs.overrides.items())]
+        lines += [f"- `{k}`: `{config_text(v)}`" for k, v in sorted(inputs.overrides.items())]
     lines += [
         "",
         f"Statistics: mean over seeds, {STD_DESCRIPTION}; the number of seeds is in parentheses. "

@@ -18,6 +18,7 @@ from pathlib import Path
 from autolora.data.sources.download import Checksum, download, remove_tree, verify_file
 from autolora.errors import ConfigError, DataError
 from autolora.files import sha256_file
+from autolora.pins import check_or_pin
 from autolora.planning.vocabulary import DATASETS, DatasetFacts
 
 log = logging.getLogger(__name__)
@@ -143,18 +144,38 @@ def dataset_source(key: str) -> DatasetSource:
         ) from None
 
 
+def pin_name(source: DatasetSource, archive: ArchiveFile) -> str:
+    """An unpublished archive's name in the lock file: ``<dataset>/<file>``."""
+    return f"{source.key}/{archive.name}"
+
+
+def check_unpublished(
+    source: DatasetSource, archive: ArchiveFile, path: Path, lock_path: str | os.PathLike | None
+) -> str:
+    """The sha256 of an archive whose publisher gives no checksum, checked against the one the
+    lock file pins (pinned now where there is none: trust on first use; no check without a
+    lock). Returns the sha256."""
+    actual = sha256_file(path)
+    if lock_path is not None:
+        redo = f"delete it and run `autolora data download --dataset {source.key}` again"
+        check_or_pin(actual, pin_name(source, archive), lock_path, path, redo)
+    return actual
+
+
 def download_dataset(
     key: str,
     dest_dir: str | os.PathLike,
     *,
     staging_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
+    lock_path: str | os.PathLike | None = None,
 ) -> list[Path]:
     """Download and verify every archive of dataset ``key`` into ``dest_dir``.
 
     With ``staging_dir`` the archives (and their resumable ``.part`` files) live there until all
     of them are verified, then move into ``dest_dir``: a workflow deletes a failed job's output
-    folder, and the staging folder keeps what was already fetched for the retry.
+    folder, and the staging folder keeps what was already fetched for the retry. An archive
+    without a published checksum is checked against (or pinned in) ``lock_path``.
     """
     source = dataset_source(key)
     dest_dir = Path(dest_dir)
@@ -165,7 +186,8 @@ def download_dataset(
             archive.url, staging / archive.name, checksum=archive.checksum, progress=progress
         )
         if archive.checksum is None:
-            log.info("%s: no checksum is published; sha256 %s", path, sha256_file(path))
+            sha256 = check_unpublished(source, archive, path, lock_path)
+            log.info("%s: no checksum is published; sha256 %s", path, sha256)
         staged.append(path)
     if staging == dest_dir:
         return staged
@@ -177,8 +199,11 @@ def download_dataset(
     return paths
 
 
-def verify_archives(source: DatasetSource, source_dir: Path) -> tuple[dict[str, Path], list[dict]]:
-    """Check that every archive is present and matches its published checksum.
+def verify_archives(
+    source: DatasetSource, source_dir: Path, lock_path: str | os.PathLike | None = None
+) -> tuple[dict[str, Path], list[dict]]:
+    """Check that every archive is present and matches its published checksum (or, where none
+    is published, the sha256 ``lock_path`` pins: :func:`check_unpublished`).
 
     Returns the archive paths by file name and their records for ``dataset.json`` (the published
     digest, or the sha256 computed here where none is published).
@@ -193,7 +218,8 @@ def verify_archives(source: DatasetSource, source_dir: Path) -> tuple[dict[str, 
                 f"--dataset {source.key} --dest {source_dir}` or download {archive.url} there by hand"
             )
         if archive.checksum is None:
-            records.append({"file": archive.name, "sha256": sha256_file(path)})
+            sha256 = check_unpublished(source, archive, path, lock_path)
+            records.append({"file": archive.name, "sha256": sha256})
         else:
             verify_file(path, archive.checksum, source=archive.url)
             records.append({"file": archive.name, **archive.checksum.as_record()})
@@ -207,17 +233,19 @@ def prepare_dataset(
     out_dir: str | os.PathLike,
     *,
     source: DatasetSource | None = None,
+    lock_path: str | os.PathLike | None = None,
 ) -> Path:
     """Verify, extract and prepare dataset ``key`` from the archives in ``source_dir``.
 
     ``source`` replaces the catalogue entry (tests pass one with the digests of their miniature
-    archives). Nothing is written to ``out_dir`` unless every archive verifies.
+    archives). Nothing is written to ``out_dir`` unless every archive verifies; an archive placed
+    by hand without a published checksum is pinned in ``lock_path`` on its first preparation.
     """
     source = source or dataset_source(key)
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     if out_dir.exists():
         raise DataError(f"{out_dir} already exists; delete it to prepare {source.key} again")
-    archives, records = verify_archives(source, source_dir)
+    archives, records = verify_archives(source, source_dir, lock_path)
     family = importlib.import_module(f"autolora.data.sources.{source.family}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{source.key}-extract-", dir=out_dir.parent))
