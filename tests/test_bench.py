@@ -275,3 +275,14 @@ def test_bench_archs_and_methods_errors(capsys):
     assert "--size tiny has cases of tiny only" in capsys.readouterr().err
     assert main(["bench", "--device", "cpu", "--methods", "twins", "--config", "x.yaml"]) == 2
     assert "needs the reference method 'vanilla'" in capsys.readouterr().err
+
+
+def test_the_bench_times_the_methods_as_the_paper_grid_trains_them():
+    """Where the LoRa update acts changes AutoLoRa's cost: the bench takes the paper protocol's
+    choice (the last block of each stage), not the library default (every block)."""
+    from autolora.bench.timing import bench_method
+    from autolora.planning.protocol import protocol_choices
+
+    paper = protocol_choices("paper")
+    assert bench_method("autolora", 8).model_options()["lora_blocks"] == paper["lora_blocks"]
+    assert bench_method("twins", 8).settings.twins_gamma_on == paper["twins_gamma_on"]

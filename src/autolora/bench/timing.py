@@ -23,6 +23,7 @@ from autolora.errors import ConfigError
 from autolora.fastpath import FastPaths, configure_backends, prepare_batch, prepare_model
 from autolora.methods import Method, MethodSettings, StepResult, build_method
 from autolora.models import build_model
+from autolora.planning.protocol import protocol_choices
 from autolora.planning.vocabulary import VANILLA
 from autolora.train.step import TrainingStep
 
@@ -191,9 +192,19 @@ def _optimizer(parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimize
 
 
 def bench_method(name: str, batch_size: int, attack_steps: int = ATTACK_STEPS) -> Method:
-    """The method ``name`` with the bench's attack (ε 8/255, step 2/255) and fixed λ (0.5, 3.0)
-    when it has a λ pass (the λ pass is no step's or fast path's business)."""
-    settings = MethodSettings(eps=EPS, step=STEP, attack_steps=attack_steps, kl_divisor=batch_size)
+    """The method ``name`` with the bench's attack (ε 8/255, step 2/255), the ``paper``
+    protocol's choices of where the LoRa update acts and where TWINS' γ applies (as the paper
+    grid trains it), and fixed λ (0.5, 3.0) when it has a λ pass (the λ pass is no step's or fast
+    path's business)."""
+    paper = protocol_choices("paper")
+    settings = MethodSettings(
+        eps=EPS,
+        step=STEP,
+        attack_steps=attack_steps,
+        kl_divisor=batch_size,
+        lora_blocks=paper["lora_blocks"],
+        twins_gamma_on=paper["twins_gamma_on"],
+    )
     method = build_method(name, settings)
     if method.uses_lambda_pass:
         method.set_lambdas(0.5, 3.0)
