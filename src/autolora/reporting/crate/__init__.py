@@ -32,7 +32,8 @@ from autolora.reporting.crate.deposit import (
     verify_crate,
     write_archive,
 )
-from autolora.reporting.crate.describe import copy_workflow_source, describe_results, write_crate
+from autolora.reporting.crate.describe import describe_results, write_crate
+from autolora.reporting.crate.source import copy_workflow_source
 from autolora.reporting.crate.vocabulary import iso_time, media_type
 
 __all__ = [

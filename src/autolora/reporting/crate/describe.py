@@ -1,112 +1,43 @@
-"""Describing a results folder as a Workflow Run RO-Crate (``describe_results``), from the records
-the workflow wrote: run and evaluation records, ``dataset.json``, weights records, the provenance
-index; and copying the workflow's definition into the crate (``copy_workflow_source``)."""
+"""Describing a results folder as a Workflow Run RO-Crate (``describe_results``): the copied
+workflow (``source``), the cells' steps (``cells``) and the aggregation (``aggregate``) put
+together with the workflow, its run and the root dataset; and writing it (``write_crate``)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from autolora import __version__
-from autolora.errors import ChecksumError, ConfigError, DataError
-from autolora.files import atomic_write, read_json, sha256_file
+from autolora.errors import ConfigError, DataError
+from autolora.files import atomic_write
 from autolora.planning import layout
+from autolora.reporting.crate.aggregate import (
+    RESOLVE_CONFIG_LOG,
+    DescribedAggregate,
+    describe_aggregate,
+    load_claims,
+)
+from autolora.reporting.crate.cells import DescribedCells, describe_cells
 from autolora.reporting.crate.graph import CrateBuilder, ref, rule_files
+from autolora.reporting.crate.source import describe_source
 from autolora.reporting.crate.vocabulary import (
     COMPLETED,
     CONNECTIONS,
-    LARGE_SUFFIXES,
     LICENSE_ID,
     MAIN_WORKFLOW,
-    OCTET_STREAM,
     PAPER_AUTHORS,
     PAPER_ID,
     PROFILES,
     RO_CRATE,
-    SKIPPED_SUFFIXES,
     SNAKEMAKE_LANGUAGE,
     STEP_ORDER,
     STEP_PURPOSE,
     WORKFLOW_INPUTS,
     WORKFLOW_PARAMETERS,
-    WORKFLOW_SOURCES,
-    media_type,
 )
-
-# --------------------------------------------------------------------------------------------
-# The workflow definition, copied into the crate
-
-
-def copy_workflow_source(
-    folder: str | Path,
-    workflow_dir: str | Path,
-    *,
-    configfiles: Sequence[str | Path] = (),
-    paper_results: str | Path | None = None,
-) -> None:
-    """Replace ``folder/source/`` with a copy of the workflow definition (Snakefile, rules, report
-    captions, schema, weights lock, conda environment) and the config files and paper numbers
-    it ran with. Written beside its final name and moved into place whole."""
-    folder, workflow_dir = Path(folder), Path(workflow_dir)
-    if not (workflow_dir / "Snakefile").is_file():
-        raise ConfigError(
-            f"no Snakefile in {workflow_dir}: pass --workflow-dir <the folder holding the "
-            "workflow's Snakefile>"
-        )
-    copies: dict[str, Path] = {}
-    for name in WORKFLOW_SOURCES:
-        path = workflow_dir / name
-        if path.is_file():
-            copies[name] = path
-        elif path.is_dir():
-            for file in sorted(path.rglob("*")):
-                relative = file.relative_to(workflow_dir)
-                if file.is_file() and not _hidden(relative) and "__pycache__" not in relative.parts:
-                    copies[relative.as_posix()] = file
-    extra = [Path(p) for p in configfiles] + ([Path(paper_results)] if paper_results else [])
-    for path in extra:
-        if not path.is_file():
-            raise ConfigError(f"{path}: not a file (--configfile / --paper)")
-        name = f"config/{path.name}"
-        if name in copies and copies[name].resolve() != path.resolve():
-            raise ConfigError(
-                f"{path}: a different file named {name} is already part of the workflow's "
-                "source; rename the config file"
-            )
-        copies[name] = path
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{layout.CRATE_SOURCE_DIR}.", dir=folder))
-    try:
-        for name, path in sorted(copies.items()):
-            target = staging / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide it from the group
-        final = folder / layout.CRATE_SOURCE_DIR
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-
-
-# --------------------------------------------------------------------------------------------
-# Describing a results folder
 
 
 def describe_results(
@@ -144,564 +75,10 @@ def describe_results(
     results_root = str(config.get("results", "results"))
 
     paper_claim = load_claims(builder)
-    source_files = _describe_source(builder, paper_claim)
-    cells = _describe_cells(builder, sorted(grid.cells), results_root, checkpoint)
-    aggregate = _describe_aggregate(builder)
+    source_files = describe_source(builder, paper_claim)
+    cells = describe_cells(builder, sorted(grid.cells), results_root, checkpoint)
+    aggregate = describe_aggregate(builder)
     return _assemble(builder, source_files, cells, aggregate, authors)
-
-
-def _describe_source(
-    builder: CrateBuilder, paper_claim: Mapping[str, Any] | None
-) -> dict[str, list[str]]:
-    """The copied workflow definition; returns the config and paper-results copies. The copy of
-    the paper's numbers must be the file the aggregation read (``paper_claim``)."""
-    found: dict[str, list[str]] = {"config": [], "paper_results": []}
-    source = builder.folder / layout.CRATE_SOURCE_DIR
-    configured = {"schema.yaml", "weights.lock"}
-    for file in sorted(p for p in source.rglob("*") if p.is_file()):
-        path = file.relative_to(builder.folder).as_posix()
-        inner = file.relative_to(source).as_posix()
-        if path == MAIN_WORKFLOW:
-            continue
-        claim = {}
-        if inner == "config/paper_results.csv" and paper_claim:
-            claim = {
-                "claimed": paper_claim["sha256"],
-                "claimed_by": f"{paper_claim['claimed_by']} (as {paper_claim['path']}; pass "
-                "--paper <the file the aggregation read>)",
-            }
-        builder.payload_file(path, **claim)
-        if inner == "config/paper_results.csv":
-            found["paper_results"].append(path)
-            builder.graph.add({"@id": path, "description": "the paper's reported numbers"})
-        elif inner.startswith("config/") and file.name not in configured:
-            found["config"].append(path)
-            builder.graph.add({"@id": path, "description": "workflow configuration file"})
-    return found
-
-
-@dataclass
-class _Cells:
-    histories: list[str] = field(default_factory=list)
-    evaluations: list[str] = field(default_factory=list)
-    datasets: dict[str, str] = field(default_factory=dict)  # dataset.json record path -> id
-    weights: dict[str, str] = field(default_factory=dict)  # weights record path -> id
-    trained: int = 0
-    missing: int = 0
-
-
-def _describe_cells(
-    builder: CrateBuilder, cell_ids: list[str], results_root: str, checkpoint: str
-) -> _Cells:
-    cells = _Cells()
-    for cell_id in cell_ids:
-        directory = f"{results_root}/{cell_id}"
-        run_path = f"{directory}/{layout.RUN_RECORD}"
-        if not (builder.root / run_path).is_file():
-            cells.missing += 1
-            continue
-        run = read_json(builder.root / run_path)
-        _describe_training(builder, cells, cell_id, run_path, run)
-        cells.trained += 1
-        eval_path = f"{directory}/{layout.evaluation_record(checkpoint)}"
-        if (builder.root / eval_path).is_file():
-            _describe_evaluation(builder, cells, cell_id, eval_path)
-    return cells
-
-
-def _inputs_by_role(record: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    found: dict[str, list[dict[str, Any]]] = {}
-    for item in record.get("inputs") or []:
-        found.setdefault(item.get("role", "input"), []).append(item)
-    return found
-
-
-def _describe_training(
-    builder: CrateBuilder, cells: _Cells, cell_id: str, run_path: str, run: Mapping[str, Any]
-) -> None:
-    builder.note_code(run)
-    inputs = _inputs_by_role(run)
-    objects: list[str] = []
-    data_files: list[str] = []
-    for role in ("dataset", "split_manifest", "split_info"):
-        for item in inputs.get(role, []):
-            if role == "dataset":
-                _describe_dataset(builder, cells, item)
-            file = builder.record_file(item["path"], item.get("sha256"), claimed_by=run_path)
-            data_files.append(file)
-            builder.example_of(file, "train", "prepared_dataset")
-    objects += data_files
-    weights_records = inputs.get("weights_record", [])
-    for item in inputs.get("weights", []):
-        _describe_weights(builder, cells, item, weights_records[0] if weights_records else None)
-        file = builder.record_file(item["path"], item.get("sha256"), claimed_by=run_path)
-        builder.example_of(file, "train", "backbone")
-        objects.append(file)
-    for item in weights_records:
-        file = builder.record_file(item["path"], item.get("sha256"), claimed_by=run_path)
-        builder.example_of(file, "train", "backbone")
-        objects.append(file)
-    protocol = run.get("protocol") or {}
-    for choice, value in sorted((protocol.get("choices") or {}).items()):
-        token = value if isinstance(value, str) else json.dumps(value)
-        pv = builder.property_value(
-            f"#protocol/{protocol.get('name')}/{choice}/{quote(token, safe='')}",
-            choice,
-            value,
-            description=f"resolved choice of protocol {protocol.get('name')!r} (SPEC §7)"
-            + ("; null: the choice does not apply to this cell's method" if value is None else ""),
-        )
-        builder.example_of(pv, "train", "protocol_choice")
-        builder.example_of(pv, "", "protocol_choice")
-        objects.append(pv)
-
-    results = []
-    record = builder.payload_file(
-        builder.crate_path(run_path) or run_path,
-        description=f"run record of cell {cell_id}: resolved configuration, protocol, code "
-        "version, packages, host, device, SLURM job, attempts, inputs and outputs with sha256",
-    )
-    builder.example_of(record, "train", "run_record")
-    builder.example_of(record, "", "run_records")
-    results.append(record)
-    for item in run.get("outputs") or []:
-        if item.get("role") == "history":
-            history = builder.record_file(item["path"], item.get("sha256"), claimed_by=run_path)
-            builder.graph.add({"@id": history, "description": f"per-epoch history of {cell_id}"})
-            builder.example_of(history, "train", "history")
-            builder.example_of(history, "", "run_records")
-            builder.example_of(history, "aggregate", "histories")
-            cells.histories.append(history)
-            results.append(history)
-    for name, info in sorted((run.get("checkpoints") or {}).items()):
-        file = builder.record_file(
-            info["path"],
-            info.get("sha256"),
-            description=f"checkpoint {name!r} of cell {cell_id}: epoch {info.get('epoch')}, "
-            f"selected by {info.get('selected_by')}; referenced, not copied",
-        )
-        builder.example_of(file, "train", "checkpoints")
-        builder.example_of(file, "", "checkpoints")
-        results.append(file)
-    log = Path(run_path).with_name(layout.TRAIN_LOG).as_posix()
-    if builder.crate_path(log) and (builder.root / log).is_file():
-        log_id = builder.payload_file(
-            builder.crate_path(log), description=f"training log of {cell_id}"
-        )
-        builder.example_of(log_id, "train", "log")
-        results.append(log_id)
-
-    attempts = run.get("attempts") or [{"host": run.get("host"), "slurm": run.get("slurm")}]
-    resumed = sum(1 for a in attempts if a.get("resumed_from_epoch") is not None)
-    builder.action(
-        "train",
-        cell_id,
-        name=f"train {cell_id}",
-        description=(
-            f"`autolora train` of cell {cell_id}: {run.get('epochs_run')} epoch(s) on "
-            f"{run.get('device')}, {len(attempts)} attempt(s) ({resumed} resumed); "
-            f"stopped: {run.get('stop_reason')}. Command: {run.get('command')}"
-        ),
-        objects=objects,
-        results=results,
-        start=run.get("started"),
-        end=run.get("finished"),
-        hosts=[*(a.get("host") for a in attempts), run.get("host")],
-        jobs=[*(a.get("slurm") for a in attempts), run.get("slurm")],
-        software=builder.environment(run),
-    )
-
-
-def _describe_evaluation(
-    builder: CrateBuilder, cells: _Cells, cell_id: str, eval_path: str
-) -> None:
-    evaluation = read_json(builder.root / eval_path)
-    builder.note_code(evaluation)
-    objects: list[str] = []
-    run_ref = evaluation.get("run_record") or {}
-    if run_ref.get("path"):
-        record = builder.record_file(run_ref["path"], run_ref.get("sha256"), claimed_by=eval_path)
-        builder.example_of(record, "evaluate", "run_record")
-        objects.append(record)
-    for item in evaluation.get("inputs") or []:
-        file = builder.record_file(item["path"], item.get("sha256"), claimed_by=eval_path)
-        role = item.get("role")
-        builder.example_of(
-            file, "evaluate", "checkpoint" if role == "checkpoint" else "prepared_dataset"
-        )
-        objects.append(file)
-    crate_path = builder.crate_path(eval_path) or eval_path
-    metrics = evaluation.get("metrics") or {}
-    shown = ", ".join(f"{k} {v}" for k, v in sorted(metrics.items()))
-    record = builder.payload_file(
-        crate_path,
-        description=f"evaluation record of cell {cell_id}: {shown} (%) on {evaluation.get('n')} "
-        "test images; checkpoint, run record and inputs with sha256",
-    )
-    builder.example_of(record, "evaluate", "evaluation_record")
-    builder.example_of(record, "", "evaluation_records")
-    builder.example_of(record, "aggregate", "evaluation_records")
-    cells.evaluations.append(record)
-    results = [record]
-    log = Path(eval_path).with_suffix(".log").as_posix()
-    if builder.crate_path(log) and (builder.root / log).is_file():
-        log_id = builder.payload_file(
-            builder.crate_path(log), description=f"evaluation log of {cell_id}"
-        )
-        builder.example_of(log_id, "evaluate", "log")
-        results.append(log_id)
-    autoattack = evaluation.get("autoattack") or {}
-    checkpoint = evaluation.get("checkpoint") or {}
-    builder.action(
-        "evaluate",
-        cell_id,
-        name=f"evaluate {cell_id}",
-        description=(
-            f"`autolora evaluate` of the {checkpoint.get('name')!r} checkpoint (epoch "
-            f"{checkpoint.get('epoch')}) of cell {cell_id} on {evaluation.get('device')}: "
-            f"{shown} (%), AutoAttack {_autoattack_words(autoattack)}. "
-            f"Command: {evaluation.get('command')}"
-        ),
-        objects=objects,
-        results=results,
-        start=evaluation.get("started"),
-        end=evaluation.get("finished"),
-        hosts=[evaluation.get("host")],
-        jobs=[evaluation.get("slurm")],
-        software=builder.environment(evaluation),
-    )
-
-
-def _autoattack_words(autoattack: Mapping[str, Any]) -> str:
-    """``standard (apgd-ce, apgd-t, ...)`` from an evaluation record's ``autoattack`` entry."""
-    if not autoattack.get("version"):
-        return "not run"
-    attacks = autoattack.get("attacks") or [
-        p.get("attack") for p in autoattack.get("progression") or []
-    ]
-    return f"{autoattack['version']}" + (f" ({', '.join(map(str, attacks))})" if attacks else "")
-
-
-def _describe_dataset(builder: CrateBuilder, cells: _Cells, item: Mapping[str, Any]) -> None:
-    """The prepare/synthesize step behind a prepared dataset, from its ``dataset.json``."""
-    from autolora.data.sources import CATALOGUE
-
-    path = item["path"]
-    if path in cells.datasets:
-        return
-    metadata_file = builder.root / path
-    if not metadata_file.is_file():
-        raise DataError(
-            f"{metadata_file}: missing, though run records name it; rerun the workflow "
-            "(snakemake) before writing the crate"
-        )
-    if item.get("sha256") and sha256_file(metadata_file) != item["sha256"]:
-        raise ChecksumError(
-            f"{metadata_file}: changed after the runs that used it recorded its sha256; rerun "
-            "the workflow (snakemake) before writing the crate"
-        )
-    metadata = read_json(metadata_file)
-    name = metadata.get("name") or Path(path).parent.name
-    directory = Path(path).parent.as_posix()
-    where = "referenced, not copied: the file at localPath (relative to the crate) has this sha256"
-    metadata_id = builder.record_file(
-        path, item.get("sha256"), description=f"metadata of prepared dataset {name}; {where}"
-    )
-    results = [metadata_id]
-    for file, digest in sorted((metadata.get("files") or {}).items()):
-        results.append(
-            builder.record_file(
-                f"{directory}/{file}", digest, description=f"prepared dataset {name}; {where}"
-            )
-        )
-    sources = metadata.get("sources") or []
-    synthetic = any("generator" in source for source in sources)
-    rule = "synthesize_dataset" if synthetic else "prepare_dataset"
-    for result in results:
-        builder.example_of(result, rule, "prepared_dataset")
-    objects = []
-    catalogue = CATALOGUE.get(name)
-    urls = {a.name: a.url for a in catalogue.files} if catalogue else {}
-    for index, source in enumerate(sources):
-        if synthetic:
-            pv = builder.property_value(
-                f"#dataset/{name}/generator",
-                "generator_settings",
-                source,
-                description=f"settings of the generator of synthetic dataset {name}",
-            )
-            builder.example_of(pv, rule, "generator_settings")
-            builder.example_of(pv, "", "generator_settings")
-            objects.append(pv)
-            continue
-        file = source.get("file", f"archive-{index}")
-        digest = {k: source[k] for k in ("sha256", "md5") if source.get(k)}
-        archive = builder.graph.add(
-            {
-                "@id": urls.get(file, f"#download/{name}/{file}"),
-                "@type": "File",
-                "name": file,
-                "encodingFormat": media_type(file),
-                "sha256": digest.get("sha256"),
-                "identifier": f"md5:{digest['md5']}" if "md5" in digest else None,
-                "description": f"archive of dataset {name} as published; checked against its "
-                "published checksum when downloaded",
-            }
-        )
-        builder.payload[archive] = None
-        builder.example_of(archive, rule, "archives")
-        builder.example_of(archive, "", "dataset_sources")
-        objects.append(archive)
-    builder.action(
-        rule,
-        name,
-        name=f"{'synthesize' if synthetic else 'prepare'} dataset {name}",
-        description=f"{STEP_PURPOSE[rule]}: {metadata.get('num_examples')} images, "
-        f"{metadata.get('num_classes')} classes, split schemes {', '.join(metadata.get('schemes') or [])}; "
-        "no time or host is recorded for this step",
-        objects=objects,
-        results=results,
-    )
-    cells.datasets[path] = metadata_id
-
-
-def _describe_weights(
-    builder: CrateBuilder,
-    cells: _Cells,
-    item: Mapping[str, Any],
-    record_item: Mapping[str, Any] | None,
-) -> None:
-    """The convert/pre-train step behind a backbone, from the JSON record beside it (whose
-    sha256 the run record claims, ``record_item``, in runs since the records were sealed)."""
-    from autolora.weights import lookup
-
-    path = item["path"]
-    if path in cells.weights:
-        return
-    record_path = record_item["path"] if record_item else Path(path).with_suffix(".json").as_posix()
-    if not (builder.root / record_path).is_file():
-        raise DataError(
-            f"{builder.root / record_path}: the record of backbone {path} is missing; rerun the "
-            "workflow (snakemake) before writing the crate"
-        )
-    record = read_json(builder.root / record_path)
-    source = record.get("source") or {}
-    pretrained = "pretrained_by" in source
-    rule = "pretrain_backbone" if pretrained else "convert_weights"
-    label = (
-        f"{record.get('arch')}-eps{record.get('eps_pt'):g}"
-        if record.get("eps_pt") is not None
-        else Path(path).stem
-    )
-    weights = builder.record_file(path, item.get("sha256"))
-    digest = sha256_file(builder.root / record_path)
-    if record_item and record_item.get("sha256") and digest != record_item["sha256"]:
-        raise ChecksumError(
-            f"{builder.root / record_path}: changed after the runs that used backbone {path} "
-            "recorded its sha256; rerun the workflow (snakemake) before writing the crate"
-        )
-    record_id = builder.record_file(record_path, digest)
-    builder.example_of(weights, rule, "backbone")
-    builder.example_of(record_id, rule, "backbone_record")
-    if pretrained:
-        settings = record.get("settings") or {}
-        pv = builder.property_value(
-            f"#backbone/{label}/pretrain",
-            "pretrain_settings",
-            settings,
-            description=f"settings of `autolora pretrain` for backbone {label}",
-        )
-        builder.example_of(pv, rule, "pretrain_settings")
-        builder.example_of(pv, "", "pretrain_settings")
-        objects = [pv]
-        metrics = record.get("metrics") or {}
-        detail = (
-            f"clean accuracy {metrics.get('clean_accuracy')} %, robust accuracy "
-            f"{metrics.get('robust_accuracy')} % on its synthetic source task"
-        )
-    else:
-        entry = lookup(record["arch"], record["eps_pt"])
-        checkpoint = builder.graph.add(
-            {
-                "@id": entry.url,
-                "@type": "File",
-                "name": entry.file,
-                "encodingFormat": OCTET_STREAM,
-                "sha256": source.get("sha256"),
-                "description": "pre-trained checkpoint of Salman et al. (2020) as published; "
-                "verified against its published or pinned sha256 (config/weights.lock)",
-            }
-        )
-        builder.payload[checkpoint] = None
-        builder.example_of(checkpoint, rule, "checkpoint")
-        builder.example_of(checkpoint, "", "backbone_checkpoints")
-        objects = [checkpoint]
-        detail = f"{record.get('num_tensors')} tensors"
-    builder.action(
-        rule,
-        label,
-        name=f"{'pre-train' if pretrained else 'convert'} backbone {label}",
-        description=f"{STEP_PURPOSE[rule]}: {detail}",
-        objects=objects,
-        results=[weights, record_id],
-    )
-    cells.weights[path] = weights
-
-
-@dataclass
-class _Aggregate:
-    results: list[str] = field(default_factory=list)
-    numbers: list[str] = field(default_factory=list)
-    end: str | None = None
-
-
-RESOLVE_CONFIG_LOG = layout.report_log("resolve_config")
-TOP_LEVEL = {
-    layout.REPORT_MD: ("report", "the reproduction report (Markdown)"),
-    "report.html": ("report", "the reproduction report (HTML)"),
-    layout.COMPARISON_CSV: ("report", "paper vs. reproduction, number by number"),
-    layout.COMPARISON_MD: ("report", "paper vs. reproduction, number by number"),
-    layout.CLAIMS: ("report", "the paper's qualitative claims, checked on the reproduction"),
-    layout.MISSING_CELLS: ("report", "cells without an evaluation record and the command for each"),
-}
-
-
-def load_claims(builder: CrateBuilder) -> dict[str, Any] | None:
-    """Register the sha256 the provenance indices claim for files of the folder (tables, report,
-    figures, table indices, the resolved config); returns the claim on the paper's numbers."""
-    from autolora.reporting.provenance import all_indices
-
-    folder = builder.folder
-    if not (folder / layout.PROVENANCE_DIR).is_dir():
-        return None
-    for index in all_indices(folder):
-        for output in index.get("outputs") or []:
-            inside = builder.crate_path(output["path"])
-            if inside:
-                builder.claims[inside] = (
-                    output["sha256"],
-                    f"{folder}/{layout.table_index(index['table'])}",
-                )
-    paper = None
-    results_index = folder / layout.PROVENANCE_DIR / layout.RESULTS_INDEX
-    if results_index.is_file():
-        index = read_json(results_index)
-        for item in [
-            *(index.get("tables") or []),
-            *(index.get("files") or []),
-            *(index.get("inputs") or []),
-        ]:
-            inside = builder.crate_path(item["path"])
-            if inside:
-                builder.claims[inside] = (item["sha256"], str(results_index))
-            elif item.get("role") == "paper results":
-                paper = {**item, "claimed_by": str(results_index)}
-    return paper
-
-
-def _describe_aggregate(builder: CrateBuilder) -> _Aggregate:
-    from autolora.reporting.provenance import all_indices
-
-    aggregate = _Aggregate()
-    folder = builder.folder
-    indices = all_indices(folder) if (folder / layout.PROVENANCE_DIR).is_dir() else []
-    for index in indices:
-        if index.get("created") and (aggregate.end is None or index["created"] > aggregate.end):
-            aggregate.end = index["created"]
-
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        path = file.relative_to(folder).as_posix()
-        top = path.split("/", 1)[0]
-        if (
-            path
-            in (layout.CRATE_METADATA, layout.RESOLVED_CONFIG, RESOLVE_CONFIG_LOG, layout.CRATE_LOG)
-            or top in (layout.CRATE_SOURCE_DIR, layout.RUNS_DIR)
-            or _hidden(Path(path))
-            or path.endswith(LARGE_SUFFIXES + SKIPPED_SUFFIXES)
-        ):
-            continue
-        entity = builder.payload_file(path)
-        parameter, description = _aggregate_output(path)
-        builder.graph.add({"@id": entity, "description": description})
-        if parameter:
-            builder.example_of(entity, "aggregate", parameter)
-            if parameter in WORKFLOW_PARAMETERS:
-                builder.example_of(entity, "", parameter)
-        aggregate.results.append(entity)
-
-    for index in indices:
-        aggregate.numbers += _describe_numbers(builder, index)
-    return aggregate
-
-
-def _aggregate_output(path: str) -> tuple[str | None, str]:
-    if path in TOP_LEVEL:
-        return TOP_LEVEL[path]
-    if path.startswith(f"{layout.TABLES_DIR}/"):
-        return "tables", f"table {Path(path).stem} ({media_type(path)})"
-    if path.startswith(f"{layout.FIGURES_DIR}/"):
-        return "figures", f"figure {Path(path).stem}"
-    if path == f"{layout.PROVENANCE_DIR}/{layout.RESULTS_INDEX}":
-        return (
-            "provenance_index",
-            "results index: every other file of the folder with its sha256; its own sha256 is "
-            "the folder's seal (`autolora audit --all --seal`)",
-        )
-    if path.startswith(f"{layout.PROVENANCE_DIR}/"):
-        return (
-            "provenance_index",
-            f"provenance index of {Path(path).stem}: every number → the "
-            "evaluation records of its seeds → checkpoints, run records and inputs with sha256",
-        )
-    if path.startswith(f"{layout.LOGS_DIR}/"):
-        return None, f"log of rule {Path(path).stem}"
-    return None, "written by the workflow"
-
-
-def _describe_numbers(builder: CrateBuilder, index: Mapping[str, Any]) -> list[str]:
-    table = index["table"]
-    files = [
-        f"tables/{table}{suffix}"
-        for suffix in (".csv", ".md", ".tex", "_values.csv")
-        if f"tables/{table}{suffix}" in builder.graph.entities
-    ]
-    index_file = layout.table_index(table)
-    numbers = []
-    for number in index.get("numbers") or []:
-        identifier = f"#number/{table}/{number['row']}/{number['column']}"
-        evaluations = []
-        for seed in number.get("seeds") or []:
-            inside = builder.crate_path(seed.get("evaluation") or "")
-            if seed.get("status") == "ok" and inside in builder.graph.entities:
-                evaluations.append(inside)
-        kind = {
-            "mean": f"mean over {number.get('n')} of {number.get('expected')} seeds",
-            "p_value": f"p-value ({number.get('test')} t-test) over the seeds' values",
-            "ratio": f"computed: {number.get('formula')}",
-        }.get(number.get("kind"), number.get("kind"))
-        builder.graph.add(
-            {
-                "@id": identifier,
-                "@type": "PropertyValue",
-                "name": f"{index.get('title') or table}: {number['row']} × {number['column']}",
-                "propertyID": number.get("metric") or number["column"],
-                "value": number.get("value"),
-                "unitText": "%" if number.get("kind") in ("mean", "ratio") else None,
-                "description": f"{number.get('display')}: {kind}",
-                "wasDerivedFrom": [ref(e) for e in evaluations],
-                "subjectOf": [ref(f) for f in files + [index_file] if f in builder.graph.entities],
-            }
-        )
-        for file in files + [index_file]:
-            if file in builder.graph.entities and file.endswith((".csv", ".json")):
-                builder.graph.link(file, "about", identifier)
-        builder.example_of(identifier, "aggregate", "numbers")
-        numbers.append(identifier)
-    return numbers
-
-
-# --------------------------------------------------------------------------------------------
-# Assembly
 
 
 def _code_words(versions: Sequence[Mapping[str, Any]]) -> tuple[str | None, str]:
@@ -736,8 +113,8 @@ def _authors(builder: CrateBuilder, authors: Sequence[str]) -> list[str]:
 def _assemble(
     builder: CrateBuilder,
     source_files: Mapping[str, list[str]],
-    cells: _Cells,
-    aggregate: _Aggregate,
+    cells: DescribedCells,
+    aggregate: DescribedAggregate,
     authors: Sequence[str],
 ) -> dict[str, Any]:
     protocol = builder.config.get("protocol", "paper")
@@ -752,8 +129,8 @@ def _assemble(
 def _describe_final_steps(
     builder: CrateBuilder,
     source_files: Mapping[str, list[str]],
-    cells: _Cells,
-    aggregate: _Aggregate,
+    cells: DescribedCells,
+    aggregate: DescribedAggregate,
     protocol: str,
 ) -> list[str]:
     """resolve_config and aggregate, whose records are the files they wrote; returns the
@@ -880,7 +257,7 @@ def _describe_workflow(builder: CrateBuilder, autolora: Sequence[str]) -> tuple[
 
 def _describe_run(
     builder: CrateBuilder,
-    cells: _Cells,
+    cells: DescribedCells,
     main_workflow: str,
     engine: str,
     people: Sequence[str],

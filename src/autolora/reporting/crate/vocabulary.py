@@ -197,3 +197,9 @@ def media_type(path: str | Path) -> str:
     if Path(path).name == "Snakefile":
         return "text/plain"
     return MEDIA_TYPES.get(Path(path).suffix.lower(), OCTET_STREAM)
+
+
+def is_hidden(relative: Path) -> bool:
+    """Whether a path (relative to the folder it lies in) is or lies under a hidden file or
+    folder: neither copied into ``source/`` nor described."""
+    return any(part.startswith(".") for part in relative.parts)
