@@ -489,6 +489,12 @@ def test_aggregate_command_writes_every_output(root, grid):
         for suffix in (".csv", ".md", ".tex", "_values.csv"):
             assert (out / "tables" / f"{name}{suffix}").is_file()
         assert (out / "provenance" / f"{name}.json").is_file()
+    # LaTeX: the footnotes are paragraphs under the tabular, so that long ones wrap
+    latex = (out / "tables" / "table1.tex").read_text()
+    tabular, notes = latex.split("\\end{tabular}\n")
+    assert "footnotesize" not in tabular and "multicolumn" not in tabular
+    assert notes.startswith("\\par\\smallskip\n{\\footnotesize\n") and notes.endswith("}\n")
+    assert "Values in \\%, mean $\\pm$ std (n) over seeds" in notes
     display = pd.read_csv(out / "tables" / "table1.csv", index_col="row")
     assert display.loc["cifar10/autolora", "PGD10"] == "54.30 ± 0.30 (3)"
     assert display.loc["dtd/autolora", "PGD10"].endswith("(2/3)†")

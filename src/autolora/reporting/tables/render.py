@@ -245,13 +245,10 @@ class Table:
         for row in frame.index:
             cells = [_latex_row_label(row)] + [_latex_cell(v) for v in frame.loc[row]]
             lines.append(" & ".join(cells) + r" \\")
-        lines.append("\\bottomrule")
-        for note in self.footnotes():
-            text = latex_escape(note.replace("`", ""))
-            lines.append(
-                f"\\multicolumn{{{len(frame.columns) + 1}}}{{l}}{{\\footnotesize {text}}} \\\\"
-            )
-        lines.append("\\end{tabular}")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        notes = [latex_escape(note.replace("`", "")) + "\\par" for note in self.footnotes()]
+        if notes:  # paragraphs under the table, which wrap (a table cell would not)
+            lines += ["\\par\\smallskip", "{\\footnotesize", *notes, "}"]
         return "\n".join(lines) + "\n"
 
 
