@@ -274,14 +274,15 @@ def _describe_dataset(
     urls = {a.name: a.url for a in catalogue.files} if catalogue else {}
     for index, source in enumerate(sources):
         if synthetic:
-            pv = builder.property_value(
+            description = f"settings of the generator of synthetic dataset {name}"
+            pv = _settings_value(
+                builder,
                 f"#dataset/{name}/generator",
                 "generator_settings",
                 source,
-                description=f"settings of the generator of synthetic dataset {name}",
+                rule,
+                description,
             )
-            builder.example_of(pv, rule, "generator_settings")
-            builder.example_of(pv, "", "generator_settings")
             objects.append(pv)
             continue
         file = source.get("file", f"archive-{index}")
@@ -355,14 +356,10 @@ def _describe_weights(
     builder.example_of(record_id, rule, "backbone_record")
     if pretrained:
         settings = record.get("settings") or {}
-        pv = builder.property_value(
-            f"#backbone/{label}/pretrain",
-            "pretrain_settings",
-            settings,
-            description=f"settings of `autolora pretrain` for backbone {label}",
+        description = f"settings of `autolora pretrain` for backbone {label}"
+        pv = _settings_value(
+            builder, f"#backbone/{label}/pretrain", "pretrain_settings", settings, rule, description
         )
-        builder.example_of(pv, rule, "pretrain_settings")
-        builder.example_of(pv, "", "pretrain_settings")
         objects = [pv]
         metrics = record.get("metrics") or {}
         detail = (
@@ -396,3 +393,14 @@ def _describe_weights(
         results=[weights, record_id],
     )
     cells.weights[path] = weights
+
+
+def _settings_value(
+    builder: CrateBuilder, node_id: str, name: str, value: Any, rule: str, description: str
+) -> str:
+    """The settings a job ran with as a PropertyValue, an example of its rule's parameter
+    ``name`` (and of the workflow's)."""
+    pv = builder.property_value(node_id, name, value, description=description)
+    builder.example_of(pv, rule, name)
+    builder.example_of(pv, "", name)
+    return pv
