@@ -41,16 +41,7 @@ def entry(
     factor: Any = None,
     protocol: str = "paper",
 ) -> TableEntry:
-    identity = {
-        "protocol": protocol,
-        "arch": arch,
-        "eps_pt": eps_pt,
-        "dataset": dataset,
-        "method": method,
-        "variant": variant,
-        "seed": seed,
-    }
-    return TableEntry(**identity, table=table, factor=factor)
+    return TableEntry(protocol, arch, eps_pt, dataset, method, variant, seed, table, factor)
 
 
 def _file(role: str, path: Path, root: Path) -> dict[str, str]:

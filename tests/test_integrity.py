@@ -139,12 +139,14 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return status, captured.out, captured.err
 
 
-def train_fresh(capsys, data: Path = DATA, weights: Path = WEIGHTS, out: str = "fresh"):
+def train_fresh(
+    capsys, data: Path = DATA, weights: Path = WEIGHTS, out: str = "fresh", spec: dict | None = None
+):
     return run_cli(
         capsys,
         "train",
         "--spec",
-        json.dumps(cell_spec()),
+        json.dumps(spec or cell_spec()),
         "--data",
         str(data),
         "--weights",
@@ -349,31 +351,25 @@ def test_truncated_files_give_one_line_naming_the_file(folder, capsys, damaged, 
     assert refused(status, err, damaged), err
 
 
-def test_a_truncated_resume_state_is_one_line_and_left_in_place(folder, capsys):
-    spec = cell_spec()
-    spec["overrides"] = {**spec["overrides"], "epochs": 3}
-    out = Path("resumable")
+def interrupted_run(spec: dict, out: Path) -> Path:
+    """Train ``spec`` into ``out`` until a failure injected in epoch 2; returns its state.json."""
     os.environ["AUTOLORA_FAULT_FAIL_AT"] = "2:1"
     try:
         with pytest.raises(RuntimeError, match="injected failure"):
             train_cell(spec, data_dir=DATA, weights=WEIGHTS, out_dir=out)
     finally:
         del os.environ["AUTOLORA_FAULT_FAIL_AT"]
-    state = out / "state" / "state.json"
+    return out / "state" / "state.json"
+
+
+def test_a_truncated_resume_state_is_one_line_and_left_in_place(folder, capsys):
+    spec = cell_spec()
+    spec["overrides"] = {**spec["overrides"], "epochs": 3}
+    out = Path("resumable")
+    state = interrupted_run(spec, out)
     truncate(state)
     before = state.read_bytes()
-    status, _, err = run_cli(
-        capsys,
-        "train",
-        "--spec",
-        json.dumps(spec),
-        "--data",
-        str(DATA),
-        "--weights",
-        str(WEIGHTS),
-        "--out",
-        str(out),
-    )
+    status, _, err = train_fresh(capsys, out=str(out), spec=spec)
     assert refused(status, err, state), err
     assert "delete" in err and state.read_bytes() == before
 
@@ -384,30 +380,13 @@ def test_an_edited_resume_state_is_refused_and_left_in_place(folder, capsys):
     spec = cell_spec()
     spec["overrides"] = {**spec["overrides"], "epochs": 3}
     out = Path("resumable")
-    os.environ["AUTOLORA_FAULT_FAIL_AT"] = "2:1"
-    try:
-        with pytest.raises(RuntimeError, match="injected failure"):
-            train_cell(spec, data_dir=DATA, weights=WEIGHTS, out_dir=out)
-    finally:
-        del os.environ["AUTOLORA_FAULT_FAIL_AT"]
-    state = out / "state" / "state.json"
+    state = interrupted_run(spec, out)
     info = read_json(state)
     recorded = info["history"][0]["val_pgd10"]
     info["history"][0]["val_pgd10"] = recorded + 90.0
     write_json(state, info)
     before = state.read_bytes()
-    status, _, err = run_cli(
-        capsys,
-        "train",
-        "--spec",
-        json.dumps(spec),
-        "--data",
-        str(DATA),
-        "--weights",
-        str(WEIGHTS),
-        "--out",
-        str(out),
-    )
+    status, _, err = train_fresh(capsys, out=str(out), spec=spec)
     assert refused(status, err, state), err
     assert "changed after it was written" in err and f"delete {out / 'state'}" in err
     assert state.read_bytes() == before and not (out / "run.json").exists()
