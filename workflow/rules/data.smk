@@ -15,12 +15,12 @@ rule download_dataset:
     conda:
         CONDA_ENV
     threads: 1
+    resources:
+        weights_lock=WEIGHTS_LOCK,
     params:
         # Partial and finished archives wait here, outside the output folder that Snakemake
         # deletes when the job fails, so a retry resumes instead of starting over.
         staging=lambda wildcards: layout.dataset_staging(RESOURCES, wildcards.dataset),
-    resources:
-        weights_lock=WEIGHTS_LOCK,
     shell:
         "autolora data download --dataset {wildcards.dataset} --dest {output:q} "
         "--staging {params.staging:q} --lock {resources.weights_lock:q} > {log:q} 2>&1"
