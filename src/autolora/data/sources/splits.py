@@ -7,6 +7,7 @@ the ``paper`` scheme reproduces the released code exactly, including its duplica
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,51 @@ def held_out_validation(
     return take(train, train_pos), take(train, val_pos), list(test)
 
 
+def held_out_validation_plan(
+    train: Sequence[int],
+    test: Sequence[int],
+    *,
+    num_outputs: int,
+    paper_counts: dict[str, int],
+    seed: int,
+    notes: str,
+) -> SplitPlan:
+    """A plan whose validation is the seeded 5% draw from ``train`` (``held_out_validation``)."""
+    tr, va, te = held_out_validation(train, test, seed=seed)
+    return SplitPlan(
+        train=tr,
+        val=va,
+        test=te,
+        num_outputs=num_outputs,
+        seed=seed,
+        paper_counts=paper_counts,
+        notes=notes,
+    )
+
+
+def validation_on_test_plan(
+    train: Sequence[int],
+    test: Sequence[int],
+    *,
+    num_outputs: int,
+    paper_counts: dict[str, int],
+    seed: int,
+    notes: str,
+    extra: dict[str, Any] | None = None,
+) -> SplitPlan:
+    """A plan that validates on the test set, as the released code does for DTD and Caltech-256."""
+    return SplitPlan(
+        train=list(train),
+        val=list(test),
+        test=list(test),
+        num_outputs=num_outputs,
+        seed=seed,
+        paper_counts=paper_counts,
+        notes=notes,
+        extra=extra or {},
+    )
+
+
 def official_split_plans(
     train: Sequence[int],
     test: Sequence[int],
@@ -40,20 +86,13 @@ def official_split_plans(
     seed: int = SPLIT_SEED,
 ) -> dict[str, SplitPlan]:
     """CIFAR, CUB, Dogs: the seeded 5% validation draw under both schemes."""
-    tr, va, te = held_out_validation(train, test, seed=seed)
     note = (
         f"official train/test split; validation = 5% of train by "
         f"np.random.RandomState({seed}).choice(N, int(N*0.95), replace=False) (released code)"
     )
     return {
-        scheme: SplitPlan(
-            train=tr,
-            val=va,
-            test=te,
-            num_outputs=num_classes,
-            seed=seed,
-            paper_counts=paper_counts,
-            notes=note,
+        scheme: held_out_validation_plan(
+            train, test, num_outputs=num_classes, paper_counts=paper_counts, seed=seed, notes=note
         )
         for scheme in ("paper", "clean")
     }
@@ -75,25 +114,22 @@ def dtd_plans(
     paper: validation = test set, 57-way head (released code); clean: seeded 5% validation from
     train, one output per class.
     """
-    tr, va, te = held_out_validation(train, test, seed=seed)
     return {
-        "paper": SplitPlan(
-            train=list(train),
-            val=list(test),
-            test=list(test),
+        "paper": validation_on_test_plan(
+            train,
+            test,
             num_outputs=DTD_PAPER_OUTPUTS,
-            seed=seed,
             paper_counts=paper_counts,
+            seed=seed,
             notes="partition 1: train1+val1 / test1; validation = test set and a 57-way head "
             "(released code)",
         ),
-        "clean": SplitPlan(
-            train=tr,
-            val=va,
-            test=te,
+        "clean": held_out_validation_plan(
+            train,
+            test,
             num_outputs=num_classes,
-            seed=seed,
             paper_counts=paper_counts,
+            seed=seed,
             notes=f"partition 1: train1+val1 / test1; validation = seeded 5% of train "
             f"(RandomState({seed})); {num_classes}-way head",
         ),
@@ -172,25 +208,22 @@ def caltech_plans(
     clean_pool, clean_test = stratified_split(
         labels, test_fraction=CALTECH_TEST_FRACTION, seed=seed
     )
-    clean_train, clean_val, _ = held_out_validation(clean_pool, clean_test, seed=seed)
     return {
-        "paper": SplitPlan(
-            train=paper_train,
-            val=paper_test,
-            test=paper_test,
+        "paper": validation_on_test_plan(
+            paper_train,
+            paper_test,
             num_outputs=num_classes,
-            seed=seed,
             paper_counts=paper_counts,
+            seed=seed,
             notes=paper_note,
             extra={"window": CALTECH_WINDOW, "dropped": dropped, "duplicates": duplicates},
         ),
-        "clean": SplitPlan(
-            train=clean_train,
-            val=clean_val,
-            test=clean_test,
+        "clean": held_out_validation_plan(
+            clean_pool,
+            clean_test,
             num_outputs=num_classes,
-            seed=seed,
             paper_counts=paper_counts,
+            seed=seed,
             notes=f"stratified per class: {round((1 - CALTECH_TEST_FRACTION) * 100)}% / "
             f"{round(CALTECH_TEST_FRACTION * 100)}% (RandomState({seed}) permutation per class, "
             "no duplicates); validation = seeded 5% of train",
