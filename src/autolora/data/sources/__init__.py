@@ -246,10 +246,12 @@ def prepare_dataset(
     if out_dir.exists():
         raise DataError(f"{out_dir} already exists; delete it to prepare {source.key} again")
     archives, records = verify_archives(source, source_dir, lock_path)
+    from autolora.data.sources.common import PreparationJob  # common imports this package
+
     family = importlib.import_module(f"autolora.data.sources.{source.family}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f".{source.key}-extract-", dir=out_dir.parent))
     try:
-        return family.prepare(source, archives, records, out_dir, workdir)
+        return family.prepare(PreparationJob(source, archives, records, out_dir, workdir))
     finally:
         remove_tree(workdir)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autolora.data.sources import DatasetSource
-from autolora.data.sources.common import write_resized_dataset
-from autolora.data.sources.download import extract_tar
-from autolora.data.sources.splits import SPLIT_SEED, caltech_plans
+from autolora.data.sources.common import PreparationJob, write_resized_dataset
+from autolora.data.sources.splits import caltech_plans
 from autolora.errors import DataError
 
 FOLDER = "256_ObjectCategories"
@@ -35,24 +33,14 @@ def list_images(root: Path) -> tuple[list[str], list[Path], list[int]]:
     return classes, paths, labels
 
 
-def prepare(
-    source: DatasetSource,
-    archives: dict[str, Path],
-    records: list[dict],
-    out_dir: Path,
-    workdir: Path,
-) -> Path:
-    root = extract_tar(archives[source.files[0].name], workdir) / FOLDER
+def prepare(job: PreparationJob) -> Path:
+    root = job.extract(job.first_archive) / FOLDER
     if not root.is_dir():
-        raise DataError(f"{archives[source.files[0].name]}: no {FOLDER}/ folder inside")
+        raise DataError(f"{job.first_archive}: no {FOLDER}/ folder inside")
     classes, paths, labels = list_images(root)
-    splits = caltech_plans(
-        labels, num_classes=len(classes), paper_counts=source.paper_counts, seed=SPLIT_SEED
-    )
+    splits = caltech_plans(labels, num_classes=len(classes), paper_counts=job.source.paper_counts)
     return write_resized_dataset(
-        out_dir,
-        source,
-        records,
+        job,
         image_paths=paths,
         labels=labels,
         example_sources=[f"{FOLDER}/{path.parent.name}/{path.name}" for path in paths],

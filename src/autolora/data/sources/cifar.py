@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from autolora.data.prepared import write_prepared_dataset
-from autolora.data.sources import DatasetSource
-from autolora.data.sources.common import require_file
-from autolora.data.sources.download import extract_tar
-from autolora.data.sources.splits import SPLIT_SEED, official_split_plans
+from autolora.data.sources.common import PreparationJob
+from autolora.data.sources.splits import official_split_plans
 from autolora.errors import DataError
 
 IMAGE_SIZE = 32
@@ -106,15 +104,9 @@ def class_names(path: Path, names_key: bytes) -> list[str]:
         ) from None
 
 
-def prepare(
-    source: DatasetSource,
-    archives: dict[str, Path],
-    records: list[dict],
-    out_dir: Path,
-    workdir: Path,
-) -> Path:
-    layout = LAYOUTS[source.key]
-    root = extract_tar(archives[source.files[0].name], workdir) / layout.folder
+def prepare(job: PreparationJob) -> Path:
+    layout = LAYOUTS[job.source.key]
+    root = job.extract(job.first_archive) / layout.folder
     parts: list[np.ndarray] = []
     labels: list[int] = []
     sources: list[str] = []
@@ -122,20 +114,18 @@ def prepare(
     test: list[int] = []
     for batches, split in ((layout.train_batches, train), (layout.test_batches, test)):
         for batch in batches:
-            images, batch_labels = batch_arrays(
-                require_file(root / batch, source), layout.label_key
-            )
+            images, batch_labels = batch_arrays(job.require(root / batch), layout.label_key)
             split.extend(range(len(labels), len(labels) + len(batch_labels)))
             sources.extend(f"{layout.folder}/{batch}#{i}" for i in range(len(batch_labels)))
             parts.append(images)
             labels.extend(batch_labels)
-    names = class_names(require_file(root / layout.meta_file, source), layout.names_key)
+    names = class_names(job.require(root / layout.meta_file), layout.names_key)
     splits = official_split_plans(
-        train, test, num_classes=len(names), paper_counts=source.paper_counts, seed=SPLIT_SEED
+        train, test, num_classes=len(names), paper_counts=job.source.paper_counts
     )
     return write_prepared_dataset(
-        out_dir,
-        name=source.key,
+        job.out_dir,
+        name=job.source.key,
         images=(image for part in parts for image in part),
         labels=labels,
         sources=sources,
@@ -143,6 +133,6 @@ def prepare(
         augmentation="pad_crop",
         image_size=IMAGE_SIZE,
         input_upsample=INPUT_UPSAMPLE,
-        archives=records,
+        archives=job.records,
         splits=splits,
     )

@@ -1,4 +1,5 @@
-"""Pieces shared by the dataset families: image decoding and the call into the prepared format."""
+"""Pieces shared by the dataset families: the preparation job, image decoding and the call into
+the prepared format."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from autolora.data.prepared import SplitPlan, write_prepared_dataset
 from autolora.data.sources import DatasetSource
+from autolora.data.sources.download import extract_tar
 from autolora.errors import DataError
 
 # The high-resolution datasets are stored after Resize(256) (shorter side 256, bilinear with
@@ -55,10 +57,31 @@ def require_file(path: Path, source: DatasetSource) -> Path:
     return path
 
 
+@dataclasses.dataclass(frozen=True)
+class PreparationJob:
+    """What a family's ``prepare`` gets: the dataset, its verified archives (paths by file name and
+    their records for ``dataset.json``), the output folder and a temporary folder to extract into."""
+
+    source: DatasetSource
+    archives: dict[str, Path]
+    records: list[dict]
+    out_dir: Path
+    workdir: Path
+
+    @property
+    def first_archive(self) -> Path:
+        return self.archives[self.source.files[0].name]
+
+    def extract(self, archive: Path) -> Path:
+        """Extract ``archive`` into the work folder; returns the work folder."""
+        return extract_tar(archive, self.workdir)
+
+    def require(self, path: Path) -> Path:
+        return require_file(path, self.source)
+
+
 def write_resized_dataset(
-    out_dir: Path,
-    source: DatasetSource,
-    archives: list[dict],
+    job: PreparationJob,
     *,
     image_paths: Sequence[Path],
     labels: Sequence[int],
@@ -72,8 +95,8 @@ def write_resized_dataset(
         for scheme, plan in splits.items()
     }
     return write_prepared_dataset(
-        out_dir,
-        name=source.key,
+        job.out_dir,
+        name=job.source.key,
         images=resized_images(image_paths),
         labels=list(labels),
         sources=list(example_sources),
@@ -81,7 +104,7 @@ def write_resized_dataset(
         augmentation="resized_crop",
         image_size=RESIZED_CROP_SIZE,
         input_upsample=None,
-        archives=archives,
+        archives=job.records,
         splits=splits,
     )
 

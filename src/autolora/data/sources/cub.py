@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autolora.data.sources import DatasetSource
-from autolora.data.sources.common import read_index_file, require_file, write_resized_dataset
-from autolora.data.sources.download import extract_tar
-from autolora.data.sources.splits import SPLIT_SEED, official_split_plans
+from autolora.data.sources.common import PreparationJob, read_index_file, write_resized_dataset
+from autolora.data.sources.splits import official_split_plans
 from autolora.errors import DataError
 
 
@@ -21,18 +19,12 @@ def id_table(path: Path) -> dict[int, str]:
     return table
 
 
-def prepare(
-    source: DatasetSource,
-    archives: dict[str, Path],
-    records: list[dict],
-    out_dir: Path,
-    workdir: Path,
-) -> Path:
-    root = extract_tar(archives[source.files[0].name], workdir) / "CUB_200_2011"
-    images = id_table(require_file(root / "images.txt", source))
-    image_labels = id_table(require_file(root / "image_class_labels.txt", source))
-    is_train = id_table(require_file(root / "train_test_split.txt", source))
-    classes = id_table(require_file(root / "classes.txt", source))
+def prepare(job: PreparationJob) -> Path:
+    root = job.extract(job.first_archive) / "CUB_200_2011"
+    images = id_table(job.require(root / "images.txt"))
+    image_labels = id_table(job.require(root / "image_class_labels.txt"))
+    is_train = id_table(job.require(root / "train_test_split.txt"))
+    classes = id_table(job.require(root / "classes.txt"))
     class_ids = sorted(classes)
     if class_ids != list(range(1, len(class_ids) + 1)):
         raise DataError(f"{root / 'classes.txt'}: class ids are not 1..{len(class_ids)}")
@@ -44,13 +36,11 @@ def prepare(
     train = [k for k, i in enumerate(ids) if is_train[i] == "1"]
     test = [k for k, i in enumerate(ids) if is_train[i] != "1"]
     splits = official_split_plans(
-        train, test, num_classes=len(class_ids), paper_counts=source.paper_counts, seed=SPLIT_SEED
+        train, test, num_classes=len(class_ids), paper_counts=job.source.paper_counts
     )
     return write_resized_dataset(
-        out_dir,
-        source,
-        records,
-        image_paths=[require_file(root / "images" / images[i], source) for i in ids],
+        job,
+        image_paths=[job.require(root / "images" / images[i]) for i in ids],
         labels=labels,
         example_sources=[f"CUB_200_2011/images/{images[i]}" for i in ids],
         class_names=[classes[c] for c in class_ids],

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autolora.data.sources import DatasetSource
-from autolora.data.sources.common import require_file, write_resized_dataset
-from autolora.data.sources.download import extract_tar
-from autolora.data.sources.splits import SPLIT_SEED, official_split_plans
+from autolora.data.sources.common import PreparationJob, write_resized_dataset
+from autolora.data.sources.splits import official_split_plans
 from autolora.errors import DataError
 
 
@@ -42,30 +40,22 @@ def class_names_from_folders(files: list[str], labels: list[int], path: Path) ->
     return [names[k] for k in range(len(names))]
 
 
-def prepare(
-    source: DatasetSource,
-    archives: dict[str, Path],
-    records: list[dict],
-    out_dir: Path,
-    workdir: Path,
-) -> Path:
-    extract_tar(archives["images.tar"], workdir)
-    extract_tar(archives["lists.tar"], workdir)
-    train_files, train_labels = read_mat_list(require_file(workdir / "train_list.mat", source))
-    test_files, test_labels = read_mat_list(require_file(workdir / "test_list.mat", source))
+def prepare(job: PreparationJob) -> Path:
+    job.extract(job.archives["images.tar"])
+    job.extract(job.archives["lists.tar"])
+    train_files, train_labels = read_mat_list(job.require(job.workdir / "train_list.mat"))
+    test_files, test_labels = read_mat_list(job.require(job.workdir / "test_list.mat"))
     files = train_files + test_files
     labels = train_labels + test_labels
-    names = class_names_from_folders(files, labels, workdir / "train_list.mat")
+    names = class_names_from_folders(files, labels, job.workdir / "train_list.mat")
     train = list(range(len(train_files)))
     test = list(range(len(train_files), len(files)))
     splits = official_split_plans(
-        train, test, num_classes=len(names), paper_counts=source.paper_counts, seed=SPLIT_SEED
+        train, test, num_classes=len(names), paper_counts=job.source.paper_counts
     )
     return write_resized_dataset(
-        out_dir,
-        source,
-        records,
-        image_paths=[require_file(workdir / "Images" / file, source) for file in files],
+        job,
+        image_paths=[job.require(job.workdir / "Images" / file) for file in files],
         labels=labels,
         example_sources=[f"Images/{file}" for file in files],
         class_names=names,

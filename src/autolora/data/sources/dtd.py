@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autolora.data.sources import DatasetSource
-from autolora.data.sources.common import require_file, write_resized_dataset
-from autolora.data.sources.download import extract_tar
-from autolora.data.sources.splits import SPLIT_SEED, dtd_plans
+from autolora.data.sources.common import PreparationJob, write_resized_dataset
+from autolora.data.sources.splits import dtd_plans
 from autolora.errors import DataError
 
 PARTITION = 1
@@ -26,37 +24,29 @@ def dtd_classes(root: Path) -> list[str]:
     return sorted(path.name for path in (root / "images").iterdir() if path.is_dir())
 
 
-def prepare(
-    source: DatasetSource,
-    archives: dict[str, Path],
-    records: list[dict],
-    out_dir: Path,
-    workdir: Path,
-) -> Path:
-    root = extract_tar(archives[source.files[0].name], workdir) / "dtd"
+def prepare(job: PreparationJob) -> Path:
+    root = job.extract(job.first_archive) / "dtd"
     classes = dtd_classes(root)
     class_index = {name: i for i, name in enumerate(classes)}
     entries: list[str] = []
     train: list[int] = []
     test: list[int] = []
     for list_name, split in (("train", train), ("val", train), ("test", test)):
-        names = read_list(require_file(root / "labels" / f"{list_name}{PARTITION}.txt", source))
+        names = read_list(job.require(root / "labels" / f"{list_name}{PARTITION}.txt"))
         split.extend(range(len(entries), len(entries) + len(names)))
         entries.extend(names)
     labels = []
     for entry in entries:
         name = entry.split("/")[0]
         if name not in class_index:
-            raise DataError(f"{source.key}: {entry} names class {name!r}, not in the class list")
+            raise DataError(
+                f"{job.source.key}: {entry} names class {name!r}, not in the class list"
+            )
         labels.append(class_index[name])
-    splits = dtd_plans(
-        train, test, num_classes=len(classes), paper_counts=source.paper_counts, seed=SPLIT_SEED
-    )
+    splits = dtd_plans(train, test, num_classes=len(classes), paper_counts=job.source.paper_counts)
     return write_resized_dataset(
-        out_dir,
-        source,
-        records,
-        image_paths=[require_file(root / "images" / entry, source) for entry in entries],
+        job,
+        image_paths=[job.require(root / "images" / entry) for entry in entries],
         labels=labels,
         example_sources=[f"dtd/images/{entry}" for entry in entries],
         class_names=classes,
