@@ -106,21 +106,10 @@ class MadryTraining:
     def training_step(self, model, x, y, *, generator):
         import torch.nn.functional as F
 
-        from autolora.attacks import pgd
-        from autolora.methods import StepResult
+        from autolora.methods.base import StepResult, training_attack
 
-        settings = self.settings
-        if settings.eps > 0:
-            x = pgd(
-                model,
-                x,
-                y,
-                eps=settings.eps,
-                step=settings.step,
-                steps=settings.attack_steps,
-                random_start=True,
-                generator=generator,
-            )
+        if self.settings.eps > 0:
+            x = training_attack(model, x, y, self.settings, generator)
         model.train()
         return StepResult(F.cross_entropy(model(x), y))
 

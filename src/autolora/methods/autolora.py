@@ -11,9 +11,8 @@ from autolora.methods.base import (
     MethodSettings,
     StepResult,
     kl_term,
-    logits_accuracy_percent,
     mean_cross_entropy,
-    metrics_to_floats,
+    robust_step_result,
     training_attack,
 )
 from autolora.models import classifier_parameters, fe_parameters, lora_parameters
@@ -58,15 +57,14 @@ class AutoLoRa(Method):
         ce_adv = mean_cross_entropy(logits_adv, y)
         kl = kl_term(logits_adv, logits_lora, self.settings.divisor_for(x.shape[0]))
         loss = self.lambda1 * ce_nat + (1.0 - self.lambda1) * ce_adv + self.lambda2 * kl
-        metrics = metrics_to_floats(
-            {
-                "loss": loss,
-                "ce_nat": ce_nat,
-                "ce_adv": ce_adv,
-                "kl": kl,
-                "clean_acc": logits_accuracy_percent(logits_lora, y),
-                "adv_acc": logits_accuracy_percent(logits_adv, y),
-            }
+        result = robust_step_result(
+            loss,
+            y,
+            logits_nat=logits_lora,
+            logits_adv=logits_adv,
+            ce_nat=ce_nat,
+            ce_adv=ce_adv,
+            kl=kl,
         )
-        metrics.update(lambda1=self.lambda1, lambda2=self.lambda2)
-        return StepResult(loss, metrics)
+        result.metrics.update(lambda1=self.lambda1, lambda2=self.lambda2)
+        return result

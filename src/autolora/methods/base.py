@@ -4,6 +4,7 @@ interface the training loop calls."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -97,11 +98,46 @@ def metrics_to_floats(values: dict[str, Tensor]) -> dict[str, float]:
     return dict(zip(names, numbers, strict=True))
 
 
+def robust_step_result(
+    loss: Tensor,
+    y: Tensor,
+    *,
+    logits_nat: Tensor,
+    logits_adv: Tensor,
+    ce_nat: Tensor,
+    ce_adv: Tensor,
+    kl: Tensor,
+    terms: dict[str, Tensor] | None = None,
+) -> StepResult:
+    """The step's loss with the metrics every method reports: the loss, the method's own ``terms``,
+    CE on the clean and the adversarial logits, the KL term and both accuracies, in that order."""
+    metrics = metrics_to_floats(
+        {
+            "loss": loss,
+            **(terms or {}),
+            "ce_nat": ce_nat,
+            "ce_adv": ce_adv,
+            "kl": kl,
+            "clean_acc": logits_accuracy_percent(logits_nat, y),
+            "adv_acc": logits_accuracy_percent(logits_adv, y),
+        }
+    )
+    return StepResult(loss, metrics)
+
+
+class AttackSettings(Protocol):
+    """The training attack's budget: a method's ``MethodSettings`` or the pre-training's settings."""
+
+    eps: float
+    step: float
+    attack_steps: int
+
+
 def training_attack(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    settings: MethodSettings,
+    settings: AttackSettings,
     generator: torch.Generator | None,
     forward_kwargs: dict | None = None,
 ) -> Tensor:

@@ -13,9 +13,8 @@ from autolora.methods.base import (
     Method,
     StepResult,
     kl_term,
-    logits_accuracy_percent,
     mean_cross_entropy,
-    metrics_to_floats,
+    robust_step_result,
     training_attack,
 )
 from autolora.models import classifier_parameters, fe_parameters
@@ -84,21 +83,21 @@ class Twins(Method):
         beta = self.settings.beta
         loss = w_fixed * fixed.ce + w_adaptive * adaptive.ce
         loss = loss + beta * (w_fixed * fixed.kl + w_adaptive * adaptive.kl)
-        metrics = metrics_to_floats(
-            {
-                "loss": loss,
+        return robust_step_result(
+            loss,
+            y,
+            logits_nat=logits_nat,
+            logits_adv=logits_adv,
+            ce_nat=mean_cross_entropy(logits_nat, y),
+            ce_adv=mean_cross_entropy(logits_adv, y),
+            kl=fixed.kl + adaptive.kl,
+            terms={
                 "ce_fixed": fixed.ce,
                 "ce_adaptive": adaptive.ce,
                 "kl_fixed": fixed.kl,
                 "kl_adaptive": adaptive.kl,
-                "ce_nat": mean_cross_entropy(logits_nat, y),
-                "ce_adv": mean_cross_entropy(logits_adv, y),
-                "kl": fixed.kl + adaptive.kl,
-                "clean_acc": logits_accuracy_percent(logits_nat, y),
-                "adv_acc": logits_accuracy_percent(logits_adv, y),
-            }
+            },
         )
-        return StepResult(loss, metrics)
 
     def gradient_similarity(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None

@@ -10,9 +10,8 @@ from autolora.methods.base import (
     Method,
     StepResult,
     kl_term,
-    logits_accuracy_percent,
     mean_cross_entropy,
-    metrics_to_floats,
+    robust_step_result,
     training_attack,
 )
 from autolora.models import classifier_parameters, fe_parameters
@@ -44,17 +43,15 @@ class VanillaRFT(Method):
         ce_nat = mean_cross_entropy(logits_nat, y)
         kl = kl_term(logits_adv, logits_nat, self.settings.divisor_for(x.shape[0]))
         loss = ce_nat + self.settings.beta * kl
-        metrics = metrics_to_floats(
-            {
-                "loss": loss,
-                "ce_nat": ce_nat,
-                "ce_adv": mean_cross_entropy(logits_adv, y),
-                "kl": kl,
-                "clean_acc": logits_accuracy_percent(logits_nat, y),
-                "adv_acc": logits_accuracy_percent(logits_adv, y),
-            }
+        return robust_step_result(
+            loss,
+            y,
+            logits_nat=logits_nat,
+            logits_adv=logits_adv,
+            ce_nat=ce_nat,
+            ce_adv=mean_cross_entropy(logits_adv, y),
+            kl=kl,
         )
-        return StepResult(loss, metrics)
 
     def gradient_similarity(
         self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator | None
