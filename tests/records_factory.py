@@ -88,6 +88,7 @@ def backbone_record(root: Path, weights: Path, arch: str, eps_pt: float) -> dict
     else:
         digest = entry.sha256 or hashlib.sha256(entry.file.encode()).hexdigest()
         if entry.sha256 is None:
+            (root / "config").mkdir(exist_ok=True)
             record_lock(root / "config" / "weights.lock", entry.file, digest)
         source = {"file": f"{arch}-eps{eps_pt:g}.ckpt", "sha256": digest}
     return {

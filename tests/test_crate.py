@@ -175,6 +175,8 @@ def test_the_workflow_writes_a_crate_of_its_run(crate, folder):
             if i.startswith("#protocol/")
         }
         assert choices == record["protocol"]["choices"]
+        selection = graph["#protocol/paper/selection/null"]  # the evaluation's, not training's
+        assert "the evaluation's choice" in selection["description"]
     # the software environment, licence and paper
     software = {e.get("name"): e.get("softwareVersion") for e in crate["@graph"]}
     for package in ("torch", "torchvision", "pyautoattack", "snakemake"):

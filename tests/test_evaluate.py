@@ -225,3 +225,19 @@ def test_evaluating_on_other_data_than_the_run_was_trained_on_is_refused(run, tm
     with pytest.raises(DataError, match=r"dataset.json \(sha256 \w+\) is not the dataset run"):
         evaluate_run(run["run"], other, checkpoint="final", out=tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_selected_is_the_specs_selection_else_the_protocols(run, tmp_path):
+    """The selection is the evaluation's: a run trained without a test pass each epoch has no
+    best_test, and `selected` (the paper protocol's best_test) says so and what to do."""
+    data = run["data"]
+    weights = run["root"] / "weights.safetensors"
+    spec = make_spec("vanilla", epochs=1, test_each_epoch=False)
+    train_cell(spec, data_dir=data, weights=weights, out_dir=tmp_path / "cell")
+    out = tmp_path / "x.json"
+    with pytest.raises(DataError, match="'selected' is the protocol's selection, best_test"):
+        evaluate_run(tmp_path / "cell", data, checkpoint="selected", n=8, out=out)
+    chosen = make_spec("vanilla", epochs=1, test_each_epoch=False, selection="best_val")
+    train_cell(chosen, data_dir=data, weights=weights, out_dir=tmp_path / "chosen")
+    record = evaluate_run(tmp_path / "chosen", data, checkpoint="selected", n=8, out=out)
+    assert record["checkpoint"]["name"] == "best_val"

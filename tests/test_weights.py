@@ -335,3 +335,41 @@ def test_a_truncated_backbone_is_one_clear_error(tmp_path):
     layout.backbone_record(out).unlink()
     with pytest.raises(DataError, match="has no record .*tiny.json beside it"):
         weights.load_verified_backbone(out, arch="tiny", eps_pt_255=4)
+
+
+def test_a_lock_file_is_never_started_away_from_the_committed_one(tmp_path, monkeypatch):
+    """Run from another folder, the default `config/weights.lock` does not exist there: pinning
+    is refused with the option to pass, and no folder or file is created."""
+    from autolora.pins import check_or_pin
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="pass --lock <repository>/config/weights.lock"):
+        check_or_pin("a" * 64, "dogs/images.tar", "config/weights.lock", "images.tar", "redo")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _pin_after(barrier, lock: str, index: int) -> None:
+    from autolora.pins import check_or_pin
+
+    barrier.wait()  # every process reads the lock file at the same moment
+    check_or_pin(f"{index:064x}", f"file-{index}", lock, f"file-{index}", "redo")
+
+
+def test_concurrent_pins_each_keep_their_line(tmp_path):
+    """Jobs pinning different files at once (a Dogs download beside a checkpoint conversion) must
+    not overwrite each other's line: the read, the check and the append hold the folder's lock."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    lock = tmp_path / "weights.lock"
+    count = 12
+    barrier = context.Barrier(count)
+    workers = [
+        context.Process(target=_pin_after, args=(barrier, str(lock), i)) for i in range(count)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert [worker.exitcode for worker in workers] == [0] * count
+    assert weights.read_lock(lock) == {f"file-{i}": f"{i:064x}" for i in range(count)}

@@ -395,7 +395,8 @@ def test_a_new_identity_for_one_cell_retrains_exactly_that_cell_for_real(finishe
     assert "lr: 0.01 -> 0.02" in superseded["reason"]
     kept = cell / superseded["path"]
     assert (kept / "completed" / "run.json").read_bytes() == before[cell / "run.json"]
-    assert (kept / "eval-best_test.json").is_file()  # the old run's evaluation went with it
+    # the old run's evaluation went with it, its log too
+    assert (kept / "eval-best_test.json").is_file() and (kept / "eval-best_test.log").is_file()
     evaluation = json.loads((cell / "eval-best_test.json").read_text())
     run_sha256 = hashlib.sha256((cell / "run.json").read_bytes()).hexdigest()
     assert evaluation["run_record"]["sha256"] == run_sha256

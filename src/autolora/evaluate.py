@@ -64,6 +64,9 @@ def stratified_subset(
 
 
 def resolve_checkpoint_name(name: str, config) -> str:
+    """``name``, or for ``selected`` the selection of the cell's spec, else its protocol's. A
+    workflow's ``training.selection`` is not part of a run (the selection is the evaluation's):
+    the workflow names the checkpoint itself."""
     if name == layout.SELECTED_CHECKPOINT:
         return config.selection
     if name not in layout.CHECKPOINT_NAMES:
@@ -153,8 +156,14 @@ def evaluate_run(
     name = resolve_checkpoint_name(checkpoint, config)
     checkpoint_entry = run_record.checkpoints.get(name)
     if checkpoint_entry is None:
+        selected = (
+            f" ('{layout.SELECTED_CHECKPOINT}' is the protocol's selection, {name}, unless the "
+            "cell's spec chose one)"
+            if checkpoint == layout.SELECTED_CHECKPOINT
+            else ""
+        )
         raise DataError(
-            f"run {run_dir} has no {name} checkpoint (its checkpoints: "
+            f"run {run_dir} has no {name} checkpoint{selected} (its checkpoints: "
             f"{', '.join(run_record.checkpoints)}); choose another --checkpoint"
         )
     checkpoint_path = run_dir / layout.checkpoint_file(name)

@@ -9,10 +9,13 @@ hashes; only a user who trusts the new file deletes the line so that it is recor
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from autolora.errors import ChecksumError, ConfigError
@@ -48,9 +51,33 @@ def read_lock(path: str | os.PathLike) -> dict[str, str]:
     return entries
 
 
+@contextlib.contextmanager
+def _locked_folder(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the lock file's folder: two jobs pinning at once (a Dogs
+    download beside a checkpoint conversion) each keep their line. The folder must exist: a lock
+    file is never started in a folder of its own, away from the committed one."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"lock file {path}: its folder {folder} does not exist (run from another folder?); "
+            "pass --lock <repository>/config/weights.lock, the workflow's pins"
+        )
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the flock
+
+
 def record_lock(path: str | os.PathLike, name: str, sha256: str) -> None:
     """Append ``name: sha256`` to the lock file (atomically; existing lines and comments kept)."""
     path = Path(path)
+    with _locked_folder(path):
+        _append(path, name, sha256)
+
+
+def _append(path: Path, name: str, sha256: str) -> None:
     text = path.read_text() if path.is_file() else ""
     if text and not text.endswith("\n"):
         text += "\n"
@@ -66,9 +93,11 @@ def check_or_pin(
     it where there is none (trust on first use). A mismatch is a ChecksumError naming both hashes,
     ``redo`` (how to get the file again) and the line to delete if the new file is trusted.
     Returns where the expected hash came from."""
-    pinned = read_lock(lock_path).get(name)
+    with _locked_folder(Path(lock_path)):
+        pinned = read_lock(lock_path).get(name)
+        if pinned is None:
+            _append(Path(lock_path), name, actual)
     if pinned is None:
-        record_lock(lock_path, name, actual)
         log.warning(
             "%s: no published sha256; recorded %s in %s (trust on first use: commit that file)",
             name,

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         required=True,
         choices=(*layout.CHECKPOINT_NAMES, layout.SELECTED_CHECKPOINT),
-        help="which weights; 'selected' = the protocol's reported checkpoint (config selection)",
+        help="which weights; 'selected' = the selection of the cell's spec, else the protocol's "
+        "(a workflow's training.selection is not part of the run: name the checkpoint)",
     )
     parser.add_argument(
         "--n",

@@ -201,7 +201,9 @@ def finished_run_names(out_dir: Path, finished: list[RunRecord]) -> list[str]:
     """What belongs to a finished run in the cell folder: its outputs, its evaluations, a left-over
     state, and ``completed/`` last (the commit point)."""
     outputs = [name for record in finished for name in record.output_names()]
-    evaluations = sorted(path.name for path in out_dir.glob(f"{layout.EVALUATION_PREFIX}*.json"))
+    evaluations = sorted(  # records and their logs
+        path.name for path in out_dir.glob(f"{layout.EVALUATION_PREFIX}*") if path.is_file()
+    )
     names = [
         layout.RUN_RECORD,
         layout.HISTORY,

@@ -14,6 +14,7 @@ from urllib.parse import quote
 from autolora.errors import ChecksumError, DataError
 from autolora.files import read_json, sha256_file
 from autolora.planning import layout
+from autolora.planning.cells import NOT_READ_BY_TRAINING
 from autolora.reporting.crate.graph import CrateBuilder
 from autolora.reporting.crate.vocabulary import OCTET_STREAM, STEP_PURPOSE, media_type
 
@@ -97,7 +98,7 @@ def _describe_training(
             choice,
             value,
             description=f"resolved choice of protocol {protocol.get('name')!r} (SPEC §7)"
-            + ("; null: the choice does not apply to this cell's method" if value is None else ""),
+            + (_null_choice_words(choice) if value is None else ""),
         )
         builder.example_of(pv, "train", "protocol_choice")
         builder.example_of(pv, "", "protocol_choice")
@@ -404,3 +405,9 @@ def _settings_value(
     builder.example_of(pv, rule, name)
     builder.example_of(pv, "", name)
     return pv
+
+
+def _null_choice_words(choice: str) -> str:
+    if choice in NOT_READ_BY_TRAINING:
+        return "; null: the evaluation's choice (see the evaluation record's checkpoint)"
+    return "; null: the choice does not apply to this cell's method"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from autolora.errors import ConfigError
 from autolora.planning import layout
+from autolora.planning.cells import NOT_READ_BY_TRAINING
 from autolora.planning.vocabulary import PUBLISHED_ARCHS
 from autolora.reporting.provenance.audit import Audit, short_digest
 
@@ -47,7 +48,11 @@ def audit_chain(audit: Audit, chain: dict) -> None:
 
 def _describe_run(audit: Audit, run: dict, run_path: str, checkpoint: dict) -> None:
     protocol = run.get("protocol") or {}
-    choices = ", ".join(f"{k}={v}" for k, v in sorted((protocol.get("choices") or {}).items()))
+    choices = ", ".join(
+        f"{k}={v}"
+        for k, v in sorted((protocol.get("choices") or {}).items())
+        if k not in NOT_READ_BY_TRAINING  # the evaluation's: its checkpoint is said above
+    )
     code = run.get("code") or {}
     dirty = " with uncommitted changes" if code.get("dirty") else ""
     attempts = len(run.get("attempts") or []) or 1
