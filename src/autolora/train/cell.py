@@ -27,12 +27,11 @@ from autolora.train.inputs import RunInputs
 from autolora.train.keeping import (
     finished_run_names,
     missing_and_changed_outputs,
-    present_outputs,
     read_run_record,
+    refuse_missing_or_changed,
     restore_completed_run,
     supersede_if_stale,
     verify_kept_outputs,
-    verify_run_outputs,
 )
 from autolora.train.loop import CellTraining
 from autolora.train.step import runtime_settings
@@ -121,15 +120,18 @@ def _reuse_finished_run(
     log_path: Path | None,
 ) -> TrainResult:
     """The same run finished before: its outputs are in place (checked), or restored from
-    ``completed/`` (checked first)."""
-    missing = [] if existing is None else missing_and_changed_outputs(out_dir, existing)[0]
+    ``completed/`` (checked first). Each output in place is hashed once."""
+    missing, changed = (
+        ([], []) if existing is None else missing_and_changed_outputs(out_dir, existing)
+    )
     if existing is not None and not missing:
-        verify_run_outputs(out_dir, existing)  # a changed output is refused, never replaced
+        # a changed output is refused, never replaced
+        refuse_missing_or_changed(out_dir, existing, missing, changed)
         checkpoints.clear_state(out_dir / layout.STATE_DIR)  # left over if killed after completing
         return TrainResult("already_complete", existing)
     if kept is None:
-        verify_run_outputs(out_dir, existing)  # names the missing output
+        refuse_missing_or_changed(out_dir, existing, missing, changed)  # names the missing output
     verify_kept_outputs(out_dir, kept)
     if existing is not None:
-        verify_run_outputs(out_dir, present_outputs(out_dir, existing))
+        refuse_missing_or_changed(out_dir, existing, [], changed)  # the outputs still in place
     return TrainResult("restored", restore_completed_run(out_dir, kept, config, log_path))

@@ -148,7 +148,14 @@ def missing_and_changed_outputs(folder: Path, record: RunRecord) -> tuple[list[s
 
 def verify_run_outputs(out_dir: Path, record: RunRecord) -> None:
     """Check every output a run record lists against its sha256 (DataError naming the file)."""
-    missing, changed = missing_and_changed_outputs(out_dir, record)
+    refuse_missing_or_changed(out_dir, record, *missing_and_changed_outputs(out_dir, record))
+
+
+def refuse_missing_or_changed(
+    out_dir: Path, record: RunRecord, missing: list[str], changed: list[str]
+) -> None:
+    """DataError naming the first ``changed`` output of ``record`` in ``out_dir``, else the first
+    ``missing`` one (the lists of :func:`missing_and_changed_outputs`)."""
     if changed:
         raise DataError(
             f"{out_dir / changed[0]}: its sha256 differs from the one recorded in "
@@ -177,12 +184,6 @@ def _changed_output_fix(out_dir: Path, name: str, record: RunRecord) -> str:
         f"its kept copy {kept} {why}, so it cannot be restored: delete {out_dir} (or move it "
         "away) and train the cell again"
     )
-
-
-def present_outputs(out_dir: Path, record: RunRecord) -> RunRecord:
-    """``record`` with only the output entries whose files exist in ``out_dir``."""
-    present = [e for e in record.outputs or [] if (out_dir / Path(e["path"]).name).is_file()]
-    return dataclasses.replace(record, outputs=present)
 
 
 def verify_kept_outputs(out_dir: Path, record: RunRecord) -> None:
