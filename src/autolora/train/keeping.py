@@ -231,11 +231,7 @@ def restore_completed_run(
         "restored_outputs": True,
     }
     record = dataclasses.replace(record, attempts=[*(record.attempts or []), attempt])
-    record.write(out_dir / layout.COMPLETED_DIR / layout.RUN_RECORD)
-    checkpoints.clear_state(
-        out_dir / layout.STATE_DIR
-    )  # left over if killed right after completing
-    cellfolder.publish(out_dir, [*record.output_names(), layout.RUN_RECORD])
+    commit_completed_run(out_dir, record)  # a state is left over if killed right after completing
     logger.info(
         "%s: training had completed (%d epochs); its outputs are restored from %s",
         config.cell_id,
@@ -243,3 +239,11 @@ def restore_completed_run(
         out_dir / layout.COMPLETED_DIR,
     )
     return record
+
+
+def commit_completed_run(out_dir: Path, record: RunRecord) -> None:
+    """Commit a finished run: its record into ``completed/`` (the commit point), the resume state
+    dropped, the outputs put in place."""
+    record.write(out_dir / layout.COMPLETED_DIR / layout.RUN_RECORD)
+    checkpoints.clear_state(out_dir / layout.STATE_DIR)
+    cellfolder.publish(out_dir, [*record.output_names(), layout.RUN_RECORD])

@@ -22,14 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from autolora import cellfolder, checkpoints, records
+from autolora import checkpoints, records
 from autolora.errors import ConfigError
 from autolora.files import as_json_data
 from autolora.planning import layout
 from autolora.records import RunRecord
 from autolora.schedules import AutoLR
 from autolora.train.history import write_history
-from autolora.train.keeping import stale_reasons
+from autolora.train.keeping import commit_completed_run, stale_reasons
 
 # The best checkpoints and the history column that selects each.
 CHECKPOINT_METRICS = {"best_val": "val_pgd10", "best_test": "test_pgd10"}
@@ -240,9 +240,7 @@ class StateKeeper:
     def complete(self, record: RunRecord) -> None:
         """Commit the finished run: its record into ``completed/`` (the commit point), the resume
         state dropped, the outputs put in place."""
-        record.write(self.out_dir / layout.COMPLETED_DIR / layout.RUN_RECORD)
-        checkpoints.clear_state(self.state_dir)
-        cellfolder.publish(self.out_dir, [*record.output_names(), layout.RUN_RECORD])
+        commit_completed_run(self.out_dir, record)
 
 
 def output_entry(role: str, declared: Path, sha256: str) -> dict[str, str]:
