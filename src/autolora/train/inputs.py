@@ -119,32 +119,34 @@ class RunInputs:
         scheme = self.config.split_scheme
         data_files = {item["file"]: item["sha256"] for item in self.dataset.verified}
         weights, weights_record = self.backbone_verified[:2]
-
-        def entry(role: str, path: Path, sha256: str) -> dict[str, Any]:
-            return {"role": role, "path": records.record_path(path), "sha256": sha256}
-
         return [
             spec_entry,
-            entry("dataset", self.data_dir / layout.DATASET_METADATA, self.dataset.metadata_sha256),
-            entry(
+            hashed_entry(
+                "dataset", self.data_dir / layout.DATASET_METADATA, self.dataset.metadata_sha256
+            ),
+            hashed_entry(
                 "split_manifest",
                 self.data_dir / layout.split_manifest(scheme),
                 data_files[layout.split_manifest(scheme)],
             ),
-            entry(
+            hashed_entry(
                 "split_info",
                 self.data_dir / layout.split_info(scheme),
                 data_files[layout.split_info(scheme)],
             ),
-            entry("weights", self.weights_path, weights["sha256"]),
-            entry(
+            hashed_entry("weights", self.weights_path, weights["sha256"]),
+            hashed_entry(
                 "weights_record",
                 layout.backbone_record(self.weights_path),
                 weights_record["sha256"],
             ),
         ]
 
-    # -- the whole run --
+
+def hashed_entry(role: str, path: Path, sha256: str) -> dict[str, str]:
+    """A record's entry of the file ``path`` whose bytes hashed to ``sha256`` when they were
+    written or verified (``records.file_entry`` hashes the file again)."""
+    return {"role": role, "path": records.record_path(path), "sha256": sha256}
 
 
 def check_dataset_name(dataset: PreparedDataset, config: CellConfig, data_dir: Path) -> None:

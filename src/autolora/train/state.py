@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from autolora import checkpoints, records
+from autolora import checkpoints
 from autolora.errors import ConfigError
 from autolora.files import as_json_data
 from autolora.planning import layout
 from autolora.records import RunRecord
 from autolora.schedules import AutoLR
 from autolora.train.history import write_history
+from autolora.train.inputs import hashed_entry
 from autolora.train.keeping import commit_completed_run, stale_reasons
 
 # The best checkpoints and the history column that selects each.
@@ -223,7 +224,8 @@ class StateKeeper:
             file_name = layout.checkpoint_file(name)
             metadata = weights_metadata(name, entry["epoch"], entry["metric"], entry["value"])
             sha256 = checkpoints.save_weights(kept / file_name, entry["weights"], metadata)
-            output = output_entry(name, self.out_dir / file_name, sha256)
+            # the declared path: a link to (or copy of) the file kept in completed/
+            output = hashed_entry(name, self.out_dir / file_name, sha256)
             outputs.append(output)
             checkpoint_records[name] = {
                 "epoch": entry["epoch"],
@@ -234,16 +236,10 @@ class StateKeeper:
                 "sha256": output["sha256"],
             }
         history_sha256 = write_history(kept / layout.HISTORY, progress.history)
-        outputs.append(output_entry("history", self.out_dir / layout.HISTORY, history_sha256))
+        outputs.append(hashed_entry("history", self.out_dir / layout.HISTORY, history_sha256))
         return outputs, checkpoint_records
 
     def complete(self, record: RunRecord) -> None:
         """Commit the finished run: its record into ``completed/`` (the commit point), the resume
         state dropped, the outputs put in place."""
         commit_completed_run(self.out_dir, record)
-
-
-def output_entry(role: str, declared: Path, sha256: str) -> dict[str, str]:
-    """The record's entry of an output: its declared path (a link to, or copy of, the file kept
-    in completed/) and the file's sha256."""
-    return {"role": role, "path": records.record_path(declared), "sha256": sha256}
