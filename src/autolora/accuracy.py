@@ -37,6 +37,9 @@ def tensor_batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tens
         yield x[start : start + batch_size], y[start : start + batch_size]
 
 
+EMPTY_SPLIT = "accuracy of an empty split requested: the split has no examples"
+
+
 def _percent(correct: Tensor | int, total: int, what: str) -> float:
     if total == 0:
         raise DataError(what)
@@ -47,7 +50,7 @@ def clean_accuracy(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
     *,
-    empty: str = "accuracy of an empty split requested: the split has no examples",
+    empty: str = EMPTY_SPLIT,
     **forward_kwargs,
 ) -> tuple[float, int]:
     """(standard accuracy in percent, n) of ``model(x, **forward_kwargs)``, eval mode; ``empty``
@@ -88,5 +91,8 @@ def clean_and_pgd_accuracy(
             with torch.no_grad():
                 correct_adv = correct_adv + (model(x_adv).argmax(dim=1) == y).sum()
             total += int(y.shape[0])
-    empty = "accuracy of an empty split requested: the split has no examples"
-    return _percent(correct_clean, total, empty), _percent(correct_adv, total, empty), total
+    return (
+        _percent(correct_clean, total, EMPTY_SPLIT),
+        _percent(correct_adv, total, EMPTY_SPLIT),
+        total,
+    )
