@@ -127,7 +127,7 @@ def attempt_log(out_dir: str | os.PathLike) -> Iterator[Path]:
 
 def _new_log_file(logs: Path) -> Path:
     """A new, empty ``train-<UTC time>-<pid>[-<n>].log`` (n when the name is taken already)."""
-    stamp = environment.timestamp().replace("-", "").replace(":", "")
+    stamp = _compact_timestamp()
     for number in itertools.count(1):
         path = logs / layout.attempt_log(stamp, os.getpid(), number)
         try:
@@ -136,6 +136,11 @@ def _new_log_file(logs: Path) -> Path:
             continue
         return path
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _compact_timestamp() -> str:
+    """The UTC time of ``environment.timestamp`` without separators, for file names."""
+    return environment.timestamp().replace("-", "").replace(":", "")
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -176,7 +181,7 @@ def supersede(
     out_dir = Path(out_dir)
     base = out_dir / layout.SUPERSEDED_DIR
     base.mkdir(exist_ok=True)
-    stamp = environment.timestamp().replace("-", "").replace(":", "")
+    stamp = _compact_timestamp()
     for number in itertools.count(1):
         folder = base / (f"{stamp}-{slug}" if number == 1 else f"{stamp}-{slug}-{number}")
         try:
