@@ -337,15 +337,17 @@ def seeds(config: Mapping[str, Any]) -> list[int]:
     return list(values)
 
 
+def training_identity(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Training settings (a cell's overrides, a run's resolved configuration) less the runtime
+    and the evaluation-only settings: those that define a training result."""
+    dropped = (RUNTIME_KEY, *EVALUATION_ONLY_KEYS)
+    return {key: value for key, value in settings.items() if key not in dropped}
+
+
 def identity_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A cell's spec as its train job gets it: without the runtime and the evaluation-only
     settings, which do not change its training (a change of this spec retrains the cell)."""
-    overrides = spec.get("overrides") or {}
-    dropped = (RUNTIME_KEY, *EVALUATION_ONLY_KEYS)
-    return {
-        **spec,
-        "overrides": {key: value for key, value in overrides.items() if key not in dropped},
-    }
+    return {**spec, "overrides": training_identity(spec.get("overrides") or {})}
 
 
 def evaluation_overrides(spec: Mapping[str, Any]) -> dict[str, Any]:
