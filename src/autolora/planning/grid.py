@@ -458,6 +458,7 @@ def expand_grid(config: Mapping[str, Any]) -> Grid:
     config = check_config(config)
     protocol = config.get("protocol", "paper")
     tables = config.get("tables") or {}
+    cell_seeds = seeds(config)
     cells: dict[str, dict[str, Any]] = {}
     entries: list[TableEntry] = []
     for table, settings in tables.items():
@@ -477,7 +478,7 @@ def expand_grid(config: Mapping[str, Any]) -> Grid:
                     if table == "table4":
                         factor = eps_pt
                     cell_extra = extra if method in GRAD_SIMILARITY_METHODS else {}
-                    for seed in seeds(config):
+                    for seed in cell_seeds:
                         identity = {
                             "protocol": protocol,
                             "arch": arch,
