@@ -19,7 +19,7 @@ from typing import Any
 
 from autolora.data.sources.download import Checksum, download
 from autolora.errors import ChecksumError, ConfigError, DataError
-from autolora.files import sha256_file
+from autolora.files import sha256_bytes, sha256_file
 from autolora.pins import DEFAULT_LOCK, check_or_pin, read_lock
 from autolora.planning import layout
 from autolora.planning.vocabulary import ARCHS, PUBLISHED_ARCHS, PUBLISHED_EPS_PT_255
@@ -377,8 +377,6 @@ def verify_backbone(
     """Check a backbone's bytes against the record beside it (sha256, arch, ε_pt) and, for a
     converted catalogue checkpoint, the record's source hash against the published or pinned one.
     Returns what was verified, for the run record."""
-    from autolora.files import sha256_bytes
-
     path = Path(path)
     record_file = layout.backbone_record(path)
     rebuild = (
