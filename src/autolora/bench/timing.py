@@ -215,6 +215,12 @@ class StandardTraining:
     """Cross-entropy on the clean batch: the standard step that robust steps are measured
     against, taken like a method's (``autolora.train.step.TrainingStep``)."""
 
+    def model_options(self) -> dict[str, Any]:
+        return {}
+
+    def trainable_parameters(self, model: torch.nn.Module) -> Iterable[torch.nn.Parameter]:
+        return model.parameters()
+
     def training_step(
         self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None
     ) -> StepResult:
@@ -224,22 +230,10 @@ class StandardTraining:
 # ---- the timed calls ---------------------------------------------------------------------------
 
 
-def standard_step(case: BenchCase, device: torch.device, paths: FastPaths) -> Callable[[], None]:
-    """One standard (non-robust) training step: CE forward, backward, SGD update."""
-    model = prepare_model(case_model(case).to(device), paths).train()
-    step = TrainingStep(
-        StandardTraining(), model, _optimizer(model.parameters()), paths=paths, device=device
-    )
-    x, y = random_batch(case, device)
-    x = prepare_batch(x, paths)
-    return lambda: step(x, y, generator=None)
-
-
-def robust_step(
-    case: BenchCase, method_name: str, device: torch.device, paths: FastPaths
+def _timed_step(
+    case: BenchCase, method: Method | StandardTraining, device: torch.device, paths: FastPaths
 ) -> Callable[[], None]:
-    """One training step of ``method_name``: PGD-10 with random start, loss, backward, update."""
-    method = bench_method(method_name, case.batch_size)
+    """One ``TrainingStep`` of ``method`` on a fresh model of ``case`` and its resident batch."""
     model = prepare_model(case_model(case, **method.model_options()).to(device), paths).train()
     optimizer = _optimizer(method.trainable_parameters(model))
     step = TrainingStep(method, model, optimizer, paths=paths, device=device)
@@ -247,6 +241,18 @@ def robust_step(
     x = prepare_batch(x, paths)
     generator = torch.Generator(device=device).manual_seed(0)
     return lambda: step(x, y, generator=generator)
+
+
+def standard_step(case: BenchCase, device: torch.device, paths: FastPaths) -> Callable[[], None]:
+    """One standard (non-robust) training step: CE forward, backward, SGD update."""
+    return _timed_step(case, StandardTraining(), device, paths)
+
+
+def robust_step(
+    case: BenchCase, method_name: str, device: torch.device, paths: FastPaths
+) -> Callable[[], None]:
+    """One training step of ``method_name``: PGD-10 with random start, loss, backward, update."""
+    return _timed_step(case, bench_method(method_name, case.batch_size), device, paths)
 
 
 def pgd_evaluation(case: BenchCase, device: torch.device) -> Callable[[], None]:
