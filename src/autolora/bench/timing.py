@@ -308,12 +308,12 @@ def time_training_steps(
     configure_backends(paths)
     flops = dict(flops) if flops is not None else step_flops(case, device, methods)
     standard = seconds_per_call(standard_step(case, device, paths), device, warmup, repeats)
-    rows = [_timing(case, paths, "standard", standard, None, flops)]
+    rows = [step_timing(case, paths, "standard", standard, None, flops)]
     for method in methods:
         seconds = seconds_per_call(
             robust_step(case, method, device, paths), device, warmup, repeats
         )
-        rows.append(_timing(case, paths, method, seconds, standard, flops))
+        rows.append(step_timing(case, paths, method, seconds, standard, flops))
     return rows
 
 
@@ -326,7 +326,7 @@ def step_flops(case: BenchCase, device: torch.device, methods: Iterable[str]) ->
     return flops
 
 
-def _timing(
+def step_timing(
     case: BenchCase,
     paths: FastPaths,
     method: str,
@@ -334,6 +334,9 @@ def _timing(
     standard_seconds: float | None,
     flops: Mapping[str, int],
 ) -> StepTiming:
+    """The table row of ``method``'s step on ``case`` under ``paths``: ``seconds`` per step,
+    measured against the standard step's ``standard_seconds`` (None for the standard step) and
+    the counted ``flops`` of ``step_flops``."""
     multiple = None if standard_seconds is None else seconds / standard_seconds
     return StepTiming(
         case=case.label,
