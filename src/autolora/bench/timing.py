@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -279,7 +279,7 @@ def autoattack_images_per_s(
     Otherwise the radius is 8/255 and APGD-CE breaks nearly every point: the fastest case.
     """
     model = case_model(case).to(device).eval()
-    x, _ = random_batch(BenchCase(case.arch, case.image_size, n, case.input_upsample), device)
+    x, _ = random_batch(replace(case, batch_size=n), device)
     with torch.no_grad():
         y = model(x).argmax(dim=1)
     eps = ALL_ROBUST_EPS if all_robust else EPS
