@@ -133,12 +133,7 @@ def _describe_training(
         builder.example_of(file, "", "checkpoints")
         results.append(file)
     log = Path(run_path).with_name(layout.TRAIN_LOG).as_posix()
-    if builder.crate_path(log) and (builder.root / log).is_file():
-        log_id = builder.payload_file(
-            builder.crate_path(log), description=f"training log of {cell_id}"
-        )
-        builder.example_of(log_id, "train", "log")
-        results.append(log_id)
+    results += _step_log(builder, log, "train", f"training log of {cell_id}")
 
     attempts = run.get("attempts") or [{"host": run.get("host"), "slurm": run.get("slurm")}]
     resumed = sum(1 for a in attempts if a.get("resumed_from_epoch") is not None)
@@ -193,12 +188,7 @@ def _describe_evaluation(
     cells.evaluations.append(record)
     results = [record]
     log = Path(eval_path).with_suffix(".log").as_posix()
-    if builder.crate_path(log) and (builder.root / log).is_file():
-        log_id = builder.payload_file(
-            builder.crate_path(log), description=f"evaluation log of {cell_id}"
-        )
-        builder.example_of(log_id, "evaluate", "log")
-        results.append(log_id)
+    results += _step_log(builder, log, "evaluate", f"evaluation log of {cell_id}")
     autoattack = evaluation.get("autoattack") or {}
     checkpoint = evaluation.get("checkpoint") or {}
     builder.action(
@@ -219,6 +209,17 @@ def _describe_evaluation(
         jobs=[evaluation.get("slurm")],
         software=builder.environment(evaluation),
     )
+
+
+def _step_log(builder: CrateBuilder, log: str, rule: str, description: str) -> list[str]:
+    """The log a step wrote beside its record (``log``, relative to the root), as a value of
+    ``rule``'s ``log`` parameter; none when it lies outside the crate or was not written."""
+    inside = builder.crate_path(log)
+    if not inside or not (builder.root / log).is_file():
+        return []
+    log_id = builder.payload_file(inside, description=description)
+    builder.example_of(log_id, rule, "log")
+    return [log_id]
 
 
 def _autoattack_words(autoattack: Mapping[str, Any]) -> str:
