@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from autolora.errors import ChecksumError, DataError
-from autolora.files import read_json, sha256_file
+from autolora.files import parse_json, read_json, sha256_bytes
 from autolora.planning import layout
 from autolora.planning.cells import NOT_READ_BY_TRAINING
 from autolora.reporting.crate.graph import CrateBuilder
@@ -247,12 +247,13 @@ def _describe_dataset(
             f"{metadata_file}: missing, though run records name it; rerun the workflow "
             "(snakemake) before writing the crate"
         )
-    if item.get("sha256") and sha256_file(metadata_file) != item["sha256"]:
+    data = metadata_file.read_bytes()
+    if item.get("sha256") and sha256_bytes(data) != item["sha256"]:
         raise ChecksumError(
             f"{metadata_file}: changed after the runs that used it recorded its sha256; rerun "
             "the workflow (snakemake) before writing the crate"
         )
-    metadata = read_json(metadata_file)
+    metadata = parse_json(data, metadata_file)
     name = metadata.get("name") or Path(path).parent.name
     directory = Path(path).parent.as_posix()
     where = "referenced, not copied: the file at localPath (relative to the crate) has this sha256"
@@ -337,7 +338,8 @@ def _describe_weights(
             f"{builder.root / record_path}: the record of backbone {path} is missing; rerun the "
             "workflow (snakemake) before writing the crate"
         )
-    record = read_json(builder.root / record_path)
+    data = (builder.root / record_path).read_bytes()
+    record = parse_json(data, builder.root / record_path)
     source = record.get("source") or {}
     pretrained = "pretrained_by" in source
     rule = "pretrain_backbone" if pretrained else "convert_weights"
@@ -347,7 +349,7 @@ def _describe_weights(
         else Path(path).stem
     )
     weights = builder.record_file(path, item.get("sha256"))
-    digest = sha256_file(builder.root / record_path)
+    digest = sha256_bytes(data)
     if record_item and record_item.get("sha256") and digest != record_item["sha256"]:
         raise ChecksumError(
             f"{builder.root / record_path}: changed after the runs that used backbone {path} "
