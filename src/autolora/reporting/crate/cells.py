@@ -5,7 +5,7 @@ weights record) the training used."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,22 +137,17 @@ def _describe_training(
 
     attempts = run.get("attempts") or [{"host": run.get("host"), "slurm": run.get("slurm")}]
     resumed = sum(1 for a in attempts if a.get("resumed_from_epoch") is not None)
-    builder.action(
+    _job_action(
+        builder,
         "train",
         cell_id,
-        name=f"train {cell_id}",
-        description=(
-            f"`autolora train` of cell {cell_id}: {run.get('epochs_run')} epoch(s) on "
-            f"{run.get('device')}, {len(attempts)} attempt(s) ({resumed} resumed); "
-            f"stopped: {run.get('stop_reason')}. Command: {run.get('command')}"
-        ),
+        run,
+        f"`autolora train` of cell {cell_id}: {run.get('epochs_run')} epoch(s) on "
+        f"{run.get('device')}, {len(attempts)} attempt(s) ({resumed} resumed); "
+        f"stopped: {run.get('stop_reason')}",
         objects=objects,
         results=results,
-        start=run.get("started"),
-        end=run.get("finished"),
-        hosts=[*(a.get("host") for a in attempts), run.get("host")],
-        jobs=[*(a.get("slurm") for a in attempts), run.get("slurm")],
-        software=builder.environment(run),
+        attempts=attempts,
     )
 
 
@@ -191,23 +186,44 @@ def _describe_evaluation(
     results += _step_log(builder, log, "evaluate", f"evaluation log of {cell_id}")
     autoattack = evaluation.get("autoattack") or {}
     checkpoint = evaluation.get("checkpoint") or {}
-    builder.action(
+    _job_action(
+        builder,
         "evaluate",
         cell_id,
-        name=f"evaluate {cell_id}",
-        description=(
-            f"`autolora evaluate` of the {checkpoint.get('name')!r} checkpoint (epoch "
-            f"{checkpoint.get('epoch')}) of cell {cell_id} on {evaluation.get('device')}: "
-            f"{shown} (%), AutoAttack {_autoattack_words(autoattack)}. "
-            f"Command: {evaluation.get('command')}"
-        ),
+        evaluation,
+        f"`autolora evaluate` of the {checkpoint.get('name')!r} checkpoint (epoch "
+        f"{checkpoint.get('epoch')}) of cell {cell_id} on {evaluation.get('device')}: "
+        f"{shown} (%), AutoAttack {_autoattack_words(autoattack)}",
         objects=objects,
         results=results,
-        start=evaluation.get("started"),
-        end=evaluation.get("finished"),
-        hosts=[evaluation.get("host")],
-        jobs=[evaluation.get("slurm")],
-        software=builder.environment(evaluation),
+    )
+
+
+def _job_action(
+    builder: CrateBuilder,
+    rule: str,
+    cell_id: str,
+    record: Mapping[str, Any],
+    summary: str,
+    *,
+    objects: list[str],
+    results: list[str],
+    attempts: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """The action of a cell's job (``rule``: train or evaluate) from the record it wrote: its
+    times, software and command, and the hosts and SLURM jobs of its ``attempts`` and its own."""
+    builder.action(
+        rule,
+        cell_id,
+        name=f"{rule} {cell_id}",
+        description=f"{summary}. Command: {record.get('command')}",
+        objects=objects,
+        results=results,
+        start=record.get("started"),
+        end=record.get("finished"),
+        hosts=[*(a.get("host") for a in attempts), record.get("host")],
+        jobs=[*(a.get("slurm") for a in attempts), record.get("slurm")],
+        software=builder.environment(record),
     )
 
 
