@@ -37,7 +37,7 @@ def test_inherent_multiple_is_26_forwards_over_3():
 
 
 def _row(method, seconds, *, case="r18", arch="resnet18", path=PLAIN, standard=None, batch=128):
-    return bench._timing(
+    return bench.step_timing(
         BenchCase(arch, 224, batch),
         bench.FastPaths() if path == PLAIN else bench.FastPaths(bf16=True),
         method,

@@ -67,6 +67,18 @@ def tool_env() -> dict[str, str]:
     return dict(os.environ, PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
 
 
+def crate_command(workdir: Path) -> list[str]:
+    """``autolora crate`` of the workflow's results folder, as its rule runs it (from workdir)."""
+    return [
+        "crate",
+        "results/paper",
+        "--workflow-dir",
+        str(ROOT),
+        "--configfile",
+        str(workdir / "tiny.yaml"),
+    ]
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """A real run of the workflow (default target, so the crate rule included) on TINY."""
@@ -438,16 +450,7 @@ def test_crate_refuses_a_record_changed_after_aggregation(workdir, folder, capsy
     before = (folder / METADATA_FILE).read_bytes()
     original = flip_one_byte(folder / "tables/table1.csv")
     try:
-        status = main(
-            [
-                "crate",
-                "results/paper",
-                "--workflow-dir",
-                str(ROOT),
-                "--configfile",
-                str(workdir / "tiny.yaml"),
-            ]
-        )
+        status = main(crate_command(workdir))
         captured = capsys.readouterr()
     finally:
         (folder / "tables/table1.csv").write_bytes(original)
@@ -462,14 +465,7 @@ def test_crate_is_byte_reproducible_and_zips_for_deposit(
 ):
     monkeypatch.chdir(workdir)
     written = (folder / METADATA_FILE).read_bytes()
-    args = [
-        "crate",
-        "results/paper",
-        "--workflow-dir",
-        str(ROOT),
-        "--configfile",
-        str(workdir / "tiny.yaml"),
-    ]
+    args = crate_command(workdir)
     assert main([*args, "--zip", str(tmp_path / "a.zip")]) == 0
     assert (folder / METADATA_FILE).read_bytes() == written  # same as the workflow's rule wrote
     assert main([*args, "--zip", str(tmp_path / "b.zip")]) == 0

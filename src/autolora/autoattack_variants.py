@@ -26,9 +26,8 @@ class AutoAttackVariant:
     name: str  # the config value and the evaluation record's `autoattack.version`
     attacks: tuple[str, ...]  # pyautoattack's attack names, in the order they run
     label: str  # how table titles and footnotes name it
-    relative_cost: (
-        float  # expected time relative to standard AutoAttack (autolora.planning.costmodel)
-    )
+    # expected time relative to standard AutoAttack (autolora.planning.costmodel)
+    relative_cost: float
 
     @property
     def is_standard(self) -> bool:

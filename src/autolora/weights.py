@@ -19,7 +19,7 @@ from typing import Any
 
 from autolora.data.sources.download import Checksum, download
 from autolora.errors import ChecksumError, ConfigError, DataError
-from autolora.files import sha256_file
+from autolora.files import sha256_bytes, sha256_file
 from autolora.pins import DEFAULT_LOCK, check_or_pin, read_lock
 from autolora.planning import layout
 from autolora.planning.vocabulary import ARCHS, PUBLISHED_ARCHS, PUBLISHED_EPS_PT_255
@@ -154,7 +154,7 @@ def download_weights(
 ) -> Path:
     """Download a catalogue checkpoint to ``dest`` (resumable), verify it, pin it if unpinned."""
     entry = lookup(arch, eps_pt_255)
-    expected = entry.sha256 or read_lock(lock_path).get(entry.file)
+    expected, _ = pinned_sha256(entry, lock_path)
     checksum = Checksum("sha256", expected) if expected else None
     path = download(entry.url, dest, checksum=checksum, progress=progress)
     verify_weights(path, entry, lock_path)
@@ -351,17 +351,18 @@ def convert_checkpoint(
             "or not the published one: delete it and download it again"
         )
     entry = CATALOGUE.get((arch, float(eps_pt_255))) if arch in PUBLISHED_ARCHS else None
-    if entry is not None and lock_path is not None:
-        expected, origin = pinned_sha256(entry, lock_path)
-        if expected is not None and source_sha != expected:
-            check_pinned(source_sha, entry, lock_path, src)  # raises, naming both hashes
+    checked_against = None
+    if entry is not None and lock_path is not None and pinned_sha256(entry, lock_path)[0]:
+        checked_against = check_pinned(source_sha, entry, lock_path, src)  # raises on a mismatch
     state = torchvision_state(load_checkpoint(src), src)
     check_architecture(state, arch, src)
     source: dict[str, Any] = {"file": src.name, "sha256": source_sha}
     if entry is not None:
         source["catalogue_file"] = entry.file
-        if lock_path is not None:  # pins an unpinned file, now that it converted
-            source["checked_against"] = check_pinned(source_sha, entry, lock_path, src)
+        if lock_path is not None:  # an unpinned file is pinned now that it converted
+            source["checked_against"] = checked_against or check_pinned(
+                source_sha, entry, lock_path, src
+            )
     return write_backbone(state, out, arch=arch, eps_pt_255=eps_pt_255, source=source)
 
 
@@ -376,8 +377,6 @@ def verify_backbone(
     """Check a backbone's bytes against the record beside it (sha256, arch, ε_pt) and, for a
     converted catalogue checkpoint, the record's source hash against the published or pinned one.
     Returns what was verified, for the run record."""
-    from autolora.files import sha256_bytes
-
     path = Path(path)
     record_file = layout.backbone_record(path)
     rebuild = (

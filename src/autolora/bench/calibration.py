@@ -104,10 +104,11 @@ def project_grid(
         f"section gives {configured.gpu_hours:.1f} h):"
     ]
     projections = []
+    configured_cost = dict(config.get("cost") or {})
     for fast_path in dict.fromkeys(r.fast_path for r in rows):
         section = calibration(rows, evaluation, fast_path)
         cells = {k: s for k, s in grid.cells.items() if s["arch"] in section["backbone"]}
-        configured_cost = dict(config.get("cost") or {})
+        unprojected = len(grid.cells) - len(cells)
         cost = {
             **configured_cost,
             **section,
@@ -120,7 +121,7 @@ def project_grid(
                 "fast_path": fast_path,
                 "cost": section,
                 "cells": projected.cells,
-                "unprojected_cells": len(grid.cells) - len(cells),
+                "unprojected_cells": unprojected,
                 "unmeasured_archs": skipped,
                 "train_gpu_hours": projected.train_gpu_hours,
                 "evaluate_gpu_hours": projected.evaluate_gpu_hours,
@@ -133,7 +134,7 @@ def project_grid(
             f"evaluate {projected.evaluate_gpu_hours:.1f}) for {projected.cells} cells; "
             f"longest cell {projected.longest_train_min / 60:.1f} h"
             + (
-                f"; {len(grid.cells) - len(cells)} cells of unbenchmarked backbones "
+                f"; {unprojected} cells of unbenchmarked backbones "
                 f"({', '.join(skipped)}) not projected"
                 if skipped
                 else ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -215,6 +215,12 @@ class StandardTraining:
     """Cross-entropy on the clean batch: the standard step that robust steps are measured
     against, taken like a method's (``autolora.train.step.TrainingStep``)."""
 
+    def model_options(self) -> dict[str, Any]:
+        return {}
+
+    def trainable_parameters(self, model: torch.nn.Module) -> Iterable[torch.nn.Parameter]:
+        return model.parameters()
+
     def training_step(
         self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator=None
     ) -> StepResult:
@@ -224,22 +230,10 @@ class StandardTraining:
 # ---- the timed calls ---------------------------------------------------------------------------
 
 
-def standard_step(case: BenchCase, device: torch.device, paths: FastPaths) -> Callable[[], None]:
-    """One standard (non-robust) training step: CE forward, backward, SGD update."""
-    model = prepare_model(case_model(case).to(device), paths).train()
-    step = TrainingStep(
-        StandardTraining(), model, _optimizer(model.parameters()), paths=paths, device=device
-    )
-    x, y = random_batch(case, device)
-    x = prepare_batch(x, paths)
-    return lambda: step(x, y, generator=None)
-
-
-def robust_step(
-    case: BenchCase, method_name: str, device: torch.device, paths: FastPaths
+def _timed_step(
+    case: BenchCase, method: Method | StandardTraining, device: torch.device, paths: FastPaths
 ) -> Callable[[], None]:
-    """One training step of ``method_name``: PGD-10 with random start, loss, backward, update."""
-    method = bench_method(method_name, case.batch_size)
+    """One ``TrainingStep`` of ``method`` on a fresh model of ``case`` and its resident batch."""
     model = prepare_model(case_model(case, **method.model_options()).to(device), paths).train()
     optimizer = _optimizer(method.trainable_parameters(model))
     step = TrainingStep(method, model, optimizer, paths=paths, device=device)
@@ -247,6 +241,18 @@ def robust_step(
     x = prepare_batch(x, paths)
     generator = torch.Generator(device=device).manual_seed(0)
     return lambda: step(x, y, generator=generator)
+
+
+def standard_step(case: BenchCase, device: torch.device, paths: FastPaths) -> Callable[[], None]:
+    """One standard (non-robust) training step: CE forward, backward, SGD update."""
+    return _timed_step(case, StandardTraining(), device, paths)
+
+
+def robust_step(
+    case: BenchCase, method_name: str, device: torch.device, paths: FastPaths
+) -> Callable[[], None]:
+    """One training step of ``method_name``: PGD-10 with random start, loss, backward, update."""
+    return _timed_step(case, bench_method(method_name, case.batch_size), device, paths)
 
 
 def pgd_evaluation(case: BenchCase, device: torch.device) -> Callable[[], None]:
@@ -273,7 +279,7 @@ def autoattack_images_per_s(
     Otherwise the radius is 8/255 and APGD-CE breaks nearly every point: the fastest case.
     """
     model = case_model(case).to(device).eval()
-    x, _ = random_batch(BenchCase(case.arch, case.image_size, n, case.input_upsample), device)
+    x, _ = random_batch(replace(case, batch_size=n), device)
     with torch.no_grad():
         y = model(x).argmax(dim=1)
     eps = ALL_ROBUST_EPS if all_robust else EPS
@@ -302,12 +308,12 @@ def time_training_steps(
     configure_backends(paths)
     flops = dict(flops) if flops is not None else step_flops(case, device, methods)
     standard = seconds_per_call(standard_step(case, device, paths), device, warmup, repeats)
-    rows = [_timing(case, paths, "standard", standard, None, flops)]
+    rows = [step_timing(case, paths, "standard", standard, None, flops)]
     for method in methods:
         seconds = seconds_per_call(
             robust_step(case, method, device, paths), device, warmup, repeats
         )
-        rows.append(_timing(case, paths, method, seconds, standard, flops))
+        rows.append(step_timing(case, paths, method, seconds, standard, flops))
     return rows
 
 
@@ -320,7 +326,7 @@ def step_flops(case: BenchCase, device: torch.device, methods: Iterable[str]) ->
     return flops
 
 
-def _timing(
+def step_timing(
     case: BenchCase,
     paths: FastPaths,
     method: str,
@@ -328,6 +334,9 @@ def _timing(
     standard_seconds: float | None,
     flops: Mapping[str, int],
 ) -> StepTiming:
+    """The table row of ``method``'s step on ``case`` under ``paths``: ``seconds`` per step,
+    measured against the standard step's ``standard_seconds`` (None for the standard step) and
+    the counted ``flops`` of ``step_flops``."""
     multiple = None if standard_seconds is None else seconds / standard_seconds
     return StepTiming(
         case=case.label,

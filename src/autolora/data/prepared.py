@@ -127,7 +127,7 @@ def _write_images(
             handle.write(data)
             file_digest.update(data)
             rows.append((offset, pixels.shape[0], pixels.shape[1]))
-            digests.append(hashlib.sha256(data).hexdigest())
+            digests.append(sha256_bytes(data))
             offset += len(data)
         handle.flush()
         os.fsync(handle.fileno())
@@ -496,7 +496,7 @@ class PreparedDataset:
         if images:
             for row in self.read_examples():
                 example = int(row["example"])
-                actual = hashlib.sha256(self.image(example).tobytes()).hexdigest()
+                actual = sha256_bytes(self.image(example).tobytes())
                 if actual != row["sha256"]:
                     raise ChecksumError(
                         f"{self.directory}: image {example} ({row['source']}) has sha256 "

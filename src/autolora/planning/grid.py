@@ -337,15 +337,17 @@ def seeds(config: Mapping[str, Any]) -> list[int]:
     return list(values)
 
 
+def training_identity(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Training settings (a cell's overrides, a run's resolved configuration) less the runtime
+    and the evaluation-only settings: those that define a training result."""
+    dropped = (RUNTIME_KEY, *EVALUATION_ONLY_KEYS)
+    return {key: value for key, value in settings.items() if key not in dropped}
+
+
 def identity_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A cell's spec as its train job gets it: without the runtime and the evaluation-only
     settings, which do not change its training (a change of this spec retrains the cell)."""
-    overrides = spec.get("overrides") or {}
-    dropped = (RUNTIME_KEY, *EVALUATION_ONLY_KEYS)
-    return {
-        **spec,
-        "overrides": {key: value for key, value in overrides.items() if key not in dropped},
-    }
+    return {**spec, "overrides": training_identity(spec.get("overrides") or {})}
 
 
 def evaluation_overrides(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -456,6 +458,7 @@ def expand_grid(config: Mapping[str, Any]) -> Grid:
     config = check_config(config)
     protocol = config.get("protocol", "paper")
     tables = config.get("tables") or {}
+    cell_seeds = seeds(config)
     cells: dict[str, dict[str, Any]] = {}
     entries: list[TableEntry] = []
     for table, settings in tables.items():
@@ -475,7 +478,7 @@ def expand_grid(config: Mapping[str, Any]) -> Grid:
                     if table == "table4":
                         factor = eps_pt
                     cell_extra = extra if method in GRAD_SIMILARITY_METHODS else {}
-                    for seed in seeds(config):
+                    for seed in cell_seeds:
                         identity = {
                             "protocol": protocol,
                             "arch": arch,

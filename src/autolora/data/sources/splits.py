@@ -33,48 +33,18 @@ def held_out_validation(
 
 
 def held_out_validation_plan(
-    train: Sequence[int],
-    test: Sequence[int],
-    *,
-    num_outputs: int,
-    paper_counts: dict[str, int],
-    seed: int,
-    notes: str,
+    train: Sequence[int], test: Sequence[int], *, seed: int, **facts: Any
 ) -> SplitPlan:
-    """A plan whose validation is the seeded 5% draw from ``train`` (``held_out_validation``)."""
+    """A plan whose validation is the seeded 5% draw from ``train`` (``held_out_validation``);
+    ``facts`` are the plan's other fields (num_outputs, paper_counts, notes)."""
     tr, va, te = held_out_validation(train, test, seed=seed)
-    return SplitPlan(
-        train=tr,
-        val=va,
-        test=te,
-        num_outputs=num_outputs,
-        seed=seed,
-        paper_counts=paper_counts,
-        notes=notes,
-    )
+    return SplitPlan(train=tr, val=va, test=te, seed=seed, **facts)
 
 
-def validation_on_test_plan(
-    train: Sequence[int],
-    test: Sequence[int],
-    *,
-    num_outputs: int,
-    paper_counts: dict[str, int],
-    seed: int,
-    notes: str,
-    extra: dict[str, Any] | None = None,
-) -> SplitPlan:
-    """A plan that validates on the test set, as the released code does for DTD and Caltech-256."""
-    return SplitPlan(
-        train=list(train),
-        val=list(test),
-        test=list(test),
-        num_outputs=num_outputs,
-        seed=seed,
-        paper_counts=paper_counts,
-        notes=notes,
-        extra=extra or {},
-    )
+def validation_on_test_plan(train: Sequence[int], test: Sequence[int], **facts: Any) -> SplitPlan:
+    """A plan that validates on the test set, as the released code does for DTD and Caltech-256;
+    ``facts`` are the plan's other fields (num_outputs, seed, paper_counts, notes, extra)."""
+    return SplitPlan(train=list(train), val=list(test), test=list(test), **facts)
 
 
 def official_split_plans(

@@ -42,15 +42,22 @@ TOP_LEVEL = {
 }
 
 
-def load_claims(builder: CrateBuilder) -> dict[str, Any] | None:
-    """Register the sha256 the provenance indices claim for files of the folder (tables, report,
-    figures, table indices, the resolved config); returns the claim on the paper's numbers."""
+def table_indices(folder: Path) -> list[dict[str, Any]]:
+    """The folder's provenance indices of its tables (none without a provenance folder), read
+    once for the claims and the numbers."""
     from autolora.reporting.provenance import all_indices
 
+    return all_indices(folder) if (folder / layout.PROVENANCE_DIR).is_dir() else []
+
+
+def load_claims(builder: CrateBuilder, indices: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Register the sha256 the provenance indices (the tables' ``indices`` and the results
+    index) claim for files of the folder (tables, report, figures, table indices, the resolved
+    config); returns the claim on the paper's numbers."""
     folder = builder.folder
     if not (folder / layout.PROVENANCE_DIR).is_dir():
         return None
-    for index in all_indices(folder):
+    for index in indices:
         for output in index.get("outputs") or []:
             inside = builder.crate_path(output["path"])
             if inside:
@@ -75,13 +82,11 @@ def load_claims(builder: CrateBuilder) -> dict[str, Any] | None:
     return paper
 
 
-def describe_aggregate(builder: CrateBuilder) -> DescribedAggregate:
-    """The files the aggregation wrote into the folder and the numbers of its tables."""
-    from autolora.reporting.provenance import all_indices
-
+def describe_aggregate(builder: CrateBuilder, indices: list[dict[str, Any]]) -> DescribedAggregate:
+    """The files the aggregation wrote into the folder and the numbers of its tables
+    (``indices``)."""
     aggregate = DescribedAggregate()
     folder = builder.folder
-    indices = all_indices(folder) if (folder / layout.PROVENANCE_DIR).is_dir() else []
     for index in indices:
         if index.get("created") and (aggregate.end is None or index["created"] > aggregate.end):
             aggregate.end = index["created"]

@@ -5,14 +5,14 @@ weights record) the training used."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from autolora.errors import ChecksumError, DataError
-from autolora.files import read_json, sha256_file
+from autolora.files import parse_json, read_json, sha256_bytes
 from autolora.planning import layout
 from autolora.planning.cells import NOT_READ_BY_TRAINING
 from autolora.reporting.crate.graph import CrateBuilder
@@ -133,31 +133,21 @@ def _describe_training(
         builder.example_of(file, "", "checkpoints")
         results.append(file)
     log = Path(run_path).with_name(layout.TRAIN_LOG).as_posix()
-    if builder.crate_path(log) and (builder.root / log).is_file():
-        log_id = builder.payload_file(
-            builder.crate_path(log), description=f"training log of {cell_id}"
-        )
-        builder.example_of(log_id, "train", "log")
-        results.append(log_id)
+    results += _step_log(builder, log, "train", f"training log of {cell_id}")
 
     attempts = run.get("attempts") or [{"host": run.get("host"), "slurm": run.get("slurm")}]
     resumed = sum(1 for a in attempts if a.get("resumed_from_epoch") is not None)
-    builder.action(
+    _job_action(
+        builder,
         "train",
         cell_id,
-        name=f"train {cell_id}",
-        description=(
-            f"`autolora train` of cell {cell_id}: {run.get('epochs_run')} epoch(s) on "
-            f"{run.get('device')}, {len(attempts)} attempt(s) ({resumed} resumed); "
-            f"stopped: {run.get('stop_reason')}. Command: {run.get('command')}"
-        ),
+        run,
+        f"`autolora train` of cell {cell_id}: {run.get('epochs_run')} epoch(s) on "
+        f"{run.get('device')}, {len(attempts)} attempt(s) ({resumed} resumed); "
+        f"stopped: {run.get('stop_reason')}",
         objects=objects,
         results=results,
-        start=run.get("started"),
-        end=run.get("finished"),
-        hosts=[*(a.get("host") for a in attempts), run.get("host")],
-        jobs=[*(a.get("slurm") for a in attempts), run.get("slurm")],
-        software=builder.environment(run),
+        attempts=attempts,
     )
 
 
@@ -193,32 +183,59 @@ def _describe_evaluation(
     cells.evaluations.append(record)
     results = [record]
     log = Path(eval_path).with_suffix(".log").as_posix()
-    if builder.crate_path(log) and (builder.root / log).is_file():
-        log_id = builder.payload_file(
-            builder.crate_path(log), description=f"evaluation log of {cell_id}"
-        )
-        builder.example_of(log_id, "evaluate", "log")
-        results.append(log_id)
+    results += _step_log(builder, log, "evaluate", f"evaluation log of {cell_id}")
     autoattack = evaluation.get("autoattack") or {}
     checkpoint = evaluation.get("checkpoint") or {}
-    builder.action(
+    _job_action(
+        builder,
         "evaluate",
         cell_id,
-        name=f"evaluate {cell_id}",
-        description=(
-            f"`autolora evaluate` of the {checkpoint.get('name')!r} checkpoint (epoch "
-            f"{checkpoint.get('epoch')}) of cell {cell_id} on {evaluation.get('device')}: "
-            f"{shown} (%), AutoAttack {_autoattack_words(autoattack)}. "
-            f"Command: {evaluation.get('command')}"
-        ),
+        evaluation,
+        f"`autolora evaluate` of the {checkpoint.get('name')!r} checkpoint (epoch "
+        f"{checkpoint.get('epoch')}) of cell {cell_id} on {evaluation.get('device')}: "
+        f"{shown} (%), AutoAttack {_autoattack_words(autoattack)}",
         objects=objects,
         results=results,
-        start=evaluation.get("started"),
-        end=evaluation.get("finished"),
-        hosts=[evaluation.get("host")],
-        jobs=[evaluation.get("slurm")],
-        software=builder.environment(evaluation),
     )
+
+
+def _job_action(
+    builder: CrateBuilder,
+    rule: str,
+    cell_id: str,
+    record: Mapping[str, Any],
+    summary: str,
+    *,
+    objects: list[str],
+    results: list[str],
+    attempts: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """The action of a cell's job (``rule``: train or evaluate) from the record it wrote: its
+    times, software and command, and the hosts and SLURM jobs of its ``attempts`` and its own."""
+    builder.action(
+        rule,
+        cell_id,
+        name=f"{rule} {cell_id}",
+        description=f"{summary}. Command: {record.get('command')}",
+        objects=objects,
+        results=results,
+        start=record.get("started"),
+        end=record.get("finished"),
+        hosts=[*(a.get("host") for a in attempts), record.get("host")],
+        jobs=[*(a.get("slurm") for a in attempts), record.get("slurm")],
+        software=builder.environment(record),
+    )
+
+
+def _step_log(builder: CrateBuilder, log: str, rule: str, description: str) -> list[str]:
+    """The log a step wrote beside its record (``log``, relative to the root), as a value of
+    ``rule``'s ``log`` parameter; none when it lies outside the crate or was not written."""
+    inside = builder.crate_path(log)
+    if not inside or not (builder.root / log).is_file():
+        return []
+    log_id = builder.payload_file(inside, description=description)
+    builder.example_of(log_id, rule, "log")
+    return [log_id]
 
 
 def _autoattack_words(autoattack: Mapping[str, Any]) -> str:
@@ -246,12 +263,13 @@ def _describe_dataset(
             f"{metadata_file}: missing, though run records name it; rerun the workflow "
             "(snakemake) before writing the crate"
         )
-    if item.get("sha256") and sha256_file(metadata_file) != item["sha256"]:
+    data = metadata_file.read_bytes()
+    if item.get("sha256") and sha256_bytes(data) != item["sha256"]:
         raise ChecksumError(
             f"{metadata_file}: changed after the runs that used it recorded its sha256; rerun "
             "the workflow (snakemake) before writing the crate"
         )
-    metadata = read_json(metadata_file)
+    metadata = parse_json(data, metadata_file)
     name = metadata.get("name") or Path(path).parent.name
     directory = Path(path).parent.as_posix()
     where = "referenced, not copied: the file at localPath (relative to the crate) has this sha256"
@@ -336,7 +354,8 @@ def _describe_weights(
             f"{builder.root / record_path}: the record of backbone {path} is missing; rerun the "
             "workflow (snakemake) before writing the crate"
         )
-    record = read_json(builder.root / record_path)
+    data = (builder.root / record_path).read_bytes()
+    record = parse_json(data, builder.root / record_path)
     source = record.get("source") or {}
     pretrained = "pretrained_by" in source
     rule = "pretrain_backbone" if pretrained else "convert_weights"
@@ -346,7 +365,7 @@ def _describe_weights(
         else Path(path).stem
     )
     weights = builder.record_file(path, item.get("sha256"))
-    digest = sha256_file(builder.root / record_path)
+    digest = sha256_bytes(data)
     if record_item and record_item.get("sha256") and digest != record_item["sha256"]:
         raise ChecksumError(
             f"{builder.root / record_path}: changed after the runs that used backbone {path} "

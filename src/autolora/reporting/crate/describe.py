@@ -19,6 +19,7 @@ from autolora.reporting.crate.aggregate import (
     DescribedAggregate,
     describe_aggregate,
     load_claims,
+    table_indices,
 )
 from autolora.reporting.crate.cells import DescribedCells, describe_cells
 from autolora.reporting.crate.graph import CrateBuilder, ref, rule_files
@@ -74,10 +75,11 @@ def describe_results(
     checkpoint = reported_checkpoint(config)
     results_root = str(config.get("results", "results"))
 
-    paper_claim = load_claims(builder)
+    indices = table_indices(folder)
+    paper_claim = load_claims(builder, indices)
     source_files = describe_source(builder, paper_claim)
     cells = describe_cells(builder, sorted(grid.cells), results_root, checkpoint)
-    aggregate = describe_aggregate(builder)
+    aggregate = describe_aggregate(builder, indices)
     return _assemble(builder, source_files, cells, aggregate, authors)
 
 

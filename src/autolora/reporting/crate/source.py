@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from autolora.errors import ConfigError
+from autolora.files import make_temporary_dir
 from autolora.planning import layout
 from autolora.reporting.crate.graph import CrateBuilder
 from autolora.reporting.crate.vocabulary import MAIN_WORKFLOW, WORKFLOW_SOURCES, is_hidden
@@ -57,17 +57,13 @@ def copy_workflow_source(
                 "source; rename the config file"
             )
         copies[name] = path
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{layout.CRATE_SOURCE_DIR}.", dir=folder))
+    final = folder / layout.CRATE_SOURCE_DIR
+    staging = make_temporary_dir(final)
     try:
         for name, path in sorted(copies.items()):
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide it from the group
-        final = folder / layout.CRATE_SOURCE_DIR
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)

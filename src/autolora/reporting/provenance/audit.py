@@ -26,6 +26,7 @@ class Audit:
     problems: list[str] = field(default_factory=list)
     verified: int = 0  # hash checks that passed (a file checked twice counts twice)
     _hashes: dict[str, str] = field(default_factory=dict)
+    _json: dict[str, Any] = field(default_factory=dict)  # path -> its JSON, read once
     _cells_done: set[str] = field(default_factory=set)
     _done: set[str] = field(default_factory=set)  # datasets and backbones audited above
 
@@ -38,10 +39,17 @@ class Audit:
         """Distinct files whose bytes were hashed."""
         return len(self._hashes)
 
+    def read_json(self, path: str) -> Any:
+        """The JSON of a file on the chain (``path`` relative to the root), read once per audit;
+        a damaged file is a DataError."""
+        if path not in self._json:
+            self._json[path] = read_json(self.root / path)
+        return self._json[path]
+
     def load_json(self, path: str, indent: int = 2) -> Any:
         """The JSON of a file on the chain, or None (and a problem) when it is unreadable."""
         try:
-            return read_json(self.root / path)
+            return self.read_json(path)
         except (OSError, DataError) as error:
             self.problem(f"{path}: unreadable ({error})", indent)
             return None

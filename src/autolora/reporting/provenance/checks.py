@@ -84,7 +84,9 @@ def _check_seed_value(audit: Audit, chain: dict, number: dict, seed: dict) -> No
     path = audit.root / chain["evaluation"]["path"]
     if not path.is_file() or audit._sha256(path) != chain["evaluation"]["sha256"]:
         return  # reported as changed or missing above
-    recorded = (read_json(path).get("metrics") or {}).get(number["metric"])
+    recorded = (audit.read_json(chain["evaluation"]["path"]).get("metrics") or {}).get(
+        number["metric"]
+    )
     if not same_value(recorded, seed["value"]):
         audit.problem(
             f"{chain['evaluation']['path']}: {number['metric']} is {recorded}, the index "
