@@ -39,7 +39,7 @@ from autolora.train.interrupts import (
     TrainingInterrupted,
     fault_signal_from_env,
 )
-from autolora.train.keeping import identity_config, stale_reasons, verify_run_outputs
+from autolora.train.keeping import stale_reasons, verify_run_outputs
 from autolora.train.loop import CellTraining
 from autolora.train.spec import parse_runtime, parse_spec
 from autolora.train.state import CHECKPOINT_METRICS, Progress, StateKeeper
@@ -67,7 +67,6 @@ __all__ = [
     "derive_seed",
     "fault_signal_from_env",
     "history_columns",
-    "identity_config",
     "method_settings",
     "parse_runtime",
     "parse_spec",

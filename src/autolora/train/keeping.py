@@ -25,21 +25,13 @@ from autolora.errors import ChecksumError, DataError
 from autolora.files import sha256_file
 from autolora.planning import layout
 from autolora.planning.cells import CellConfig
-from autolora.planning.grid import EVALUATION_ONLY_KEYS, RUNTIME_KEY
+from autolora.planning.grid import training_identity
 from autolora.records import RunRecord
 
 logger = logging.getLogger(__name__)
 
 # The inputs whose files define a run's result: kept work recorded with other hashes is superseded.
 COMPARED_INPUTS = ("dataset", "split_manifest", "split_info", "weights", "weights_record")
-
-
-def identity_config(config_dict: dict[str, Any]) -> dict[str, Any]:
-    """The configuration that defines a run's results: the resolved configuration less the
-    ``runtime`` group (device, workers, fast paths: how it is computed; each attempt records its
-    own) and the settings only the evaluation reads (``grid.EVALUATION_ONLY_KEYS``)."""
-    dropped = (RUNTIME_KEY, *EVALUATION_ONLY_KEYS)
-    return {key: value for key, value in config_dict.items() if key not in dropped}
 
 
 def _settings(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -61,8 +53,8 @@ def stale_reasons(
 ) -> tuple[list[str], list[str]]:
     """What makes kept work (its resolved configuration and recorded inputs) another run than the
     current one: the identity settings and the compared inputs that differ, each in words."""
-    old = _settings(identity_config(recorded_config or {}))
-    new = _settings(identity_config(config_dict))
+    old = _settings(training_identity(recorded_config or {}))
+    new = _settings(training_identity(config_dict))
     settings = [
         f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
         for key in sorted(old.keys() | new.keys())
